@@ -1,0 +1,453 @@
+# Copyright: hvfleet maintainers
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Predict a live migration before it starts, and choose the mode for `auto`.
+
+Pure arithmetic on measured inputs (RAM, the guest's dirty rate, the link bandwidth), so a
+drain can be forecast - per VM and in total - before anything moves.
+
+Pre-copy model (iterations, like QEMU): pass 1 sends `transferable_ratio` x RAM (zero pages
+cost almost nothing; 1.0 is the conservative default). Each next pass sends what the guest
+dirtied during the previous one: dirty rate x pass time, at most the dirty working set
+(default: all of RAM). Pass i ends converged when what is left fits into the downtime limit
+at the link's bandwidth (`left <= bandwidth x limit`); the final pause is left / bandwidth plus
+`precopy_switchover_ms`. The limit is `max_downtime_ms`; when that does not converge within
+the deadline, the engine's ladder raises it to the cap (convergence.py), modelled as: the
+cap applies from pass `escalate_after_passes` + 1 on. Auto-converge throttles the vCPUs like
+QEMU: when a pass dirtied more than half of what it sent, twice, the throttle starts at the
+initial percent (QEMU: 20) and rises by the increment (QEMU: 10) up to 99 %; the dirty rate
+is scaled by (1 - throttle). A guest that dirties at least as fast as the link sends, with
+a dirty set above the cap, never converges: the run is fast-forwarded to the deadline.
+
+Post-copy (engine mode `postcopy`): one pre-copy pass, then the switch (pause
+`postcopy_switchover_ms`), then what was dirtied during that pass at the post-copy bandwidth.
+`postcopy_after_precopy`: pre-copy; if that is not predicted to converge, the switch after
+`postcopy_after_passes` passes.
+
+The `auto` rule, first that fits:
+1. pre-copy, when predicted to converge within the deadline with a pause <= the cap;
+2. post-copy, when the policy allows it and it finishes within the deadline;
+3. pre-copy with auto-converge, when that converges within the deadline;
+4. refuse, with the reason.
+
+The deadline is the engine's: completion_timeout_per_gib_s x RAM in GiB, at least 60 s.
+Compression and parallel connections are not modelled: give the bandwidth they achieve.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import heapq
+import math
+from collections.abc import Mapping
+
+from ansible_collections.hvfleet.drain.plugins.module_utils.errors import HvfleetError
+
+MIB = 1024 ** 2
+GIB = 1024 ** 3
+
+PRECOPY = "precopy"
+POSTCOPY = "postcopy"
+POSTCOPY_AFTER_PRECOPY = "postcopy_after_precopy"
+AUTO = "auto"
+REFUSE = "refuse"
+MODES = (PRECOPY, POSTCOPY, POSTCOPY_AFTER_PRECOPY, AUTO)
+ON_TIMEOUT = ("abort", "suspend", "postcopy")
+
+
+class ForecastError(HvfleetError):
+    """The inputs of a forecast are impossible (no bandwidth, negative rates, unknown mode)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelParams:  # pylint: disable=too-many-instance-attributes
+    """Constants of the model; defaults are orientation values from the lab (see lab-facts.md)."""
+
+    setup_s: float = 0.3  # connect, negotiate, start: before the first page moves
+    precopy_switchover_ms: float = 20.0  # device state at the final pause (lab idle VM: 19 ms)
+    postcopy_switchover_ms: float = 200.0  # pause when switching to post-copy (a guess; set it from the lab)
+    escalate_after_passes: int = 2  # the ladder raises max downtime to the cap after this many passes
+    postcopy_after_passes: int = 2  # postcopy_after_precopy: passes before the switch
+    throttle_trigger: float = 0.5  # QEMU: a pass dirtied more than this fraction of what it sent
+    throttle_max_pct: int = 99  # QEMU's max-cpu-throttle
+    throttle_initial_pct: int = 20  # QEMU's defaults when the policy leaves them unset
+    throttle_increment_pct: int = 10
+    completion_timeout_min_s: float = 60.0  # the engine's floor for the deadline (spec.py)
+    max_iterations: int = 10000
+
+
+DEFAULT_PARAMS = ModelParams()
+
+
+@dataclasses.dataclass(frozen=True)
+class PrecopyRun:  # pylint: disable=too-many-instance-attributes
+    """The simulated course of a pre-copy: converged, or where it stood when it stopped."""
+
+    converged: bool
+    iterations: int
+    elapsed_s: float  # to the end of the pause when converged, else to where it stopped
+    bytes_sent: float  # including the final pause when converged
+    remaining_bytes: float  # sent in the pause when converged; still to send otherwise
+    pause_ms: float | None  # predicted downtime when converged
+    limit_ms: float  # the downtime limit in force at the end
+    throttle_pct: int
+    stalled: bool  # can never converge: dirty rate >= bandwidth and the dirty set exceeds the cap
+
+
+@dataclasses.dataclass(frozen=True)
+class Forecast:  # pylint: disable=too-many-instance-attributes
+    """The predicted migration of one VM; `mode` is `refuse` when nothing fits."""
+
+    mode: str
+    auto_converge: bool
+    reason: str
+    predicted_duration_s: float | None
+    predicted_downtime_ms: float | None
+    predicted_bytes: int | None
+    iterations: int
+    completes: bool = True  # False: refused, or predicted to hit the deadline and abort
+    deadline_s: float | None = None
+    throttle_pct: int = 0
+
+    def as_dict(self):
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class DrainForecast:
+    """A whole drain: wall time on `concurrency` lanes, the serial sum, and the VMs that block it."""
+
+    total_s: float
+    serial_s: float
+    concurrency: int
+    migrations: int
+    blocked: tuple
+    predicted_bytes: int
+    worst_downtime_ms: float
+    summary: str
+
+    def as_dict(self):
+        return dataclasses.asdict(self)
+
+
+def deadline_for(ram_bytes, completion_timeout_per_gib_s=150.0, params=DEFAULT_PARAMS):
+    """The engine's completion deadline: per GiB of RAM, rounded up, at least the floor."""
+    return float(max(params.completion_timeout_min_s, math.ceil(completion_timeout_per_gib_s * ram_bytes / GIB)))
+
+
+def _check(ram_bytes, dirty_rate, bandwidth, transferable_ratio=1.0, dirty_working_set=None):
+    if not ram_bytes or ram_bytes <= 0:
+        raise ForecastError(f"RAM must be positive, got {ram_bytes!r}.", "pass the domain's memory in bytes.")
+    if not bandwidth or bandwidth <= 0:
+        raise ForecastError(f"bandwidth must be positive, got {bandwidth!r} bytes/s.",
+                            "declare the migration link's bandwidth for the host, or measure it.")
+    if dirty_rate is None or dirty_rate < 0:
+        raise ForecastError(f"dirty rate must be >= 0, got {dirty_rate!r} bytes/s.",
+                            "measure the dirty rate (libvirt's dirty-rate calculation) first.")
+    if not 0 < transferable_ratio <= 1:
+        raise ForecastError(f"transferable_ratio must be in (0, 1], got {transferable_ratio!r}.",
+                            "give the fraction of RAM that is not zero pages, or 1.0.")
+    if dirty_working_set is not None and dirty_working_set < 0:
+        raise ForecastError(f"dirty_working_set must be >= 0, got {dirty_working_set!r}.",
+                            "give the dirty working set in bytes, or leave it unset (all of RAM).")
+
+
+def simulate_precopy(ram_bytes, dirty_rate, bandwidth, deadline_s, max_downtime_ms, *,
+                     escalate_to_ms=None, transferable_ratio=1.0, dirty_working_set=None,
+                     auto_converge=False, throttle_initial_pct=None, throttle_increment_pct=None,
+                     max_passes=None, params=DEFAULT_PARAMS):
+    """Iterate pre-copy passes until convergence, the deadline, or `max_passes` (see module doc)."""
+    # pylint: disable=too-many-locals,too-many-branches,too-many-statements
+    _check(ram_bytes, dirty_rate, bandwidth, transferable_ratio, dirty_working_set)
+    wss = float(ram_bytes if dirty_working_set is None else min(dirty_working_set, ram_bytes))
+    top_ms = max(max_downtime_ms, escalate_to_ms or 0)
+    initial = throttle_initial_pct or params.throttle_initial_pct
+    increment = throttle_increment_pct or params.throttle_increment_pct
+
+    def limit_ms(i):
+        if escalate_to_ms is not None and i > params.escalate_after_passes:
+            return max(max_downtime_ms, escalate_to_ms)
+        return max_downtime_ms
+
+    elapsed = params.setup_s
+    sent = 0.0
+    to_send = float(ram_bytes) * transferable_ratio
+    throttle = 0
+    high = 0
+    i = 0
+    stalled = False
+    while True:
+        i += 1
+        rate = dirty_rate * (1 - throttle / 100.0)
+        t = to_send / bandwidth
+        if elapsed + t > deadline_s:  # cut inside this pass
+            dt = max(0.0, deadline_s - elapsed)
+            sent += bandwidth * dt
+            left = min(to_send - bandwidth * dt + min(rate * dt, wss), float(ram_bytes))
+            return PrecopyRun(False, i, max(elapsed, deadline_s), sent, left, None, limit_ms(i), throttle, stalled)
+        elapsed += t
+        sent += to_send
+        dirtied = min(rate * t, wss)
+        limit = limit_ms(i)
+        if dirtied <= bandwidth * limit / 1000.0:
+            pause = dirtied / bandwidth
+            if elapsed + pause <= deadline_s:
+                return PrecopyRun(True, i, elapsed + pause, sent + dirtied, dirtied,
+                                  pause * 1000.0 + params.precopy_switchover_ms, limit, throttle, False)
+            sent += bandwidth * (deadline_s - elapsed)
+            return PrecopyRun(False, i, deadline_s, sent, dirtied, None, limit, throttle, stalled)
+        if max_passes is not None and i >= max_passes:
+            return PrecopyRun(False, i, elapsed, sent, dirtied, None, limit, throttle, stalled)
+        if auto_converge and throttle < params.throttle_max_pct and dirtied > params.throttle_trigger * to_send:
+            high += 1
+            if high >= 2:
+                high = 0
+                throttle = initial if throttle == 0 else throttle + increment
+                throttle = min(throttle, params.throttle_max_pct)
+        more_throttle = auto_converge and throttle < params.throttle_max_pct
+        next_rate = dirty_rate * (1 - throttle / 100.0)
+        if not more_throttle and next_rate >= bandwidth and dirtied > bandwidth * top_ms / 1000.0:
+            stalled = True
+        steady = min(next_rate * dirtied / bandwidth, wss) == dirtied
+        settled = not more_throttle and i >= params.escalate_after_passes
+        if (steady and settled and dirtied > bandwidth * top_ms / 1000.0) or i >= params.max_iterations:
+            # nothing changes from here on: each pass resends the same set until the deadline
+            span = max(0.0, deadline_s - elapsed)
+            pass_s = dirtied / bandwidth
+            i += int(span // pass_s) if pass_s > 0 else 0
+            return PrecopyRun(False, i + 1, deadline_s, sent + bandwidth * span, dirtied, None, limit_ms(i + 1),
+                              throttle, stalled)
+        to_send = dirtied
+
+
+@dataclasses.dataclass(frozen=True)
+class _Inputs:  # pylint: disable=too-many-instance-attributes
+    ram: float
+    dirty: float
+    bw: float
+    pc_bw: float
+    downtime_ms: float
+    cap_ms: float
+    deadline: float
+    allow_postcopy: bool
+    on_timeout: str
+    auto_converge: bool
+    initial: int | None
+    increment: int | None
+    ratio: float
+    wss: float | None
+    params: ModelParams
+
+
+def _precopy(inp, auto_converge):
+    """The engine's pre-copy: at max downtime; if that misses the deadline, with the ladder's cap."""
+    common = {"transferable_ratio": inp.ratio, "dirty_working_set": inp.wss, "auto_converge": auto_converge,
+              "throttle_initial_pct": inp.initial, "throttle_increment_pct": inp.increment, "params": inp.params}
+    run = simulate_precopy(inp.ram, inp.dirty, inp.bw, inp.deadline, inp.downtime_ms, **common)
+    if run.converged or inp.cap_ms <= inp.downtime_ms:
+        return run
+    return simulate_precopy(inp.ram, inp.dirty, inp.bw, inp.deadline, inp.downtime_ms,
+                            escalate_to_ms=inp.cap_ms, **common)
+
+
+def _switch(inp, run):
+    """Post-copy after `run` stopped: pause, then what is left at the post-copy bandwidth."""
+    duration = run.elapsed_s + inp.params.postcopy_switchover_ms / 1000.0 + run.remaining_bytes / inp.pc_bw
+    return duration, inp.params.postcopy_switchover_ms, run.bytes_sent + run.remaining_bytes
+
+
+def _mib(rate):
+    value = rate / MIB
+    return f"{value:.0f}" if value >= 10 else f"{value:.1f}"
+
+
+def _head(inp):
+    ratio = inp.dirty / inp.bw
+    shown = f"{ratio:.2f}" if ratio >= 0.1 or ratio == 0 else f"{ratio:.1g}"
+    return f"dirty {_mib(inp.dirty)} MiB/s = {shown} x link {_mib(inp.bw)} MiB/s"
+
+
+def _converged_text(run, inp):
+    limit = f"{run.limit_ms:.0f} ms" + (" (raised to the cap)" if run.limit_ms > inp.downtime_ms else "")
+    throttle = f", guest throttled up to {run.throttle_pct}%" if run.throttle_pct else ""
+    return (f"pre-copy converges in {run.iterations} pass{'es' if run.iterations != 1 else ''}, "
+            f"{run.elapsed_s:.1f} s <= deadline {inp.deadline:.0f} s, pause {run.pause_ms:.0f} ms <= {limit}{throttle}")
+
+
+def _miss_text(run, inp, what="pre-copy"):
+    throttle = f" (guest throttled up to {run.throttle_pct}%)" if run.throttle_pct else ""
+    if run.stalled:
+        return f"{what} cannot converge{throttle}: dirty set above what {inp.cap_ms:.0f} ms of link can send"
+    return f"{what} does not converge within the deadline {inp.deadline:.0f} s{throttle}"
+
+
+def _precopy_forecast(inp, run, mode, auto_converge, reason):
+    return Forecast(mode, auto_converge, reason, round(run.elapsed_s, 3), round(run.pause_ms, 1),
+                    int(run.bytes_sent), run.iterations, True, inp.deadline, run.throttle_pct)
+
+
+def _explicit_precopy(inp):
+    run = _precopy(inp, inp.auto_converge)
+    if run.converged:
+        return _precopy_forecast(inp, run, PRECOPY, inp.auto_converge, f"{_head(inp)}: {_converged_text(run, inp)}")
+    action = inp.on_timeout if (inp.on_timeout != "postcopy" or inp.allow_postcopy) else "abort"
+    miss = f"{_head(inp)}: {_miss_text(run, inp)}"
+    if action == "suspend":
+        pause = run.remaining_bytes / inp.bw
+        return Forecast(PRECOPY, inp.auto_converge,
+                        f"{miss}; on_timeout suspend -> pause {pause:.1f} s at the deadline",
+                        round(run.elapsed_s + pause, 3), round(pause * 1000 + inp.params.precopy_switchover_ms, 1),
+                        int(run.bytes_sent + run.remaining_bytes), run.iterations, True, inp.deadline,
+                        run.throttle_pct)
+    if action == "postcopy":
+        duration, pause_ms, sent = _switch(inp, run)
+        return Forecast(PRECOPY, inp.auto_converge, f"{miss}; on_timeout postcopy -> post-copy at the deadline",
+                        round(duration, 3), pause_ms, int(sent), run.iterations, True, inp.deadline, run.throttle_pct)
+    return Forecast(PRECOPY, inp.auto_converge, f"{miss}; on_timeout abort -> the migration is predicted to fail",
+                    round(run.elapsed_s, 3), 0.0, int(run.bytes_sent), run.iterations, False, inp.deadline,
+                    run.throttle_pct)
+
+
+def _postcopy(inp, mode=POSTCOPY):
+    """Mode postcopy: switch after the first pass. postcopy_after_precopy: only if pre-copy fails."""
+    if mode == POSTCOPY_AFTER_PRECOPY:
+        full = _precopy(inp, inp.auto_converge)
+        if full.converged:
+            return _precopy_forecast(inp, full, mode, inp.auto_converge,
+                                     f"{_head(inp)}: {_converged_text(full, inp)}; no switch to post-copy expected")
+        passes = inp.params.postcopy_after_passes
+    else:
+        passes = 1
+    run = simulate_precopy(inp.ram, inp.dirty, inp.bw, inp.deadline, inp.downtime_ms,
+                           escalate_to_ms=inp.cap_ms if mode == POSTCOPY_AFTER_PRECOPY else None,
+                           transferable_ratio=inp.ratio, dirty_working_set=inp.wss,
+                           auto_converge=inp.auto_converge and mode == POSTCOPY_AFTER_PRECOPY,
+                           throttle_initial_pct=inp.initial, throttle_increment_pct=inp.increment,
+                           max_passes=passes, params=inp.params)
+    if run.converged:
+        return _precopy_forecast(inp, run, mode, False,
+                                 f"{_head(inp)}: {_converged_text(run, inp)} before the switch to post-copy")
+    duration, pause_ms, sent = _switch(inp, run)
+    late = f", {duration:.1f} s > deadline {inp.deadline:.0f} s" if duration > inp.deadline else ""
+    reason = (f"{_head(inp)}: post-copy after {run.iterations} pre-copy pass{'es' if run.iterations != 1 else ''}, "
+              f"then {run.remaining_bytes / MIB:.0f} MiB at {_mib(inp.pc_bw)} MiB/s{late}")
+    return Forecast(mode, False, reason, round(duration, 3), pause_ms, int(sent), run.iterations, True,
+                    inp.deadline, run.throttle_pct)
+
+
+def _auto(inp):
+    head = _head(inp)
+    run = _precopy(inp, inp.auto_converge)
+    if run.converged:
+        return _precopy_forecast(inp, run, PRECOPY, inp.auto_converge,
+                                 f"{head}: {_converged_text(run, inp)} -> pre-copy")
+    miss = _miss_text(run, inp)
+    post = _postcopy(inp) if inp.allow_postcopy else None
+    if post is not None and post.predicted_duration_s <= inp.deadline:
+        return dataclasses.replace(post, reason=(
+            f"{head}: {miss}; post-copy allowed -> post-copy ({post.predicted_duration_s:.1f} s, "
+            f"pause ~{post.predicted_downtime_ms:.0f} ms)"))
+    if post is None:
+        why_not_post = "post-copy not allowed"
+    else:
+        why_not_post = f"post-copy would take {post.predicted_duration_s:.1f} s > deadline {inp.deadline:.0f} s"
+    throttled = run if inp.auto_converge else _precopy(inp, True)
+    if throttled.converged:
+        return _precopy_forecast(inp, throttled, PRECOPY, True, (
+            f"{head}: {miss}; {why_not_post} -> pre-copy with auto-converge ({throttled.iterations} passes, "
+            f"{throttled.elapsed_s:.1f} s, pause {throttled.pause_ms:.0f} ms, guest throttled up to "
+            f"{throttled.throttle_pct}%)"))
+    return Forecast(REFUSE, False, f"{head}: {_miss_text(throttled, inp, 'pre-copy with auto-converge')}; "
+                    f"{why_not_post} -> refuse", None, None, None, 0, False, inp.deadline, throttled.throttle_pct)
+
+
+def forecast(ram_bytes, dirty_rate, bandwidth, *, mode=AUTO, allow_postcopy=True,  # pylint: disable=too-many-locals
+             max_downtime_ms=500, max_downtime_cap_ms=2000, deadline_s=None, completion_timeout_per_gib_s=150.0,
+             on_timeout="abort", auto_converge=False, auto_converge_initial=None, auto_converge_increment=None,
+             postcopy_bandwidth=None, transferable_ratio=1.0, dirty_working_set=None, params=None):
+    """Forecast one migration; for `auto`, choose its mode. Rates and bandwidths in bytes/s."""
+    params = params or DEFAULT_PARAMS
+    _check(ram_bytes, dirty_rate, bandwidth, transferable_ratio, dirty_working_set)
+    if mode not in MODES:
+        raise ForecastError(f"mode {mode!r} is not one of {', '.join(MODES)}.", "use a mode the policy schema allows.")
+    if on_timeout not in ON_TIMEOUT:
+        raise ForecastError(f"on_timeout {on_timeout!r} is not one of {', '.join(ON_TIMEOUT)}.",
+                            "use abort, suspend or postcopy.")
+    if mode in (POSTCOPY, POSTCOPY_AFTER_PRECOPY) and not allow_postcopy:
+        raise ForecastError(f"mode {mode} needs post-copy, but allow_postcopy is false.",
+                            "use mode precopy or auto, or allow post-copy.")
+    if max_downtime_ms <= 0 or max_downtime_cap_ms <= 0:
+        raise ForecastError("max downtime and its cap must be positive.", "use the policy's values.")
+    if postcopy_bandwidth is not None and postcopy_bandwidth <= 0:
+        raise ForecastError(f"postcopy_bandwidth must be positive, got {postcopy_bandwidth!r}.",
+                            "leave it unset to use the link bandwidth.")
+    if deadline_s is None:
+        deadline_s = deadline_for(ram_bytes, completion_timeout_per_gib_s, params)
+    inp = _Inputs(float(ram_bytes), float(dirty_rate), float(bandwidth), float(postcopy_bandwidth or bandwidth),
+                  float(max_downtime_ms), float(max(max_downtime_cap_ms, max_downtime_ms)), float(deadline_s),
+                  bool(allow_postcopy), on_timeout, bool(auto_converge), auto_converge_initial,
+                  auto_converge_increment, float(transferable_ratio), dirty_working_set, params)
+    if mode == AUTO:
+        return _auto(inp)
+    if mode == PRECOPY:
+        return _explicit_precopy(inp)
+    return _postcopy(inp, mode)
+
+
+def forecast_for_settings(settings, ram_bytes, dirty_rate, link_bandwidth, *, transferable_ratio=1.0,
+                          dirty_working_set=None, params=None):
+    """Forecast with a policy's effective settings (policy.select_policy): its limits cap the link."""
+    bw = float(link_bandwidth)
+    if settings.get("bandwidth_mib"):
+        bw = min(bw, settings["bandwidth_mib"] * MIB)
+    pc_bw = float(link_bandwidth)
+    if settings.get("postcopy_bandwidth_mib"):
+        pc_bw = min(pc_bw, settings["postcopy_bandwidth_mib"] * MIB)
+    return forecast(
+        ram_bytes, dirty_rate, bw, mode=settings.get("mode", AUTO),
+        allow_postcopy=settings.get("allow_postcopy", True),
+        max_downtime_ms=settings.get("max_downtime_ms", 500),
+        max_downtime_cap_ms=settings.get("max_downtime_cap_ms", 2000),
+        completion_timeout_per_gib_s=settings.get("completion_timeout_per_gib_s", 150),
+        on_timeout=settings.get("on_timeout", "abort"), auto_converge=settings.get("auto_converge", False),
+        auto_converge_initial=settings.get("auto_converge_initial"),
+        auto_converge_increment=settings.get("auto_converge_increment"),
+        postcopy_bandwidth=pc_bw, transferable_ratio=transferable_ratio, dirty_working_set=dirty_working_set,
+        params=params)
+
+
+def forecast_drain(forecasts, concurrency=1):
+    """Wall time of a drain: list scheduling, in the given order, on `concurrency` lanes.
+
+    Each migration starts when a lane frees up (what a worker pool does); a VM predicted to
+    abort still occupies its lane until its deadline. Refused VMs take no time but block the
+    drain. Each per-VM forecast must already use the bandwidth that VM will get: with one
+    shared link, forecast each with link / concurrency. `serial_s` is the plain sum.
+    """
+    if not isinstance(concurrency, int) or concurrency < 1:
+        raise ForecastError(f"concurrency must be a positive integer, got {concurrency!r}.",
+                            "use the drain's number of parallel migrations.")
+    items = list(forecasts.items()) if isinstance(forecasts, Mapping) else [
+        (str(i), f) for i, f in enumerate(forecasts)]
+    lanes = [0.0] * concurrency
+    serial = 0.0
+    sent = 0
+    worst = 0.0
+    blocked = []
+    moved = 0
+    for name, item in items:
+        if not item.completes:
+            blocked.append(name)
+        if item.mode == REFUSE or item.predicted_duration_s is None:
+            continue
+        moved += 1
+        start = heapq.heappop(lanes)
+        heapq.heappush(lanes, start + item.predicted_duration_s)
+        serial += item.predicted_duration_s
+        sent += item.predicted_bytes or 0
+        worst = max(worst, item.predicted_downtime_ms or 0.0)
+    total = max(lanes) if moved else 0.0
+    summary = (f"{moved} migration{'s' if moved != 1 else ''} on {concurrency} lane{'s' if concurrency != 1 else ''}: "
+               f"{total:.0f} s (serial {serial:.0f} s), {sent / GIB:.1f} GiB, worst pause {worst:.0f} ms")
+    if blocked:
+        summary += f"; blocked: {', '.join(blocked)}"
+    return DrainForecast(round(total, 3), round(serial, 3), concurrency, moved, tuple(blocked), sent, worst, summary)

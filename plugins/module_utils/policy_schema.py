@@ -1,0 +1,219 @@
+# Copyright: hvfleet maintainers
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""JSON Schema (draft 2020-12) of `hvfleet_migration_policies`, as a Python dict.
+
+A dict in a module (not a data file) so that it loads the same way on the controller and
+inside an AnsiballZ zip on a hypervisor. `policy_schema.json` next to this file is the same
+schema for editors and operators; a unit test keeps the two equal.
+
+Every object sets additionalProperties false: a typo in a policy is an error, not a silently
+ignored key. Defaults are a careful operator's; `DEFAULT_SETTINGS` is derived from them.
+"""
+
+from __future__ import annotations
+
+import copy
+
+QEMU_MAX_DOWNTIME_MS = 2000000  # QEMU refuses larger downtime limits
+
+_GLOB_LIST = {
+    "type": "array",
+    "minItems": 1,
+    "uniqueItems": True,
+    "items": {"type": "string", "minLength": 1},
+}
+
+_LABEL_VALUE = {"type": "string"}
+
+SCHEMA = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "$id": "https://hvfleet.github.io/drain/schemas/migration-policies.json",
+    "title": "hvfleet_migration_policies",
+    "description": (
+        "A list of migration policies. Each VM gets exactly one: the most specific matching selector wins, "
+        "then the higher priority, then the earlier declaration; the default policy catches the rest."
+    ),
+    "type": "array",
+    "items": {"$ref": "#/$defs/policy"},
+    "$defs": {
+        "policy": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["name"],
+            "properties": {
+                "name": {"type": "string", "minLength": 1, "description": "Unique name, reported per VM."},
+                "description": {"type": "string"},
+                "selector": {"$ref": "#/$defs/selector"},
+                "priority": {
+                    "type": "integer",
+                    "default": 0,
+                    "description": "Breaks ties between equally specific matches: higher wins.",
+                },
+                "default": {
+                    "type": "boolean",
+                    "default": False,
+                    "description": "The catch-all for VMs no other policy matches (at most one; no selector).",
+                },
+                "settings": {"$ref": "#/$defs/settings"},
+            },
+        },
+        "selector": {
+            "type": "object",
+            "additionalProperties": False,
+            "minProperties": 1,
+            "description": "All given criteria must match (AND).",
+            "properties": {
+                "domains": dict(
+                    _GLOB_LIST,
+                    description="Domain name globs (fnmatch, case-sensitive); any one matching is enough.",
+                ),
+                "labels": {
+                    "type": "object",
+                    "minProperties": 1,
+                    "description": (
+                        "Label name -> value (or list of accepted values), from the domain's <metadata> "
+                        "<hvfleet:label name='KEY'>VALUE</hvfleet:label> (xmlns:hvfleet="
+                        "'https://hvfleet.github.io/drain/xmlns/1'). Every key must match."
+                    ),
+                    "propertyNames": {"minLength": 1},
+                    "additionalProperties": {
+                        "anyOf": [
+                            _LABEL_VALUE,
+                            {"type": "array", "minItems": 1, "uniqueItems": True, "items": _LABEL_VALUE},
+                        ]
+                    },
+                },
+                "memory_mib": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "minProperties": 1,
+                    "description": "Inclusive range of the domain's memory in MiB; a missing bound is open.",
+                    "properties": {
+                        "min": {"type": "integer", "minimum": 0},
+                        "max": {"type": "integer", "minimum": 0},
+                    },
+                },
+            },
+        },
+        "settings": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "mode": {
+                    "enum": ["precopy", "postcopy", "postcopy_after_precopy", "auto"],
+                    "default": "auto",
+                    "description": "auto: chosen per VM from its measured dirty rate and the link bandwidth.",
+                },
+                "allow_postcopy": {
+                    "type": "boolean",
+                    "default": True,
+                    "description": "Whether post-copy may be used at all (by the mode, auto, or on_timeout).",
+                },
+                "max_downtime_ms": {
+                    "type": "integer",
+                    "minimum": 1,
+                    "maximum": QEMU_MAX_DOWNTIME_MS,
+                    "default": 500,
+                    "description": "Target pause at switchover.",
+                },
+                "max_downtime_cap_ms": {
+                    "type": "integer",
+                    "minimum": 1,
+                    "maximum": QEMU_MAX_DOWNTIME_MS,
+                    "default": 2000,
+                    "description": "Highest pause the engine may raise max downtime to when pre-copy stalls.",
+                },
+                "bandwidth_mib": {
+                    "type": "integer",
+                    "minimum": 1,
+                    "description": "Pre-copy bandwidth limit in MiB/s; unset: unlimited.",
+                },
+                "postcopy_bandwidth_mib": {
+                    "type": "integer",
+                    "minimum": 1,
+                    "description": "Post-copy bandwidth limit in MiB/s; unset: unlimited.",
+                },
+                "auto_converge": {
+                    "type": "boolean",
+                    "default": False,
+                    "description": (
+                        "Throttle the guest's vCPUs when pre-copy does not converge. In auto mode the "
+                        "forecast may turn it on by itself."
+                    ),
+                },
+                "auto_converge_initial": {
+                    "type": "integer",
+                    "minimum": 1,
+                    "maximum": 99,
+                    "description": "First throttle in percent; unset: QEMU's 20.",
+                },
+                "auto_converge_increment": {
+                    "type": "integer",
+                    "minimum": 1,
+                    "maximum": 99,
+                    "description": "Throttle step in percent; unset: QEMU's 10.",
+                },
+                "compression": {
+                    "enum": ["none", "xbzrle", "zstd"],
+                    "default": "none",
+                    "description": "xbzrle: single connection only; zstd: needs parallel_connections.",
+                },
+                "parallel_connections": {
+                    "type": "integer",
+                    "minimum": 1,
+                    "maximum": 255,
+                    "description": "Parallel (multifd) migration with this many connections; unset: one stream.",
+                },
+                "completion_timeout_per_gib_s": {
+                    "type": "number",
+                    "exclusiveMinimum": 0,
+                    "default": 150,
+                    "description": "Deadline per GiB of guest RAM before on_timeout applies.",
+                },
+                "on_timeout": {
+                    "enum": ["abort", "suspend", "postcopy"],
+                    "default": "abort",
+                    "description": "What happens at the deadline.",
+                },
+                "storage": {
+                    "enum": ["shared_only", "copy_all", "copy_incremental"],
+                    "default": "shared_only",
+                    "description": "shared_only refuses VMs with disks the destination cannot reach.",
+                },
+                "drain_order": {
+                    "type": "integer",
+                    "default": 0,
+                    "description": "Order within a drain: lower first.",
+                },
+                "destinations": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "properties": {
+                        "pin": dict(_GLOB_LIST, description="Only these hosts (globs) may receive the VM."),
+                        "avoid": dict(_GLOB_LIST, description="These hosts (globs) never receive the VM."),
+                    },
+                },
+                "tls": {"type": "boolean", "default": False, "description": "Migrate over TLS."},
+            },
+        },
+    },
+}
+
+_UNSET_SETTINGS = {
+    "bandwidth_mib": None,
+    "postcopy_bandwidth_mib": None,
+    "auto_converge_initial": None,
+    "auto_converge_increment": None,
+    "parallel_connections": None,
+    "destinations": {"pin": [], "avoid": []},
+}
+
+
+def default_settings():
+    """Every settings key with its default (None where unset means unlimited / QEMU's own)."""
+    props = SCHEMA["$defs"]["settings"]["properties"]
+    settings = {key: copy.deepcopy(_UNSET_SETTINGS.get(key, props[key].get("default"))) for key in props}
+    return settings
+
+
+DEFAULT_SETTINGS = default_settings()

@@ -1,0 +1,301 @@
+# Copyright: hvfleet maintainers
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""What one live migration should do, checked before anything is touched.
+
+`MigrationSpec` is the single description of a migration: it maps to libvirt's
+VIR_MIGRATE_* flags and VIR_MIGRATE_PARAM_* typed parameters, and it carries the
+escalation policy (downtime cap, mode, deadline, final action) the ladder follows.
+
+The flag values are libvirt's stable ABI numbers, spelled out here so that the spec
+(and its unit tests) work without the libvirt binding installed.
+
+Auto-converge and the ladder: libvirt can only enable migration capabilities before
+a migration starts, so auto-converge cannot be "switched on" as a later rung. When
+`auto_converge` is true it is armed at the start; QEMU starts throttling the guest
+by itself once the dirty rate outpaces the link. The ladder records the moment the
+throttle engages and, while the throttle is still rising, gives it time before the
+next rung (post-copy or the final action). Restarting the migration with
+auto-converge was rejected: it throws away everything already copied.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from urllib.parse import urlsplit
+
+from ansible_collections.hvfleet.drain.plugins.module_utils.errors import InvalidSpec
+
+# virDomainMigrateFlags (libvirt-domain.h)
+VIR_MIGRATE_LIVE = 1 << 0
+VIR_MIGRATE_PEER2PEER = 1 << 1
+VIR_MIGRATE_PERSIST_DEST = 1 << 3
+VIR_MIGRATE_UNDEFINE_SOURCE = 1 << 4
+VIR_MIGRATE_NON_SHARED_DISK = 1 << 6
+VIR_MIGRATE_NON_SHARED_INC = 1 << 7
+VIR_MIGRATE_COMPRESSED = 1 << 11
+VIR_MIGRATE_AUTO_CONVERGE = 1 << 13
+VIR_MIGRATE_POSTCOPY = 1 << 15
+VIR_MIGRATE_TLS = 1 << 16
+VIR_MIGRATE_PARALLEL = 1 << 17
+VIR_MIGRATE_POSTCOPY_RESUME = 1 << 19
+
+# VIR_MIGRATE_PARAM_* names (strings are the ABI)
+PARAM_URI = "migrate_uri"
+PARAM_BANDWIDTH = "bandwidth"
+PARAM_BANDWIDTH_POSTCOPY = "bandwidth.postcopy"
+PARAM_AUTO_CONVERGE_INITIAL = "auto_converge.initial"
+PARAM_AUTO_CONVERGE_INCREMENT = "auto_converge.increment"
+PARAM_COMPRESSION = "compression"
+PARAM_PARALLEL_CONNECTIONS = "parallel.connections"
+PARAM_TLS_DESTINATION = "tls.destination"
+
+MODES = ("precopy", "postcopy", "postcopy_after_precopy")
+ON_TIMEOUT = ("abort", "suspend", "postcopy")
+COMPRESSIONS = ("xbzrle", "zstd")
+COPY_STORAGE = ("all", "incremental")
+MIGRATE_URI_SCHEMES = ("tcp", "rdma", "unix")
+
+LIBVIRT_ZSTD_MIN = 9004000  # zlib/zstd compression of parallel migration: libvirt 9.4
+LIBVIRT_POSTCOPY_RESUME_MIN = 8005000  # VIR_MIGRATE_POSTCOPY_RESUME: libvirt 8.5
+QEMU_MAX_DOWNTIME_MS = 2000 * 1000  # QEMU refuses larger downtime limits
+GIB = 1024 ** 3
+
+
+def version_text(number):
+    """libvirt encodes versions as major*1e6 + minor*1e3 + micro."""
+    return f"{number // 1000000}.{number // 1000 % 1000}.{number % 1000}"
+
+
+@dataclasses.dataclass(frozen=True)
+class MigrationSpec:  # pylint: disable=too-many-instance-attributes
+    """One live migration's options; invalid combinations raise InvalidSpec at construction."""
+
+    mode: str = "precopy"
+    allow_postcopy: bool = True
+    migrate_uri: str | None = None
+    persist_dest: bool = True
+    undefine_source: bool = True
+    bandwidth_mib: int | None = None
+    postcopy_bandwidth_mib: int | None = None
+    max_downtime_ms: int = 300
+    max_downtime_cap_ms: int = 2000
+    auto_converge: bool = False
+    auto_converge_initial: int | None = None
+    auto_converge_increment: int | None = None
+    compression: str | None = None
+    parallel_connections: int | None = None
+    tls: bool = False
+    tls_destination: str | None = None
+    copy_storage: str | None = None
+    completion_timeout_s: float | None = None
+    completion_timeout_per_gib_s: float = 150.0
+    completion_timeout_min_s: float = 60.0
+    on_timeout: str = "abort"
+    stall_iterations: int = 3
+    stats_interval_s: float = 1.0
+    postcopy_recovery_timeout_s: float = 300.0
+
+    def __post_init__(self):
+        self.validate()
+
+    # ---- validation -------------------------------------------------------------------
+
+    def validate(self, libvirt_version=None):
+        """Raise InvalidSpec for impossible combinations; `libvirt_version` = oldest of both ends."""
+        self._check_choices()
+        self._check_numbers()
+        self._check_postcopy()
+        self._check_data_path()
+        if libvirt_version is not None:
+            self._check_versions(libvirt_version)
+        return self
+
+    def _check_choices(self):
+        for field, value, choices in (
+            ("mode", self.mode, MODES),
+            ("on_timeout", self.on_timeout, ON_TIMEOUT),
+            ("compression", self.compression, (None,) + COMPRESSIONS),
+            ("copy_storage", self.copy_storage, (None,) + COPY_STORAGE),
+        ):
+            if value not in choices:
+                listed = ", ".join(str(c) for c in choices if c is not None)
+                raise InvalidSpec(f"{field}={value!r} is not one of: {listed}.", f"set {field} to one of {listed}.")
+        if self.undefine_source and not self.persist_dest:
+            raise InvalidSpec(
+                "undefine_source without persist_dest would leave the VM defined on no host "
+                "(transient on the destination, undefined on the source).",
+                "set persist_dest: true, or undefine_source: false.")
+
+    def _check_numbers(self):
+        def positive(name, value, allow_none=True, minimum=1):
+            if value is None and allow_none:
+                return
+            if value is None or isinstance(value, bool) or value < minimum:
+                raise InvalidSpec(f"{name}={value!r} must be >= {minimum}.", f"give {name} a value >= {minimum}.")
+
+        positive("bandwidth_mib", self.bandwidth_mib)
+        positive("postcopy_bandwidth_mib", self.postcopy_bandwidth_mib)
+        positive("max_downtime_ms", self.max_downtime_ms, allow_none=False)
+        positive("max_downtime_cap_ms", self.max_downtime_cap_ms, allow_none=False)
+        positive("parallel_connections", self.parallel_connections)
+        positive("stall_iterations", self.stall_iterations, allow_none=False)
+        positive("completion_timeout_s", self.completion_timeout_s)
+        positive("completion_timeout_per_gib_s", self.completion_timeout_per_gib_s, allow_none=False)
+        positive("completion_timeout_min_s", self.completion_timeout_min_s, allow_none=False, minimum=0)
+        positive("postcopy_recovery_timeout_s", self.postcopy_recovery_timeout_s, allow_none=False, minimum=0)
+        if not self.stats_interval_s or self.stats_interval_s < 0.05 or self.stats_interval_s > 60:
+            raise InvalidSpec(f"stats_interval_s={self.stats_interval_s!r} must be between 0.05 and 60 seconds.",
+                              "use a stats interval of about 1 second.")
+        if self.max_downtime_cap_ms < self.max_downtime_ms:
+            raise InvalidSpec(
+                f"max_downtime_cap_ms ({self.max_downtime_cap_ms}) is below max_downtime_ms ({self.max_downtime_ms}).",
+                "make the cap at least the initial max downtime (equal means: never raise it).")
+        if self.max_downtime_cap_ms > QEMU_MAX_DOWNTIME_MS:
+            raise InvalidSpec(f"max_downtime_cap_ms ({self.max_downtime_cap_ms}) exceeds QEMU's limit "
+                              f"of {QEMU_MAX_DOWNTIME_MS} ms.", "lower max_downtime_cap_ms.")
+        for name, value in (("auto_converge_initial", self.auto_converge_initial),
+                            ("auto_converge_increment", self.auto_converge_increment)):
+            if value is None:
+                continue
+            if not self.auto_converge:
+                raise InvalidSpec(f"{name} is set but auto_converge is off.",
+                                  "set auto_converge: true, or drop the auto_converge_* options.")
+            if isinstance(value, bool) or not 1 <= value <= 99:
+                raise InvalidSpec(f"{name}={value!r} must be a percentage between 1 and 99.",
+                                  f"give {name} a value from 1 to 99.")
+
+    def _check_postcopy(self):
+        needs = []
+        if self.mode != "precopy":
+            needs.append(f"mode={self.mode}")
+        if self.on_timeout == "postcopy":
+            needs.append("on_timeout=postcopy")
+        if needs and not self.allow_postcopy:
+            raise InvalidSpec(
+                f"{' and '.join(needs)} needs post-copy, but allow_postcopy is false.",
+                "set allow_postcopy: true, or use mode precopy with on_timeout abort or suspend.")
+        if self.postcopy_armed and self.parallel_connections:
+            raise InvalidSpec(
+                "parallel_connections cannot be combined with post-copy (QEMU refuses multifd together "
+                f"with postcopy-ram); post-copy is needed by {' and '.join(needs)}.",
+                "drop parallel_connections, or use mode precopy with on_timeout abort or suspend.")
+
+    def _check_data_path(self):
+        if self.compression == "zstd" and not self.parallel_connections:
+            raise InvalidSpec("compression=zstd only works with parallel migration.",
+                              "set parallel_connections (e.g. 4), or use compression xbzrle.")
+        if self.compression == "xbzrle" and self.parallel_connections:
+            raise InvalidSpec("compression=xbzrle does not work with parallel migration.",
+                              "use compression zstd with parallel_connections, or drop parallel_connections.")
+        if self.tls_destination and not self.tls:
+            raise InvalidSpec("tls_destination is set but tls is off.", "set tls: true, or drop tls_destination.")
+        if self.migrate_uri is not None:
+            parts = urlsplit(self.migrate_uri)
+            if parts.scheme not in MIGRATE_URI_SCHEMES or (parts.scheme != "unix" and not parts.hostname):
+                raise InvalidSpec(
+                    f"migrate_uri={self.migrate_uri!r} is not a migration data URI.",
+                    "use tcp://ADDRESS (or tcp://ADDRESS:PORT) on the migration network.")
+
+    def _check_versions(self, libvirt_version):
+        if self.compression == "zstd" and libvirt_version < LIBVIRT_ZSTD_MIN:
+            raise InvalidSpec(
+                f"compression=zstd needs libvirt >= {version_text(LIBVIRT_ZSTD_MIN)} on both hosts; "
+                f"the older end runs {version_text(libvirt_version)}.",
+                "use compression xbzrle (without parallel_connections), or no compression.")
+        if self.postcopy_armed and libvirt_version < LIBVIRT_POSTCOPY_RESUME_MIN:
+            raise InvalidSpec(
+                f"post-copy is requested but libvirt {version_text(libvirt_version)} cannot resume an "
+                f"interrupted post-copy (needs >= {version_text(LIBVIRT_POSTCOPY_RESUME_MIN)}); a network "
+                "failure during post-copy would lose the VM.",
+                "use mode precopy with on_timeout abort or suspend, or upgrade libvirt.")
+
+    # ---- derived values ---------------------------------------------------------------
+
+    @property
+    def postcopy_armed(self):
+        """Post-copy capability is enabled at start only when this migration may use it."""
+        return self.allow_postcopy and (self.mode != "precopy" or self.on_timeout == "postcopy")
+
+    @property
+    def ladder_has_postcopy(self):
+        """Whether post-copy is a rung of the ladder before the final action."""
+        return self.postcopy_armed and self.mode in ("postcopy", "postcopy_after_precopy")
+
+    def deadline_s(self, ram_bytes):
+        """Completion deadline: explicit, or per GiB of RAM with a floor."""
+        if self.completion_timeout_s is not None:
+            return float(self.completion_timeout_s)
+        per_ram = self.completion_timeout_per_gib_s * (ram_bytes / GIB)
+        return float(max(self.completion_timeout_min_s, math.ceil(per_ram)))
+
+    def flags(self):
+        """VIR_MIGRATE_* flags for virDomainMigrateToURI3."""
+        flags = VIR_MIGRATE_LIVE | VIR_MIGRATE_PEER2PEER
+        if self.persist_dest:
+            flags |= VIR_MIGRATE_PERSIST_DEST
+        if self.undefine_source:
+            flags |= VIR_MIGRATE_UNDEFINE_SOURCE
+        if self.postcopy_armed:
+            flags |= VIR_MIGRATE_POSTCOPY
+        if self.auto_converge:
+            flags |= VIR_MIGRATE_AUTO_CONVERGE
+        if self.compression:
+            flags |= VIR_MIGRATE_COMPRESSED
+        if self.parallel_connections:
+            flags |= VIR_MIGRATE_PARALLEL
+        if self.tls:
+            flags |= VIR_MIGRATE_TLS
+        if self.copy_storage == "all":
+            flags |= VIR_MIGRATE_NON_SHARED_DISK
+        elif self.copy_storage == "incremental":
+            flags |= VIR_MIGRATE_NON_SHARED_INC
+        return flags
+
+    def resume_flags(self):
+        """Flags to resume an interrupted post-copy: the original ones plus POSTCOPY_RESUME."""
+        return self.flags() | VIR_MIGRATE_POSTCOPY | VIR_MIGRATE_POSTCOPY_RESUME
+
+    def params(self):
+        """VIR_MIGRATE_PARAM_* typed parameters (libvirt-python picks the types by name)."""
+        params = {}
+        if self.migrate_uri:
+            params[PARAM_URI] = self.migrate_uri
+        if self.bandwidth_mib:
+            params[PARAM_BANDWIDTH] = int(self.bandwidth_mib)
+        if self.postcopy_bandwidth_mib and self.postcopy_armed:
+            params[PARAM_BANDWIDTH_POSTCOPY] = int(self.postcopy_bandwidth_mib)
+        if self.auto_converge and self.auto_converge_initial is not None:
+            params[PARAM_AUTO_CONVERGE_INITIAL] = int(self.auto_converge_initial)
+        if self.auto_converge and self.auto_converge_increment is not None:
+            params[PARAM_AUTO_CONVERGE_INCREMENT] = int(self.auto_converge_increment)
+        if self.compression:
+            params[PARAM_COMPRESSION] = self.compression
+        if self.parallel_connections:
+            params[PARAM_PARALLEL_CONNECTIONS] = int(self.parallel_connections)
+        if self.tls and self.tls_destination:
+            params[PARAM_TLS_DESTINATION] = self.tls_destination
+        return params
+
+    def describe(self):
+        """One line for check mode and logs."""
+        parts = [f"mode {self.mode}", f"max downtime {self.max_downtime_ms} ms (cap {self.max_downtime_cap_ms} ms)",
+                 f"on timeout {self.on_timeout}"]
+        if self.bandwidth_mib:
+            parts.append(f"bandwidth {self.bandwidth_mib} MiB/s")
+        if self.auto_converge:
+            parts.append("auto-converge")
+        if self.compression:
+            parts.append(f"compression {self.compression}")
+        if self.parallel_connections:
+            parts.append(f"{self.parallel_connections} parallel connections")
+        if self.tls:
+            parts.append("TLS")
+        if self.copy_storage:
+            parts.append(f"copy storage ({self.copy_storage})")
+        if self.migrate_uri:
+            parts.append(f"data over {self.migrate_uri}")
+        return ", ".join(parts)
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
