@@ -45,7 +45,9 @@ MIGRATE = (
 
 
 def lab_cli(*args, timeout=300):
-    res = subprocess.run([sys.executable, str(LAB_PY), *args], capture_output=True, text=True, timeout=timeout)
+    res = subprocess.run(
+        [sys.executable, str(LAB_PY), *args], capture_output=True, text=True, timeout=timeout, check=False
+    )
     print(res.stdout, res.stderr, sep="", end="")
     assert res.returncode == 0, f"lab.py {' '.join(args)} failed ({res.returncode}):\n{res.stdout}\n{res.stderr}"
     return res
@@ -119,7 +121,13 @@ def _ansible(*args):
     env = {**os.environ, "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"), "ANSIBLE_CALLBACK_RESULT_FORMAT": "json"}
     inv = str(REPO / "inventories" / "lab" / "hosts.yml")
     res = subprocess.run(
-        [str(ansible), "-i", inv, "hypervisors", *args], capture_output=True, text=True, cwd=REPO, env=env, timeout=180
+        [str(ansible), "-i", inv, "hypervisors", *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=env,
+        timeout=180,
+        check=False,
     )
     print(res.stdout, res.stderr)
     assert res.returncode == 0, res.stdout + res.stderr

@@ -32,7 +32,7 @@ ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "
 def _reap() -> None:
     while True:
         try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
+            pid = os.waitpid(-1, os.WNOHANG)[0]
         except ChildProcessError:
             return
         if pid == 0:
@@ -99,10 +99,10 @@ def main() -> None:
     srv.listen(16)
     print(f"holder {cfg.get('hostname')} ready, pid {os.getpid()}", flush=True)
     while True:
-        ready, _, _ = select.select([srv], [], [], 0.5)
+        ready = select.select([srv], [], [], 0.5)[0]
         _reap()
         if ready:
-            conn, _ = srv.accept()
+            conn = srv.accept()[0]
             with conn, contextlib.suppress(OSError):
                 _handle(conn)
 

@@ -172,7 +172,9 @@ def _apt_lists_stamp() -> str:
 def _resolve_with_apt(meta: str) -> tuple[str, str]:
     """(versioned kernel package, its candidate version) that `meta` currently depends on."""
     _require("apt-cache", "apt")
-    shown = subprocess.run(["apt-cache", "show", "--no-all-versions", meta], capture_output=True, text=True)
+    shown = subprocess.run(
+        ["apt-cache", "show", "--no-all-versions", meta], capture_output=True, text=True, check=False
+    )
     depends = control_field(shown.stdout, "Depends") if shown.returncode == 0 else None
     if not depends:
         raise ImageError(f"apt does not know {meta} (no package lists?): run apt-get update")

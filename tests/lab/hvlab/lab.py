@@ -332,7 +332,7 @@ class Lab:
 
     def exec(self, host: str, argv: list[str], check: bool = True, timeout: float | None = 120):
         """Run a command inside a lab host (its network, mount and UTS namespaces)."""
-        res = subprocess.run(self.exec_argv(host, argv), capture_output=True, text=True, timeout=timeout)
+        res = subprocess.run(self.exec_argv(host, argv), capture_output=True, text=True, timeout=timeout, check=False)
         if check and res.returncode != 0:
             raise LabError(f"{' '.join(argv)} on {host} failed ({res.returncode}): {res.stderr.strip()}")
         return res

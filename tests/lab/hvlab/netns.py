@@ -42,7 +42,7 @@ def run(cmd: list[str], check: bool = True, netns: str | None = None) -> subproc
     """Run a command (inside `netns` if given), raising with its stderr on failure."""
     if netns:
         cmd = ["ip", "netns", "exec", netns, *cmd]
-    res = subprocess.run(cmd, capture_output=True, text=True)
+    res = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if check and res.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed ({res.returncode}): {res.stderr.strip()}")
     return res

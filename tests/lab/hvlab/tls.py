@@ -25,7 +25,7 @@ def _certtool(args: list[str], template: str | None = None) -> None:
             tmpl.write(template)
             tmpl.flush()
             args = [*args, "--template", tmpl.name]
-        res = subprocess.run(["certtool", *args], capture_output=True, text=True)
+        res = subprocess.run(["certtool", *args], capture_output=True, text=True, check=False)
     if res.returncode != 0:
         raise RuntimeError(f"certtool {' '.join(args)} failed: {res.stderr.strip()}")
 
@@ -89,7 +89,9 @@ def ensure_host_cert(pki: Path, name: str, addr: str) -> tuple[Path, Path]:
     d = pki / "hosts" / name
     _signed(pki, d / "key.pem", d / "cert.pem", host_template(name, addr))
     # A cert made for another address (hosts are renumbered only by code changes) is replaced.
-    text = subprocess.run(["certtool", "-i", "--infile", str(d / "cert.pem")], capture_output=True, text=True).stdout
+    text = subprocess.run(
+        ["certtool", "-i", "--infile", str(d / "cert.pem")], capture_output=True, text=True, check=False
+    ).stdout
     if addr not in text:
         (d / "cert.pem").unlink()
         _signed(pki, d / "key.pem", d / "cert.pem", host_template(name, addr))
@@ -107,7 +109,7 @@ def ensure_controller(pki: Path) -> Path:
 def install_host_pki(pki: Path, name: str, addr: str, etc_pki: Path) -> None:
     """Fill a host's private /etc/pki with what libvirtd (server + client for p2p migration) and
     QEMU (migrate_tls_x509_cert_dir = /etc/pki/qemu) read."""
-    _, cacert = ensure_ca(pki)
+    cacert = ensure_ca(pki)[1]
     key, cert = ensure_host_cert(pki, name, addr)
     files = {
         "CA/cacert.pem": cacert,

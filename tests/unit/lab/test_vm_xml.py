@@ -36,7 +36,7 @@ def render(spec, console="/var/tmp/hvfleet-lab/console/web1.log"):
 
 
 def test_domain_is_tcg_with_direct_kernel_boot_and_safe_cpu():
-    _, root = render(VMSpec("web1", memory=384, vcpus=2))
+    root = render(VMSpec("web1", memory=384, vcpus=2))[1]
     assert root.tag == "domain" and root.get("type") == "qemu"
     assert root.findtext("name") == "web1"
     assert root.find("memory").get("unit") == "MiB" and root.findtext("memory") == "384"
@@ -50,7 +50,7 @@ def test_domain_is_tcg_with_direct_kernel_boot_and_safe_cpu():
 
 
 def test_nbd_disk_points_at_storage_export_named_after_vm():
-    _, root = render(VMSpec("web1"))
+    root = render(VMSpec("web1"))[1]
     disks = root.findall("devices/disk")
     assert len(disks) == 1
     disk = disks[0]
@@ -64,29 +64,29 @@ def test_nbd_disk_points_at_storage_export_named_after_vm():
 
 
 def test_local_disk_and_no_disk():
-    _, root = render(VMSpec("db1", disk="local"))
+    root = render(VMSpec("db1", disk="local"))[1]
     disk = root.find("devices/disk")
     assert disk.get("type") == "file"
     assert disk.find("source").get("file") == local_disk_path("db1") == "/var/lib/libvirt/images/db1.qcow2"
     assert disk.find("driver").get("type") == "qcow2"
-    _, root = render(VMSpec("nodisk", disk="none"))
+    root = render(VMSpec("nodisk", disk="none"))[1]
     assert root.findall("devices/disk") == []
 
 
 def test_bridges_give_one_virtio_nic_each():
-    _, root = render(VMSpec("web1", bridges=["labbr0", "storage0"]))
+    root = render(VMSpec("web1", bridges=["labbr0", "storage0"]))[1]
     nics = root.findall("devices/interface")
     assert [n.get("type") for n in nics] == ["bridge", "bridge"]
     assert [n.find("source").get("bridge") for n in nics] == ["labbr0", "storage0"]
     assert all(n.find("model").get("type") == "virtio" for n in nics)
-    _, root = render(VMSpec("web2", bridges=[]))
+    root = render(VMSpec("web2", bridges=[]))[1]
     assert root.findall("devices/interface") == []
     assert VMSpec("web3").bridges == ["labbr0"]
 
 
 def test_console_goes_to_shared_file_in_append_mode():
     path = "/var/tmp/hvfleet-lab/console/web1.log"
-    _, root = render(VMSpec("web1"), console=path)
+    root = render(VMSpec("web1"), console=path)[1]
     for tag in ("serial", "console"):
         dev = root.find(f"devices/{tag}")
         assert dev.get("type") == "file"

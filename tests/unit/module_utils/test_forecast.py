@@ -178,9 +178,11 @@ def test_more_dirty_rate_never_predicts_a_shorter_precopy(ram, bw, r1, r2, wss, 
     assert fast.iterations >= slow.iterations or not fast.converged
     assert not (fast.converged and not slow.converged)
     # the same holds for the forecast of an explicit pre-copy (no downtime escalation)
-    one = F.forecast(ram, low, bw, mode="precopy", max_downtime_ms=downtime, max_downtime_cap_ms=downtime,
+    one = F.forecast(ram_bytes=ram, dirty_rate=low, bandwidth=bw,
+                     mode="precopy", max_downtime_ms=downtime, max_downtime_cap_ms=downtime,
                      deadline_s=deadline, dirty_working_set=wss, transferable_ratio=ratio)
-    two = F.forecast(ram, high, bw, mode="precopy", max_downtime_ms=downtime, max_downtime_cap_ms=downtime,
+    two = F.forecast(ram_bytes=ram, dirty_rate=high, bandwidth=bw,
+                     mode="precopy", max_downtime_ms=downtime, max_downtime_cap_ms=downtime,
                      deadline_s=deadline, dirty_working_set=wss, transferable_ratio=ratio)
     assert two.predicted_duration_s >= one.predicted_duration_s - 1e-6
 

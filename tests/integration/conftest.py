@@ -1,0 +1,68 @@
+"""Fixtures for tests on the lab: one lab per session, brought up on first use, torn down at the end.
+
+`lab` calls `up` before every test that asks for it: a healthy lab is reused in well under a second,
+and a lab that a previous test took down (the smoke test does) is rebuilt. VMs a test creates with
+`make_vm` are removed wherever they ended up.
+"""
+
+import itertools
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+HOSTS = 3
+
+if os.geteuid() != 0:
+    raise pytest.UsageError("the lab integration tests need root (namespaces, libvirtd): run scripts/test as root")
+
+from hvlab import Lab, VMSpec  # noqa: E402  (tests/conftest.py puts tests/lab on sys.path)
+
+_used = {"lab": False}
+
+
+@pytest.fixture
+def lab():
+    lab = Lab()
+    lab.up(hosts_count=HOSTS)
+    _used["lab"] = True
+    return lab
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if _used["lab"] and not os.environ.get("HVLAB_KEEP"):
+        Lab().down()
+
+
+_serial = itertools.count(1)
+
+
+@pytest.fixture
+def make_vm(lab, request):
+    """Start a VM with a unique name on a lab host; it is removed after the test, wherever it runs."""
+    made = []
+
+    def make(host="hv1", **knobs):
+        name = f"t{os.getpid() % 1000}-{next(_serial)}"
+        lab.vm_start(VMSpec(name=name, **knobs), host=host)
+        made.append(name)
+        return name
+
+    yield make
+    for name in made:
+        lab.vm_rm(name)
+
+
+def ansible(*args, check=True, env=None):
+    """Run an ansible command from the project venv against the lab inventory; returns the result."""
+    full_env = dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg"), **(env or {}))
+    bindir = Path(sys.executable).parent
+    res = subprocess.run([str(bindir / args[0]), *args[1:]], cwd=REPO, env=full_env,
+                         capture_output=True, text=True, timeout=900, check=False)
+    print(res.stdout, res.stderr, sep="", end="")
+    if check:
+        assert res.returncode == 0, f"{' '.join(args)} failed ({res.returncode})"
+    return res
