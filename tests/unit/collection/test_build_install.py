@@ -1,0 +1,45 @@
+"""The built collection tarball installs into a clean collections path and its modules run from there."""
+
+import json
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[3]
+BIN = Path(sys.executable).parent
+
+
+def run(argv, cwd, env=None):
+    res = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert res.returncode == 0, f"{' '.join(map(str, argv))} failed:\n{res.stdout}\n{res.stderr}"
+    return res
+
+
+def test_tarball_installs_and_its_module_runs(tmp_path):
+    run([BIN / "ansible-galaxy", "collection", "build", str(REPO), "--output-path", str(tmp_path)], cwd=tmp_path)
+    (tarball,) = tmp_path.glob("hvfleet-drain-*.tar.gz")
+    with tarfile.open(tarball) as tar:
+        names = tar.getnames()
+    assert "plugins/modules/domain_migration.py" in names
+    assert not [n for n in names if n.startswith((".venv", ".collections", ".git/"))], "build_ignore leaks"
+
+    colls = tmp_path / "collections"
+    run([BIN / "ansible-galaxy", "collection", "install", str(tarball), "-p", str(colls)], cwd=tmp_path)
+    assert (colls / "ansible_collections" / "hvfleet" / "drain" / "MANIFEST.json").is_file()
+
+    # A clean environment: no ansible.cfg from the checkout, only the installed copy.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ANSIBLE_")}
+    env.update(ANSIBLE_COLLECTIONS_PATH=str(colls), ANSIBLE_CALLBACK_RESULT_FORMAT="json", ANSIBLE_NOCOLOR="1")
+    res = subprocess.run(
+        [BIN / "ansible", "localhost", "-c", "local", "-e", f"ansible_python_interpreter={sys.executable}",
+         "-m", "hvfleet.drain.domain_migration",
+         "-a", "name=no-such-vm uri=test:///default dest_uri=test:///default"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300, check=False,
+    )
+    out = res.stdout
+    assert res.returncode != 0 and "FAILED" in out, out + res.stderr
+    result = json.loads(out[out.index("=> {") + 3:])
+    assert "no-such-vm" in result["msg"], result
+    assert "test:///default" in result["msg"], result
