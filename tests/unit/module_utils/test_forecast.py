@@ -154,7 +154,7 @@ def test_impossible_inputs_raise(kwargs):
     args = {"ram_bytes": GIB, "dirty_rate": MIB, "bandwidth": 100 * MIB}
     args.update(kwargs)
     with pytest.raises(F.ForecastError) as info:
-        F.forecast(args.pop("ram_bytes"), args.pop("dirty_rate"), args.pop("bandwidth"), **args)
+        F.forecast(**args)
     assert isinstance(info.value, HvfleetError) and info.value.hint
 
 

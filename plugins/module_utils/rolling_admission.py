@@ -1,0 +1,286 @@
+# Copyright: hvfleet maintainers
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Which hosts the hvfleet.drain.rolling strategy may admit into maintenance now.
+
+Pure and stateless (no Ansible imports): the strategy says which hosts are in flight (admitted,
+not finished), which finished, which failed and what time it is; `decide` answers which waiting
+hosts to admit now and why each other one waits. Rules, checked in this order:
+
+1. more failed hosts than `max_failures`: nobody is admitted any more (final);
+2. a host outside its maintenance window is not admitted;
+3. at most `max_in_flight` hosts in flight;
+4. at most one host in flight per failure domain (hosts whose domain is `UNDEFINED_DOMAIN`
+   share one domain; a host with domain None has no domain constraint);
+5. capacity: the VM memory of every host out of service (in flight, failed, and the candidate)
+   must fit in the free memory of the hosts left in service. Aggregate check on memory figures
+   taken before the play; skipped when any host lacks either figure.
+
+Waiting hosts are considered in `order_hosts` order; a host that cannot be admitted (its domain
+is busy, it does not fit) does not hold back the ones behind it.
+"""
+
+from __future__ import annotations
+
+import datetime
+import re
+from dataclasses import dataclass, field
+from typing import Optional
+
+from ansible_collections.hvfleet.drain.plugins.module_utils.errors import HvfleetError
+
+UTC = datetime.timezone.utc  # noqa: UP017 - module_utils also run on Python < 3.11
+UNDEFINED_DOMAIN = "<undefined>"
+
+# Reasons a host waits (the strategy lists them when the run ends with hosts not done).
+REASON_FAILURES = "admission stopped after failures"
+REASON_WINDOW = "outside its maintenance window"
+REASON_IN_FLIGHT = "max in flight reached"
+REASON_DOMAIN = "failure domain busy"
+REASON_CAPACITY = "remaining hosts cannot absorb its VMs"
+
+_DAILY = re.compile(r"^\s*(\d{1,2}):(\d{2})\s*-\s*(\d{1,2}):(\d{2})\s*$")
+
+
+class RollingConfigError(HvfleetError):
+    """A rolling setting or window specification is invalid."""
+
+
+# --------------------------------------------------------------------------- windows
+
+
+@dataclass(frozen=True)
+class DailyWindow:
+    """Every day from `start` to `end`, minutes after midnight UTC; wraps midnight when end <= start."""
+
+    start: int
+    end: int
+
+    def contains(self, now):
+        utc = now.astimezone(UTC)
+        minute = utc.hour * 60 + utc.minute + utc.second / 60.0
+        if self.start < self.end:
+            return self.start <= minute < self.end
+        return minute >= self.start or minute < self.end
+
+    def __str__(self):
+        return f"daily {self.start // 60:02d}:{self.start % 60:02d}-{self.end // 60:02d}:{self.end % 60:02d} UTC"
+
+
+@dataclass(frozen=True)
+class AbsoluteWindow:
+    """From `start` (inclusive) to `end` (exclusive), timezone-aware datetimes."""
+
+    start: datetime.datetime
+    end: datetime.datetime
+
+    def contains(self, now):
+        return self.start <= now < self.end
+
+    def __str__(self):
+        return f"{self.start.isoformat()} to {self.end.isoformat()}"
+
+
+@dataclass(frozen=True)
+class AnyWindow:
+    """Open when any of `windows` is open."""
+
+    windows: tuple
+
+    def contains(self, now):
+        return any(w.contains(now) for w in self.windows)
+
+    def __str__(self):
+        return " or ".join(str(w) for w in self.windows)
+
+
+def _instant(value, what):
+    """An aware datetime from an ISO 8601 string, a datetime or a date (naive means UTC)."""
+    if isinstance(value, datetime.datetime):
+        moment = value
+    elif isinstance(value, datetime.date):
+        moment = datetime.datetime(value.year, value.month, value.day)
+    elif isinstance(value, str):
+        text = value.strip()
+        if text.endswith(("Z", "z")):
+            text = text[:-1] + "+00:00"
+        try:
+            moment = datetime.datetime.fromisoformat(text)
+        except ValueError:
+            raise RollingConfigError(
+                f"maintenance window {what} {value!r} is not an ISO 8601 date-time.",
+                "write it like 2025-06-01T22:00:00Z.",
+            ) from None
+    else:
+        raise RollingConfigError(
+            f"maintenance window {what} must be an ISO 8601 date-time, got {type(value).__name__}.",
+            "write it like 2025-06-01T22:00:00Z.",
+        )
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment
+
+
+def parse_window(spec):
+    """A window object from a specification, or None (always open) when `spec` is empty.
+
+    Accepted: "HH:MM-HH:MM" (daily, UTC, may wrap midnight, "24:00" allowed as end);
+    a mapping with ISO 8601 `start` and `end` (naive means UTC); a list of those (open when any is).
+    """
+    if spec is None or spec == "" or spec == [] or spec == {}:
+        return None
+    if isinstance(spec, str):
+        match = _DAILY.match(spec)
+        if not match:
+            raise RollingConfigError(
+                f"maintenance window {spec!r} is not HH:MM-HH:MM.",
+                'use a daily UTC window like "22:00-04:00" or a mapping with start and end.',
+            )
+        h1, m1, h2, m2 = (int(g) for g in match.groups())
+        start, end = h1 * 60 + m1, h2 * 60 + m2
+        if m1 > 59 or m2 > 59 or start >= 24 * 60 or end > 24 * 60:
+            raise RollingConfigError(f"maintenance window {spec!r} has an invalid time.", "hours 00-23, minutes 00-59.")
+        if start == end:
+            raise RollingConfigError(
+                f"maintenance window {spec!r} starts where it ends.",
+                'for an always-open window leave hvfleet_maintenance_window unset; "00:00-24:00" is the whole day.',
+            )
+        return DailyWindow(start, end)
+    if isinstance(spec, dict):
+        unknown = set(spec) - {"start", "end"}
+        if unknown or "start" not in spec or "end" not in spec:
+            raise RollingConfigError(
+                f"maintenance window mapping must have exactly start and end, got {sorted(spec)}.",
+                "for example {start: 2025-06-01T22:00:00Z, end: 2025-06-02T04:00:00Z}.",
+            )
+        start, end = _instant(spec["start"], "start"), _instant(spec["end"], "end")
+        if end <= start:
+            raise RollingConfigError(
+                f"maintenance window ends ({end.isoformat()}) before it starts ({start.isoformat()}).",
+                "swap start and end.",
+            )
+        return AbsoluteWindow(start, end)
+    if isinstance(spec, (list, tuple)):
+        windows = tuple(w for w in (parse_window(item) for item in spec) if w is not None)
+        return AnyWindow(windows) if windows else None
+    raise RollingConfigError(
+        f"maintenance window must be a string, a mapping or a list, got {type(spec).__name__}.",
+        'use "22:00-04:00" or {start: ..., end: ...}.',
+    )
+
+
+# --------------------------------------------------------------------------- hosts and settings
+
+
+@dataclass(frozen=True)
+class Host:
+    """What admission needs to know about one host (figures gathered before the play)."""
+
+    name: str
+    domain: Optional[str] = None  # None: no failure-domain constraint for this host
+    order: object = None  # value of the order hostvar; None sorts last
+    vm_memory_mib: Optional[float] = None  # memory of the VMs it runs (to be absorbed by others)
+    free_memory_mib: Optional[float] = None  # memory it can absorb while in service
+    window: object = None  # parse_window() result; None: always open
+
+
+@dataclass(frozen=True)
+class Settings:
+    max_in_flight: int = 1
+    max_failures: int = 0
+    capacity_check: bool = True
+
+    def __post_init__(self):
+        if isinstance(self.max_in_flight, bool) or not isinstance(self.max_in_flight, int) or self.max_in_flight < 1:
+            raise RollingConfigError(
+                f"hvfleet_rolling_max_in_flight must be an integer >= 1, got {self.max_in_flight!r}.",
+                "set how many hosts may be in maintenance at once.",
+            )
+        if isinstance(self.max_failures, bool) or not isinstance(self.max_failures, int) or self.max_failures < 0:
+            raise RollingConfigError(
+                f"hvfleet_rolling_max_failures must be an integer >= 0, got {self.max_failures!r}.",
+                "0 stops admission after the first failed host.",
+            )
+
+
+@dataclass(frozen=True)
+class Decision:
+    admit: tuple = ()  # host names to admit now, in order
+    waiting: dict = field(default_factory=dict)  # host name -> reason it is not admitted now
+    final: bool = False  # True: no host will ever be admitted again in this run
+    capacity_checked: bool = False  # False when the capacity figures were incomplete (check skipped)
+
+
+def _order_key(host):
+    value = host.order
+    if value is None:
+        rank = (2, "")
+    elif isinstance(value, bool):
+        rank = (1, str(value))
+    elif isinstance(value, (int, float)):
+        rank = (0, value)
+    else:
+        rank = (1, str(value))
+    return rank, host.name
+
+
+def order_hosts(hosts):
+    """Hosts sorted by order value (numbers, then strings, then undefined), then by name."""
+    return sorted(hosts, key=_order_key)
+
+
+def capacity_known(hosts):
+    """True when every host has both memory figures (otherwise the capacity check is skipped)."""
+    return all(h.vm_memory_mib is not None and h.free_memory_mib is not None for h in hosts)
+
+
+def fits(hosts, out_of_service):
+    """Can the hosts in service absorb the VM memory of every host in `out_of_service` (names)?"""
+    demand = sum(h.vm_memory_mib for h in hosts if h.name in out_of_service)
+    supply = sum(h.free_memory_mib for h in hosts if h.name not in out_of_service)
+    return demand <= supply
+
+
+def decide(settings, hosts, in_flight=(), finished=(), failed=(), now=None):
+    """Which waiting hosts to admit now.
+
+    hosts: every host of the play (Host objects); in_flight/finished/failed: host names
+    (failed may overlap in_flight and finished); now: an aware datetime (default: current UTC time).
+    """
+    if now is None:
+        now = datetime.datetime.now(UTC)
+    in_flight, finished, failed = set(in_flight), set(finished), set(failed)
+    ordered = order_hosts(hosts)
+    waiting_hosts = [h for h in ordered if h.name not in in_flight and h.name not in finished]
+    check_capacity = settings.capacity_check and capacity_known(hosts)
+
+    if len(failed) > settings.max_failures:
+        waiting = {h.name: f"{REASON_FAILURES} ({len(failed)} failed, threshold {settings.max_failures})"
+                   for h in waiting_hosts}
+        return Decision((), waiting, True, check_capacity)
+
+    by_name = {h.name: h for h in hosts}
+    busy = {}
+    for name in sorted(in_flight):
+        host = by_name.get(name)
+        if host is not None and host.domain is not None:
+            busy[host.domain] = name
+    out = in_flight | failed
+    admit, waiting = [], {}
+    for host in waiting_hosts:
+        if host.window is not None and not host.window.contains(now):
+            waiting[host.name] = f"{REASON_WINDOW} ({host.window})"
+        elif len(in_flight) + len(admit) >= settings.max_in_flight:
+            waiting[host.name] = f"{REASON_IN_FLIGHT} ({settings.max_in_flight})"
+        elif host.domain is not None and host.domain in busy:
+            waiting[host.name] = f"{REASON_DOMAIN} ({host.domain}: {busy[host.domain]} in flight)"
+        elif check_capacity and not fits(hosts, out | {host.name}):
+            waiting[host.name] = REASON_CAPACITY
+        else:
+            admit.append(host.name)
+            out.add(host.name)
+            if host.domain is not None:
+                busy[host.domain] = host.name
+    # Nothing in flight and nothing admitted: no event can change the answer (only time can,
+    # and a window that is closed now ends the run rather than making it wait).
+    final = bool(waiting) and not admit and not in_flight
+    return Decision(tuple(admit), waiting, final, check_capacity)
