@@ -11,6 +11,7 @@ the exception alone.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import threading
 import time
@@ -25,6 +26,7 @@ from ansible_collections.hvfleet.drain.plugins.module_utils.errors import (
 from ansible_collections.hvfleet.drain.plugins.module_utils.monitor import JobMonitor, sample_from_stats
 
 VIR_DOMAIN_JOB_STATS_COMPLETED = 1
+VIR_DOMAIN_JOB_STATS_KEEP_COMPLETED = 2  # reading them must not take them away from the operator
 SETTLE_TIMEOUT_S = 60.0  # how long libvirt may take to finish/cancel a job after the call returned
 
 MOVED = "moved"
@@ -99,8 +101,9 @@ class Migration:
     """One migration of domain `name` from `src_conn` to `dest_uri` (observed through `dst_conn`)."""
 
     def __init__(self, src_conn, dst_conn, name, dest_uri, spec, source_uri="qemu:///system",
-                 clock=time.monotonic, wait=time.sleep, settle_timeout_s=SETTLE_TIMEOUT_S):
+                 clock=time.monotonic, wait=time.sleep, settle_timeout_s=SETTLE_TIMEOUT_S, call_conn=None):
         self.src_conn = src_conn
+        self.call_conn = call_conn  # the blocking migrate call runs on its own connection, see _call_connection
         self.dst_conn = dst_conn
         self.name = name
         self.dest_uri = dest_uri
@@ -113,6 +116,8 @@ class Migration:
         self.result = MigrationResult(name=name, source=source_uri, destination=dest_uri, spec=spec.to_dict())
         self.postcopy_started = False
         self.was_running = True
+        self.call_dom = None
+        self._monitor = None
 
     # ---- observation --------------------------------------------------------------------
 
@@ -221,6 +226,28 @@ class Migration:
 
     # ---- run ----------------------------------------------------------------------------
 
+    def _call_connection(self):
+        """Connection for the blocking migrate call: `call_conn`, else a second one to the source.
+
+        Seen on libvirt 9.0 (remote driver, python binding): while migrateToURI3 is in flight on a
+        connection, other calls on that *same* connection (job stats, set max downtime) can block
+        until the migration ends (or until the next keepalive wake-up, 5 s) - the monitor then sees
+        nothing and the ladder cannot act. A second connection to the same daemon does not block.
+        Returns (conn, opened_here); falls back to the source connection when no second one opens.
+        """
+        if self.call_conn is not None:
+            return self.call_conn, False
+        get_uri = getattr(self.src_conn, "getURI", None)
+        if get_uri is None:  # not a libvirt connection (unit-test fakes)
+            return self.src_conn, False
+        try:
+            from ansible_collections.hvfleet.drain.plugins.module_utils.connection import connect
+            return connect(get_uri()), True
+        except Exception as exc:  # pylint: disable=broad-except
+            self.step("call_connection", "could not open a second connection to the source; the migrate call "
+                      "shares the monitoring connection (job stats may lag)", str(exc))
+            return self.src_conn, False
+
     def run(self):
         """Migrate; returns the MigrationResult on success, raises MigrationFailed otherwise."""
         self.start = self.clock()
@@ -229,6 +256,16 @@ class Migration:
             return self._finish(ALREADY_THERE, False, f"'{self.name}' already runs on {self.dest_uri}; nothing done.")
         _versions, oldest = self._versions()
         self.spec.validate(oldest)
+        call_conn, opened = self._call_connection()
+        try:
+            self.call_dom = call_conn.lookupByName(self.name)
+            return self._run(what)
+        finally:
+            if opened:
+                with contextlib.suppress(Exception):
+                    call_conn.close()
+
+    def _run(self, what):
         dom = self.src_conn.lookupByName(self.name)
         self.result.ram_bytes = self._ram_bytes(dom)
         self.result.deadline_s = self.spec.deadline_s(self.result.ram_bytes or 0)
@@ -238,9 +275,9 @@ class Migration:
             self.step("postcopy_resume", "found an interrupted post-copy from an earlier run; resuming it")
             return self._recover(dom, call_error=None)
 
-        monitor = JobMonitor(dom, clock=self.clock, start=self.start)
+        monitor = self._monitor = JobMonitor(dom, clock=self.clock, start=self.start)
         box = {}
-        worker = threading.Thread(target=self._migrate_call, args=(dom, self.spec.flags(), box),
+        worker = threading.Thread(target=self._migrate_call, args=(self.call_dom, self.spec.flags(), box),
                                   name=f"migrate {self.name}", daemon=True)
         self.result.mode_used = "precopy"
         self.step("start", f"migrateToURI3 to {self.dest_uri}: {self.spec.describe()}")
@@ -276,8 +313,8 @@ class Migration:
             if not worker.is_alive():
                 return
             sample = monitor.sample()
-            if sample is None or not sample.active:
-                continue
+            if sample is None or not sample.active or not sample.started:
+                continue  # libvirt still preparing the destination: no figures yet
             if sample.phase.startswith("postcopy") and not self.postcopy_started:
                 self.postcopy_started = True
                 self.result.mode_used = "postcopy"
@@ -423,7 +460,7 @@ class Migration:
 
         def resume():
             box = {}
-            worker = threading.Thread(target=self._migrate_call, args=(dom, flags, box), daemon=True,
+            worker = threading.Thread(target=self._migrate_call, args=(self.call_dom, flags, box), daemon=True,
                                       name=f"postcopy-resume {self.name}")
             worker.start()
             worker.join(max(1.0, self.spec.postcopy_recovery_timeout_s))
@@ -445,6 +482,15 @@ class Migration:
                                 f"{', recovered after an interruption' if had_trouble else ''}).")
         if report.final.action == reconcile.PAUSE_SOURCE:
             self._pause_for(reconcile.PAUSE_SOURCE, report.final.reason)
+        if report.final.placement == reconcile.POSTCOPY_DEST_LOST:
+            return self._fail(reconcile.POSTCOPY_DEST_LOST, True, f"'{self.name}': {report.final.reason}",
+                              recovery=(
+                                  f"Only the paused source copy of '{self.name}' is left ({self.source_uri}: "
+                                  f"{report.source.label()}); the destination {self.dest_uri} has none "
+                                  f"({report.destination.label()}). Post-copy had started, so that copy may lack "
+                                  "pages the guest wrote on the destination and was not resumed. Check the "
+                                  "destination's QEMU log for when it failed; if the guest never ran there, the "
+                                  "source copy is intact, otherwise destroy it and start the VM from its disk."))
         return self._fail(POSTCOPY_PAUSED, True,
                           f"'{self.name}' is stuck in an interrupted post-copy and could not be resumed within "
                           f"{self.spec.postcopy_recovery_timeout_s:g} s: {report.final.reason}",
@@ -470,7 +516,7 @@ class Migration:
             if dom is None:
                 continue
             try:
-                stats = dom.jobStats(VIR_DOMAIN_JOB_STATS_COMPLETED)
+                stats = dom.jobStats(VIR_DOMAIN_JOB_STATS_COMPLETED | VIR_DOMAIN_JOB_STATS_KEEP_COMPLETED)
             except Exception:  # pylint: disable=broad-except
                 continue
             if not stats or int(stats.get("type", 0)) != 3:  # VIR_DOMAIN_JOB_COMPLETED
@@ -484,8 +530,13 @@ class Migration:
                 self.result.iterations = sample.iteration
             if self.result.downtime_ms is not None and self.result.bytes_sent is not None:
                 break
+        monitor = monitor or self._monitor
         if self.result.bytes_sent is None and monitor is not None and monitor.last() is not None:
-            self.result.bytes_sent = monitor.last().data_processed
+            last = monitor.last()
+            # libvirt 9.0 keeps no completed-job stats after a post-copy (not on the destination, and
+            # the source domain is gone): what was still to send at the last sample went over as well
+            extra = last.data_remaining if self.postcopy_started and last.phase.startswith("postcopy") else 0
+            self.result.bytes_sent = last.data_processed + extra
 
     def _finish(self, outcome, changed, message):
         self.result.outcome = outcome

@@ -51,6 +51,15 @@ class JobSample:  # pylint: disable=too-many-instance-attributes
     def active(self):
         return self.phase in ("precopy", "postcopy", "postcopy_failed")
 
+    @property
+    def started(self):
+        """QEMU itself is migrating (not libvirt still preparing the destination).
+
+        While libvirt still prepares the destination the job shows as active at iteration 0 with
+        nothing sent: no figures to judge, and nothing for migrateSetMaxDowntime to act on yet.
+        """
+        return self.iteration >= 1 or self.data_processed > 0 or self.memory_processed > 0
+
     def to_dict(self):
         return dataclasses.asdict(self)
 

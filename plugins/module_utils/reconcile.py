@@ -10,8 +10,9 @@ Rules, in order:
 * Post-copy evidence on either side (source paused "post-copy"/"post-copy failed",
   destination running/paused "post-copy"/"post-copy failed"): the destination holds
   the live state. The source copy is never resumed. Interrupted -> resume post-copy;
-  still streaming -> wait. A *running* source next to post-copy evidence is the
-  forbidden state: pause the source.
+  still streaming -> wait; destination seen without a copy (its QEMU died) -> nothing
+  can be resumed: stop and report. A *running* source next to post-copy evidence is
+  the forbidden state: pause the source.
 * Destination running, source not running -> moved (a paused leftover on the source
   stays paused; it is never resumed).
 * Both running -> split brain: pause the copy that is not authoritative (the
@@ -65,6 +66,7 @@ STAYED = "stayed"
 IN_FLIGHT = "in_flight"
 POSTCOPY_ACTIVE = "postcopy_active"
 POSTCOPY_INTERRUPTED = "postcopy_interrupted"
+POSTCOPY_DEST_LOST = "postcopy_destination_lost"
 PAUSED_ON_SOURCE = "paused_on_source"
 PAUSED_ON_DESTINATION = "paused_on_destination"
 BOTH_RUNNING = "both_running"
@@ -191,6 +193,12 @@ def classify(src, dst, postcopy_started=False, was_running=True):  # pylint: dis
                            f"source runs although post-copy started; pausing the source ({where})", loud=True)
         if dst.running and not dst.postcopy:
             return Verdict(MOVED, NONE, f"post-copy completed ({where})")
+        if dst.gone:
+            # seen on the lab: a post-copy paused while the destination still loaded the device
+            # state killed the destination QEMU ("shut off (failed)"); nothing is left to resume into
+            return Verdict(POSTCOPY_DEST_LOST, NONE, f"post-copy started but the destination has no copy left to "
+                           f"resume into; the paused source copy may lack pages and is not resumed ({where})",
+                           loud=True)
         if src.postcopy_failed or dst.postcopy_failed:
             return Verdict(POSTCOPY_INTERRUPTED, POSTCOPY_RESUME, f"post-copy interrupted ({where})")
         if src.job_active or dst.job_active or dst.running:
@@ -280,7 +288,7 @@ def recover_postcopy(observe_pair, resume, deadline_s, clock=time.monotonic, wai
         verdict = classify(src, dst, postcopy_started=True)
         if verdict.placement == MOVED:
             return RecoveryReport(True, attempts, verdict, src, dst)
-        if verdict.action == PAUSE_SOURCE:
+        if verdict.action in (PAUSE_SOURCE, NONE):  # nothing a resume could fix
             return RecoveryReport(False, attempts, verdict, src, dst)
         resumed = False
         if verdict.action == POSTCOPY_RESUME and src.present and src.reachable:

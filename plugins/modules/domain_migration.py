@@ -397,12 +397,17 @@ class DomainMigrationModule:
         if LIBVIRT_IMPORT_ERROR is not None:
             self.module.fail_json(msg=missing_required_lib("libvirt-python (python3-libvirt)"),
                                   exception=LIBVIRT_IMPORT_ERROR)
-        src = dst = None
+        src = dst = call = None
         try:
             spec = self.spec()
             src = self.connect(self.params["uri"])
             dst = self.connect(self.params["dest_uri"])
-            job = Migration(src, dst, self.params["name"], self.params["dest_uri"], spec, source_uri=self.params["uri"])
+            if not self.module.check_mode:
+                # the blocking migrate call gets its own connection: job-stats calls made on the
+                # connection that carries it can stall until the migration ends (libvirt 9.0)
+                call = self.connect(self.params["uri"])
+            job = Migration(src, dst, self.params["name"], self.params["dest_uri"], spec, source_uri=self.params["uri"],
+                            call_conn=call)
             if self.module.check_mode:
                 self.check(job)
             else:
@@ -414,6 +419,7 @@ class DomainMigrationModule:
         except HvfleetError as exc:
             self.module.fail_json(msg=str(exc), changed=False)
         finally:
+            close_quietly(call)
             close_quietly(src)
             close_quietly(dst)
 

@@ -88,7 +88,7 @@ class Dom:
         return [self.job] + [0] * 11
 
     def jobStats(self, flags=0):
-        if flags == 1:
+        if flags & 1:
             if self.completed is None:
                 raise LibvirtFail("no completed job")
             return dict(self.completed)

@@ -31,6 +31,10 @@ UNREACHABLE = SideView(uri=DST, reachable=False, error="Cannot recv data: Connec
     (src(rc.PAUSED, rc.PAUSED_POSTCOPY_FAILED), UNREACHABLE, True, True, rc.POSTCOPY_INTERRUPTED, rc.POSTCOPY_RESUME),
     (src(rc.PAUSED, rc.PAUSED_POSTCOPY), dst(rc.PAUSED, rc.PAUSED_POSTCOPY_FAILED), True, True,
      rc.POSTCOPY_INTERRUPTED, rc.POSTCOPY_RESUME),
+    # lab: post-copy paused while the destination loaded the device state -> destination QEMU died
+    (src(rc.PAUSED, rc.PAUSED_POSTCOPY_FAILED, job_active=True), dst(rc.SHUTOFF, 6), True, True,
+     rc.POSTCOPY_DEST_LOST, rc.NONE),
+    (src(rc.PAUSED, rc.PAUSED_POSTCOPY_FAILED), dst(), True, True, rc.POSTCOPY_DEST_LOST, rc.NONE),
     # post-copy healthy and still streaming
     (src(rc.PAUSED, rc.PAUSED_POSTCOPY, job_active=True), dst(rc.RUNNING, rc.RUNNING_POSTCOPY), True, True,
      rc.POSTCOPY_ACTIVE, rc.WAIT),
@@ -250,3 +254,18 @@ def test_recovery_waits_without_resuming_while_postcopy_still_streams():
 
     report = rc.recover_postcopy(lambda: next(views), resume, deadline_s=60, clock=clock, wait=clock.wait)
     assert report.ok and report.attempts == []
+
+
+def test_recovery_stops_at_once_when_the_destination_copy_is_gone():
+    """Lab: the destination QEMU died during the switch-over ("shut off (failed)"); retrying the
+    resume for the whole deadline only delays the report (every attempt: "not processing incoming
+    migration")."""
+    clock = Clock()
+    lost = (src(rc.PAUSED, rc.PAUSED_POSTCOPY_FAILED, job_active=True), dst(rc.SHUTOFF, 6))
+
+    def resume():
+        raise AssertionError("nothing to resume into")
+
+    report = rc.recover_postcopy(lambda: lost, resume, deadline_s=120, clock=clock, wait=clock.wait)
+    assert not report.ok and report.final.placement == rc.POSTCOPY_DEST_LOST and report.final.loud
+    assert report.attempts == [] and clock.now == 0
