@@ -1,0 +1,720 @@
+# Copyright: hvfleet maintainers
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Facts about domains and hypervisors, read through libvirt (never virsh).
+
+Domain facts come from the domain XML by a pure parser (`parse_domain_xml`), so everything a
+prerequisite check looks at can be unit-tested from XML text. Host facts combine what libvirt
+says about a host with what only the host itself can say (Linux bridges in /sys/class/net,
+the filesystem a disk lives on in /proc/self/mounts, userfaultfd, the cordon state). Those
+local parts are read only when the code runs on the host the libvirt URI points to; read
+from elsewhere they are None (unknown), never guessed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+import xml.etree.ElementTree as ET
+from urllib.parse import urlsplit
+
+from ansible_collections.hvfleet.drain.plugins.module_utils import maintenance
+from ansible_collections.hvfleet.drain.plugins.module_utils.errors import HvfleetError
+from ansible_collections.hvfleet.drain.plugins.module_utils.policy import LABEL_NAMESPACE
+
+MIB = 1024 * 1024
+
+DOMAIN_STATES = {0: "nostate", 1: "running", 2: "blocked", 3: "paused", 4: "shutdown", 5: "shutoff",
+                 6: "crashed", 7: "pmsuspended"}
+VIR_CONNECT_LIST_DOMAINS_ACTIVE = 1
+VIR_NODE_MEMORY_STATS_ALL_CELLS = -1
+VIR_DOMAIN_STATS_DIRTYRATE = 1 << 9
+
+# Filesystems libvirt itself treats as shared when it decides whether a migration is safe
+# (virFileIsSharedFS): a disk there is reachable from every host that mounts the same share.
+SHARED_FS_TYPES = frozenset({
+    "nfs", "nfs4", "gfs2", "gfs2meta", "ocfs2", "afs", "smb3", "smbfs", "cifs", "ceph", "fuse.ceph",
+    "fuse.ceph-fuse", "glusterfs", "fuse.glusterfs", "gpfs", "quobyte", "fuse.quobyte", "beegfs", "lustre",
+})
+# Storage pool types whose volumes every host of the cluster can open at the same path.
+SHARED_POOL_TYPES = frozenset({"netfs", "iscsi", "iscsi-direct", "mpath", "rbd", "gluster", "sheepdog", "vstorage"})
+
+# libvirt >= 1.3.3 and QEMU >= 2.5 migrate in post-copy; libvirt >= 8.5 can resume a broken one.
+LIBVIRT_POSTCOPY_MIN = 1003003
+QEMU_POSTCOPY_MIN = 2005000
+LIBVIRT_POSTCOPY_RESUME_MIN = 8005000
+
+
+class FactsError(HvfleetError):
+    """Facts could not be read (libvirt refused, or the XML is not a domain)."""
+
+
+def version_text(number):
+    """libvirt encodes versions as major*1e6 + minor*1e3 + micro."""
+    if not number:
+        return "unknown"
+    return f"{number // 1000000}.{number // 1000 % 1000}.{number % 1000}"
+
+
+# ---- domain facts -----------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Disk:  # pylint: disable=too-many-instance-attributes
+    """One `<disk>`: where its data is (a path, or protocol + name + hosts) and how it is attached."""
+
+    target: str
+    device: str = "disk"  # disk, cdrom, floppy, lun
+    type: str = "file"  # file, block, network, volume, dir, nvme, vhostuser
+    path: str | None = None  # file / block / dir source
+    protocol: str | None = None  # network: nbd, rbd, iscsi, gluster, ...
+    name: str | None = None  # network: export / image / IQN; volume: the volume
+    hosts: tuple = ()  # network: ("host:port", ...)
+    pool: str | None = None  # volume disks
+    format: str | None = None  # driver type: raw, qcow2
+    readonly: bool = False
+    shareable: bool = False
+
+    @property
+    def empty(self):
+        """No medium (an empty CD-ROM tray)."""
+        return not (self.path or self.name or self.protocol)
+
+    @property
+    def source(self):
+        """One human string for the source: a path, nbd://host:port/name, or pool/volume."""
+        if self.type == "network":
+            host = self.hosts[0] if self.hosts else ""
+            return f"{self.protocol or 'network'}://{host}/{self.name or ''}"
+        if self.type == "volume":
+            return f"pool {self.pool} volume {self.name}"
+        return self.path or "(empty)"
+
+    def to_dict(self):
+        data = dataclasses.asdict(self)
+        data["hosts"] = list(self.hosts)
+        data["source"] = self.source
+        return data
+
+
+@dataclasses.dataclass(frozen=True)
+class Interface:
+    """One `<interface>`: type network / bridge / direct / user / hostdev ..., its source and MAC."""
+
+    type: str
+    source: str | None = None  # network name, bridge name, or host device
+    mac: str | None = None
+    model: str | None = None
+    mtu: int | None = None  # <mtu size=...> when set on the interface
+    target: str | None = None  # the tap device on the host (running domains)
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class LocalDevice:
+    """A device tied to the host it runs on: it blocks live migration."""
+
+    kind: str  # hostdev, interface-hostdev, serial, parallel, channel, smartcard, filesystem, nvme-disk
+    description: str
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class DomainFacts:  # pylint: disable=too-many-instance-attributes
+    """What the checks and the policy selector need to know about one domain."""
+
+    name: str
+    uuid: str | None = None
+    state: str = "unknown"
+    persistent: bool | None = None
+    memory_mib: int = 0
+    current_memory_mib: int = 0
+    vcpus: int = 1
+    domain_type: str | None = None  # qemu (TCG) or kvm
+    arch: str | None = None
+    machine: str | None = None
+    emulator: str | None = None
+    cpu_mode: str | None = None
+    cpu_model: str | None = None
+    cpu_xml: str | None = None  # the <cpu> element, for libvirt's CPU comparison
+    disks: tuple = ()
+    interfaces: tuple = ()
+    local_devices: tuple = ()
+    labels: dict = dataclasses.field(default_factory=dict)
+
+    @property
+    def running(self):
+        return self.state in ("running", "paused", "blocked")
+
+    @property
+    def hostdevs(self):
+        return self.local_devices
+
+    def to_dict(self):
+        data = dataclasses.asdict(self)
+        data["disks"] = [d.to_dict() for d in self.disks]
+        data["interfaces"] = [i.to_dict() for i in self.interfaces]
+        data["local_devices"] = [d.to_dict() for d in self.local_devices]
+        return data
+
+
+_UNITS = {"b": 1, "bytes": 1, "kb": 1000, "k": 1024, "kib": 1024, "mb": 1000 ** 2, "m": MIB, "mib": MIB,
+          "gb": 1000 ** 3, "g": 1024 ** 3, "gib": 1024 ** 3, "tb": 1000 ** 4, "t": 1024 ** 4, "tib": 1024 ** 4}
+
+
+def _mib(element, default=0):
+    """A libvirt size element (<memory unit='KiB'>N</memory>) in MiB."""
+    if element is None or not (element.text or "").strip():
+        return default
+    unit = (element.get("unit") or "KiB").lower()
+    return int(int(element.text.strip()) * _UNITS.get(unit, 1024) // MIB)
+
+
+def _disk(element):
+    source = element.find("source")
+    src = source.attrib if source is not None else {}
+    kind = element.get("type", "file")
+    path = None
+    if kind in ("file", "block", "dir"):
+        path = src.get({"file": "file", "block": "dev", "dir": "dir"}[kind])
+    hosts = ()
+    if source is not None and kind == "network":
+        hosts = tuple(
+            f"{h.get('name') or h.get('socket') or ''}{':' + h.get('port') if h.get('port') else ''}"
+            for h in source.findall("host"))
+    driver = element.find("driver")
+    target = element.find("target")
+    return Disk(
+        target=target.get("dev") if target is not None else "?",
+        device=element.get("device", "disk"),
+        type=kind,
+        path=path,
+        protocol=src.get("protocol") if kind == "network" else None,
+        name=src.get("name") if kind == "network" else (src.get("volume") if kind == "volume" else None),
+        hosts=hosts,
+        pool=src.get("pool") if kind == "volume" else None,
+        format=driver.get("type") if driver is not None else None,
+        readonly=element.find("readonly") is not None,
+        shareable=element.find("shareable") is not None,
+    )
+
+
+def _interface(element):
+    kind = element.get("type", "")
+    source = element.find("source")
+    src = source.attrib if source is not None else {}
+    origin = {"network": src.get("network"), "bridge": src.get("bridge"), "direct": src.get("dev")}.get(kind)
+    if kind == "hostdev" and source is not None:
+        origin = _hostdev_address(source, "pci")
+    mac = element.find("mac")
+    model = element.find("model")
+    mtu = element.find("mtu")
+    target = element.find("target")
+    return Interface(type=kind, source=origin, mac=mac.get("address") if mac is not None else None,
+                     model=model.get("type") if model is not None else None,
+                     mtu=int(mtu.get("size")) if mtu is not None and (mtu.get("size") or "").isdigit() else None,
+                     target=target.get("dev") if target is not None else None)
+
+
+def _hostdev_address(source, kind):
+    address = source.find("address")
+    if address is None:
+        vendor, product = source.find("vendor"), source.find("product")
+        if vendor is not None and product is not None:
+            return f"{vendor.get('id')}:{product.get('id')}"
+        return "?"
+    a = address.attrib
+    if kind == "usb":
+        return f"bus {a.get('bus')} device {a.get('device')}"
+    if kind == "scsi":
+        adapter = source.find("adapter")
+        return f"{adapter.get('name') if adapter is not None else '?'} {a.get('bus')}:{a.get('target')}:{a.get('unit')}"
+
+    def hexpart(key, width):
+        value = a.get(key, "0")
+        try:
+            return f"{int(value, 0):0{width}x}"
+        except ValueError:
+            return value
+    return f"{hexpart('domain', 4)}:{hexpart('bus', 2)}:{hexpart('slot', 2)}.{hexpart('function', 1)}"
+
+
+def _local_devices(devices, disks, interfaces):
+    found = []
+    for hostdev in devices.findall("hostdev"):
+        kind = hostdev.get("type", "?")
+        source = hostdev.find("source")
+        where = _hostdev_address(source, kind) if source is not None else "?"
+        if kind == "mdev" and source is not None:
+            address = source.find("address")
+            where = address.get("uuid", "?") if address is not None else "?"
+        found.append(LocalDevice("hostdev", f"host {kind.upper()} device {where}"))
+    for nic in interfaces:
+        if nic.type == "hostdev":
+            found.append(LocalDevice("interface-hostdev", f"SR-IOV interface (host PCI {nic.source}), MAC {nic.mac}"))
+    for tag in ("serial", "parallel", "channel", "console"):
+        for element in devices.findall(tag):
+            source = element.find("source")
+            if element.get("type") == "dev" and source is not None:
+                found.append(LocalDevice(tag, f"{tag} passthrough of host device {source.get('path')}"))
+    for card in devices.findall("smartcard"):
+        if card.get("mode") in ("host", "passthrough"):
+            found.append(LocalDevice("smartcard", f"smartcard in {card.get('mode')} mode"))
+    for fs in devices.findall("filesystem"):
+        driver = fs.find("driver")
+        source, target = fs.find("source"), fs.find("target")
+        kind = driver.get("type") if driver is not None and driver.get("type") else "9p"
+        found.append(LocalDevice("filesystem", f"{kind} filesystem share "
+                                 f"{source.get('dir') if source is not None else '?'} -> "
+                                 f"{target.get('dir') if target is not None else '?'}"))
+    for disk in disks:
+        if disk.type == "nvme":
+            found.append(LocalDevice("nvme-disk", f"disk {disk.target} is a host NVMe device"))
+    return tuple(found)
+
+
+def parse_domain_xml(xml, state="unknown", persistent=None):
+    """DomainFacts from domain XML text (pure); state/persistent come from libvirt, not the XML."""
+    try:
+        root = ET.fromstring(xml)
+    except ET.ParseError as exc:
+        raise FactsError(f"Cannot parse domain XML: {exc}.", "pass the output of virDomainGetXMLDesc.") from exc
+    if root.tag != "domain":
+        raise FactsError(f"Expected a <domain> document, got <{root.tag}>.", "pass domain XML.")
+    devices = root.find("devices")
+    if devices is None:
+        devices = ET.Element("devices")
+    disks = tuple(_disk(d) for d in devices.findall("disk"))
+    interfaces = tuple(_interface(i) for i in devices.findall("interface"))
+    vcpu = root.find("vcpu")
+    vcpus = 1
+    if vcpu is not None:
+        vcpus = int(vcpu.get("current") or (vcpu.text or "1").strip() or 1)
+    ostype = root.find("os/type")
+    cpu = root.find("cpu")
+    model = cpu.find("model") if cpu is not None else None
+    emulator = devices.find("emulator")
+    labels = {}
+    metadata = root.find("metadata")
+    if metadata is not None:
+        for label in metadata.iter(f"{{{LABEL_NAMESPACE}}}label"):
+            if label.get("name"):
+                labels[label.get("name")] = (label.text or "").strip()
+    cpu_xml = None
+    if cpu is not None:
+        cpu_xml = ET.tostring(cpu, encoding="unicode").strip()
+    return DomainFacts(
+        name=(root.findtext("name") or "").strip(),
+        uuid=(root.findtext("uuid") or "").strip() or None,
+        state=state,
+        persistent=persistent,
+        memory_mib=_mib(root.find("memory")),
+        current_memory_mib=_mib(root.find("currentMemory"), default=_mib(root.find("memory"))),
+        vcpus=vcpus,
+        domain_type=root.get("type"),
+        arch=ostype.get("arch") if ostype is not None else None,
+        machine=ostype.get("machine") if ostype is not None else None,
+        emulator=(emulator.text or "").strip() if emulator is not None else None,
+        cpu_mode=(cpu.get("mode") or ("custom" if model is not None else None)) if cpu is not None else None,
+        cpu_model=(model.text or "").strip() if model is not None and model.text else None,
+        cpu_xml=cpu_xml,
+        disks=disks,
+        interfaces=interfaces,
+        local_devices=_local_devices(devices, disks, interfaces),
+        labels=labels,
+    )
+
+
+def domain_facts(dom):
+    """DomainFacts of a libvirt domain (its live XML when running)."""
+    try:
+        state_code = dom.state()[0]
+        persistent = bool(dom.isPersistent())
+        xml = dom.XMLDesc(0)
+    # libvirtError; the binding may be absent in tests
+    except Exception as exc:  # pylint: disable=broad-except
+        raise FactsError(f"Cannot read domain '{_safe_name(dom)}': {exc}",
+                         "check that the domain still exists and libvirt answers.") from exc
+    return parse_domain_xml(xml, state=DOMAIN_STATES.get(state_code, "unknown"), persistent=persistent)
+
+
+def _safe_name(dom):
+    try:
+        return dom.name()
+    except Exception:  # pylint: disable=broad-except
+        return "?"
+
+
+def measure_dirty_rates(doms, seconds=1, timeout_s=None, clock=time.monotonic, wait=time.sleep):
+    """{domain name: bytes/s or FactsError} measured by libvirt (virDomainStartDirtyRateCalc).
+
+    All measurements run at once, so N domains take `seconds` (plus a little), not N x seconds.
+    Needs running domains, libvirt >= 7.2 and QEMU >= 5.2.
+    """
+    timeout_s = timeout_s if timeout_s is not None else seconds + 10
+    results, started = {}, []
+    for dom in doms:
+        try:
+            dom.startDirtyRateCalc(int(seconds), 0)
+            started.append(dom)
+        except Exception as exc:  # pylint: disable=broad-except
+            results[_safe_name(dom)] = FactsError(
+                f"Cannot measure the dirty rate of '{_safe_name(dom)}': {exc}",
+                "the domain must be running, with libvirt >= 7.2 and QEMU >= 5.2; or give its dirty rate.")
+    deadline = clock() + timeout_s
+    if started:
+        wait(seconds)
+    while started:
+        pending = []
+        for dom in started:
+            try:
+                stats = dom.connect().domainListGetStats([dom], VIR_DOMAIN_STATS_DIRTYRATE)
+                record = stats[0][1] if stats else {}
+            except Exception as exc:  # pylint: disable=broad-except
+                results[_safe_name(dom)] = FactsError(f"Cannot read the dirty rate of '{_safe_name(dom)}': {exc}",
+                                                      "check that the domain still runs.")
+                continue
+            if record.get("dirtyrate.calc_status") == 2:  # VIR_DOMAIN_DIRTYRATE_MEASURED
+                results[_safe_name(dom)] = float(record.get("dirtyrate.megabytes_per_second", 0)) * MIB
+            else:
+                pending.append(dom)
+        started = pending
+        if started and clock() > deadline:
+            for dom in started:
+                results[_safe_name(dom)] = FactsError(
+                    f"The dirty-rate measurement of '{_safe_name(dom)}' did not finish within {timeout_s:g} s.",
+                    "retry, or give its dirty rate explicitly.")
+            break
+        if started:
+            wait(0.2)
+    return results
+
+
+def measure_dirty_rate(dom, seconds=1, timeout_s=None, clock=time.monotonic, wait=time.sleep):
+    """One domain's dirty-page rate in bytes/s (see measure_dirty_rates); raises FactsError."""
+    rate = measure_dirty_rates([dom], seconds, timeout_s, clock, wait)[_safe_name(dom)]
+    if isinstance(rate, FactsError):
+        raise rate
+    return rate
+
+
+# ---- local views: mounts, bridges -------------------------------------------------------------
+
+
+def _unescape(field):
+    """/proc/mounts escapes space, tab, newline and backslash as octal."""
+    return (field.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n")
+            .replace("\\134", "\\"))
+
+
+def parse_mounts(text):
+    """[(mount point, fs type, device)] from /proc/self/mounts text."""
+    mounts = []
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) >= 3:
+            mounts.append((_unescape(fields[1]), fields[2], _unescape(fields[0])))
+    return mounts
+
+
+def mount_of(path, mounts):
+    """(mount point, fs type, device) of the filesystem `path` lies on: the longest matching mount,
+    the last one mounted when several share a mount point (what the kernel shows)."""
+    best = None
+    for point, fstype, device in mounts:
+        prefix = point.rstrip("/") + "/"
+        inside = path == point or path.startswith(prefix) or point == "/"
+        if inside and (best is None or len(point) >= len(best[0])):
+            best = (point, fstype, device)
+    return best
+
+
+def read_mounts(proc="/proc"):
+    try:
+        with open(os.path.join(proc, "self", "mounts"), encoding="utf-8") as handle:
+            return parse_mounts(handle.read())
+    except OSError:
+        return None
+
+
+def local_bridges(sysfs="/sys"):
+    """{bridge name: mtu} from /sys/class/net/*/bridge (Linux); None when sysfs cannot be read."""
+    base = os.path.join(sysfs, "class", "net")
+    try:
+        names = os.listdir(base)
+    except OSError:
+        return None
+    bridges = {}
+    for name in sorted(names):
+        if os.path.isdir(os.path.join(base, name, "bridge")):
+            bridges[name] = _read_int(os.path.join(base, name, "mtu"))
+    return bridges
+
+
+def local_interface_mtus(sysfs="/sys"):
+    base = os.path.join(sysfs, "class", "net")
+    try:
+        names = os.listdir(base)
+    except OSError:
+        return {}
+    return {name: _read_int(os.path.join(base, name, "mtu")) for name in sorted(names)}
+
+
+def _read_int(path):
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return int(handle.read().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def local_userfaultfd(proc="/proc", dev="/dev"):
+    """Whether the kernel offers userfaultfd (post-copy's destination side needs it)."""
+    return (os.path.exists(os.path.join(dev, "userfaultfd"))
+            or os.path.exists(os.path.join(proc, "sys", "vm", "unprivileged_userfaultfd")))
+
+
+def is_local_uri(uri):
+    """The libvirt daemon behind `uri` runs on the machine this code runs on."""
+    if not uri:
+        return True
+    parts = urlsplit(uri)
+    return parts.scheme in ("qemu", "qemu+unix") and not parts.hostname
+
+
+# ---- host facts -------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class HostFacts:  # pylint: disable=too-many-instance-attributes
+    """A hypervisor as the checks and placement see it. None means unknown (not read from here)."""
+
+    name: str
+    hostname: str | None = None
+    uri: str | None = None
+    host_uuid: str | None = None
+    arch: str | None = None
+    cpu_model: str | None = None
+    cpu_vendor: str | None = None
+    cpus: int = 0
+    memory_total_mib: int = 0
+    memory_free_mib: int = 0
+    memory_available_mib: int = 0  # free + buffers + cached: what a new guest can get without swapping
+    memory_allocated_mib: int = 0  # sum of the running domains' maximum memory
+    vcpus_allocated: int = 0
+    domains_running: int = 0
+    libvirt_version: int = 0
+    qemu_version: int = 0
+    migration_live: bool | None = None
+    migration_transports: tuple = ()
+    userfaultfd: bool | None = None
+    bridges: dict | None = None  # {name: mtu}; Linux bridges (local sysfs, else libvirt's interface driver)
+    bridges_source: str | None = None  # sysfs, libvirt, or None when unknown
+    networks: dict = dataclasses.field(default_factory=dict)  # {name: {"active": bool, "bridge": str}}
+    cordon: dict | None = None  # maintenance.MaintenanceState.to_dict(); None when not readable from here
+    local: bool = False  # the local parts were read on this host itself
+
+    @property
+    def cordoned(self):
+        """True / False, or None when the cordon state is unknown."""
+        if self.cordon is None:
+            return None
+        return self.cordon.get("state") == maintenance.CORDONED
+
+    @property
+    def postcopy(self):
+        """{'supported': True/False/None, 'resume': bool, 'reason': str}."""
+        reasons = []
+        supported = True
+        if self.libvirt_version and self.libvirt_version < LIBVIRT_POSTCOPY_MIN:
+            supported = False
+            reasons.append(f"libvirt {version_text(self.libvirt_version)} < {version_text(LIBVIRT_POSTCOPY_MIN)}")
+        if self.qemu_version and self.qemu_version < QEMU_POSTCOPY_MIN:
+            supported = False
+            reasons.append(f"QEMU {version_text(self.qemu_version)} < {version_text(QEMU_POSTCOPY_MIN)}")
+        if self.userfaultfd is False:
+            supported = False
+            reasons.append("the kernel has no userfaultfd")
+        if supported and self.userfaultfd is None:
+            supported = None
+            reasons.append("userfaultfd of the kernel not checked (facts not read on the host itself)")
+        if supported:
+            reasons.append(f"libvirt {version_text(self.libvirt_version)}, QEMU {version_text(self.qemu_version)}, "
+                           "kernel userfaultfd")
+        return {"supported": supported, "resume": bool(self.libvirt_version >= LIBVIRT_POSTCOPY_RESUME_MIN),
+                "reason": "; ".join(reasons)}
+
+    def to_dict(self):
+        data = dataclasses.asdict(self)
+        data["migration_transports"] = list(self.migration_transports)
+        data["libvirt_version_text"] = version_text(self.libvirt_version)
+        data["qemu_version_text"] = version_text(self.qemu_version)
+        data["postcopy"] = self.postcopy
+        data["cordoned"] = self.cordoned
+        return data
+
+    @classmethod
+    def from_dict(cls, data, **overrides):
+        """HostFacts from to_dict() output (e.g. hypervisor_info's registered result)."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in (data or {}).items() if k in known}
+        values.update(overrides)
+        if "migration_transports" in values:
+            values["migration_transports"] = tuple(values["migration_transports"] or ())
+        if not values.get("name"):
+            values["name"] = values.get("hostname") or "?"
+        return cls(**values)
+
+    def merged_with(self, supplied):
+        """These (live, libvirt) facts, completed by facts read on the host itself (hypervisor_info).
+
+        Only what could not be read from here is taken over: cordon state, userfaultfd, and the
+        bridges when libvirt could not list them.
+        """
+        if not supplied:
+            return self
+        other = supplied if isinstance(supplied, HostFacts) else HostFacts.from_dict(supplied, name=self.name)
+        changes = {}
+        if self.cordon is None and other.cordon is not None:
+            changes["cordon"] = other.cordon
+        if self.userfaultfd is None and other.userfaultfd is not None:
+            changes["userfaultfd"] = other.userfaultfd
+        if other.bridges is not None and (self.bridges is None or other.bridges_source == "sysfs"):
+            changes["bridges"] = other.bridges
+            changes["bridges_source"] = other.bridges_source
+        return dataclasses.replace(self, **changes) if changes else self
+
+
+def _libvirt_bridges(conn):
+    """{name: mtu} of bridge interfaces via libvirt's interface driver; None if it has none."""
+    try:
+        ifaces = conn.listAllInterfaces(0)
+    except Exception:  # pylint: disable=broad-except
+        return None
+    bridges = {}
+    for iface in ifaces:
+        try:
+            root = ET.fromstring(iface.XMLDesc(0))
+        except Exception:  # pylint: disable=broad-except
+            continue
+        if root.get("type") == "bridge":
+            mtu = root.find("mtu")
+            bridges[root.get("name") or iface.name()] = (
+                int(mtu.get("size")) if mtu is not None and (mtu.get("size") or "").isdigit() else None)
+    return bridges
+
+
+def _libvirt_networks(conn):
+    networks = {}
+    try:
+        nets = conn.listAllNetworks(0)
+    except Exception:  # pylint: disable=broad-except
+        return networks
+    for net in nets:
+        try:
+            bridge = None
+            try:
+                bridge = net.bridgeName()
+            # networks without a bridge, e.g. macvtap
+            except Exception:  # pylint: disable=broad-except
+                bridge = None
+            networks[net.name()] = {"active": bool(net.isActive()), "bridge": bridge}
+        except Exception:  # pylint: disable=broad-except
+            continue
+    return networks
+
+
+def _capabilities(conn):
+    root = ET.fromstring(conn.getCapabilities())
+    host = root.find("host")
+    cpu = host.find("cpu") if host is not None else None
+    migration = host.find("migration_features") if host is not None else None
+    transports = ()
+    if migration is not None:
+        transports = tuple(t.text for t in migration.findall("uri_transports/uri_transport") if t.text)
+    return {
+        "host_uuid": host.findtext("uuid") if host is not None else None,
+        "arch": cpu.findtext("arch") if cpu is not None else None,
+        "cpu_model": cpu.findtext("model") if cpu is not None else None,
+        "cpu_vendor": cpu.findtext("vendor") if cpu is not None else None,
+        "migration_live": migration is not None and migration.find("live") is not None,
+        "migration_transports": transports,
+    }
+
+
+def _memory_stats(conn, info):
+    """Node memory in KiB (total, free, buffers, cached); drivers without the call give free only."""
+    try:
+        return conn.getMemoryStats(VIR_NODE_MEMORY_STATS_ALL_CELLS, 0)
+    # e.g. the test driver
+    except Exception:  # pylint: disable=broad-except
+        return {"total": int(info[1]) * 1024, "free": int(conn.getFreeMemory()) // 1024}
+
+
+def host_facts(conn, name=None, uri=None, local=None, state_dir=maintenance.DEFAULT_DIR,
+               sysfs="/sys", proc="/proc", dev="/dev"):
+    """HostFacts of the hypervisor behind `conn`.
+
+    `local` (default: the URI is local) says this code runs on that hypervisor, so its sysfs,
+    /proc, /dev and maintenance state are read too; otherwise those parts stay None.
+    """
+    if local is None:
+        local = is_local_uri(uri)
+    try:
+        info = conn.getInfo()  # [arch, memory MiB, cpus, MHz, nodes, sockets, cores, threads]
+        hostname = conn.getHostname()
+        caps = _capabilities(conn)
+        libvirt_version = int(conn.getLibVersion())
+        qemu_version = int(conn.getVersion())
+        stats = _memory_stats(conn, info)
+        running = conn.listAllDomains(VIR_CONNECT_LIST_DOMAINS_ACTIVE)
+    except Exception as exc:  # pylint: disable=broad-except
+        raise FactsError(f"Cannot read the facts of {uri or name or 'the hypervisor'}: {exc}",
+                         "check that libvirt answers on that URI.") from exc
+    allocated_kib = 0
+    vcpus = 0
+    for dom in running:
+        try:
+            dinfo = dom.info()  # [state, maxMem KiB, memory KiB, vcpus, cpuTime]
+        # a domain that just went away
+        except Exception:  # pylint: disable=broad-except
+            continue
+        allocated_kib += int(dinfo[1])
+        vcpus += int(dinfo[3])
+    free_kib = int(stats.get("free", 0))
+    available_kib = free_kib + int(stats.get("buffers", 0)) + int(stats.get("cached", 0))
+    bridges, bridges_source = None, None
+    userfaultfd, cordon = None, None
+    if local:
+        bridges = local_bridges(sysfs)
+        bridges_source = "sysfs" if bridges is not None else None
+        userfaultfd = local_userfaultfd(proc, dev)
+        cordon = maintenance.read_state(state_dir).to_dict()
+    if bridges is None:
+        bridges = _libvirt_bridges(conn)
+        bridges_source = "libvirt" if bridges is not None else None
+    return HostFacts(
+        name=name or hostname,
+        hostname=hostname,
+        uri=uri,
+        cpus=int(info[2]),
+        memory_total_mib=int(stats.get("total", int(info[1]) * 1024)) // 1024,
+        memory_free_mib=free_kib // 1024,
+        memory_available_mib=available_kib // 1024,
+        memory_allocated_mib=allocated_kib // 1024,
+        vcpus_allocated=vcpus,
+        domains_running=len(running),
+        libvirt_version=libvirt_version,
+        qemu_version=qemu_version,
+        userfaultfd=userfaultfd,
+        bridges=bridges,
+        bridges_source=bridges_source,
+        networks=_libvirt_networks(conn),
+        cordon=cordon,
+        local=bool(local),
+        **caps,
+    )

@@ -1,0 +1,212 @@
+#!/usr/bin/python
+# Copyright: hvfleet maintainers
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: hypervisor_info
+short_description: Facts about one libvirt/QEMU hypervisor and its domains
+version_added: 0.1.0
+description:
+  - Reads, without changing anything, what a drain needs to know about one hypervisor. That is its capacity (memory
+    total, free, available and allocated to running domains, CPUs and allocated vCPUs), CPU model, libvirt and QEMU
+    versions, migration capabilities (live migration, post-copy), Linux bridges and libvirt networks, and its
+    maintenance (cordon) state.
+  - For each domain, its state, memory, vCPUs, disks (type, source, whether other hosts can reach them),
+    interfaces, labels (from the domain metadata, namespace C(https://hvfleet.github.io/drain/xmlns/1)) and, when
+    O(policies) or O(policy_file) is given, the migration policy that applies to it and why.
+  - Bridges, the filesystems disks live on, userfaultfd and the cordon state can only be read on the hypervisor
+    itself. They are read when O(uri) is local (the module runs on the hypervisor) and are V(null) (unknown)
+    otherwise.
+author:
+  - hvfleet maintainers (@hvfleet)
+requirements:
+  - libvirt-python (python3-libvirt) on the host that runs the module
+  - jsonschema on the host that runs the module, when policies are given
+attributes:
+  check_mode:
+    description: Read-only; runs the same in check mode.
+    support: full
+  diff_mode:
+    description: Returns no diff.
+    support: none
+options:
+  uri:
+    description: libvirt URI of the hypervisor.
+    type: str
+    default: qemu:///system
+  name:
+    description: Name to report the hypervisor under (for example the inventory hostname). Defaults to its host name.
+    type: str
+  policies:
+    description:
+      - The migration policies (the C(hvfleet_migration_policies) list) to select each domain's policy from.
+    type: list
+    elements: dict
+  policy_file:
+    description:
+      - A YAML or JSON file on the host running the module with the policies (a list, or a mapping with the key
+        C(hvfleet_migration_policies)). Mutually exclusive with O(policies).
+    type: path
+  include_domains:
+    description: Whether to list the domains.
+    type: bool
+    default: true
+  state_dir:
+    description: Directory of the maintenance state (C(maintenance.json)) on the hypervisor.
+    type: path
+    default: /var/lib/hvfleet
+  connect_timeout:
+    description: Seconds to wait for the libvirt connection to open.
+    type: int
+    default: 30
+notes:
+  - A malformed policy fails the task with the JSON path of each bad field; nothing else is read then.
+seealso:
+  - module: hvfleet.drain.migration_preflight
+  - module: hvfleet.drain.host_maintenance
+"""
+
+EXAMPLES = r"""
+- name: Read the facts of every hypervisor
+  hvfleet.drain.hypervisor_info:
+    name: "{{ inventory_hostname }}"
+    policies: "{{ hvfleet_migration_policies | default(omit) }}"
+  register: hv
+
+- name: Show free memory and the policy of each VM
+  ansible.builtin.debug:
+    msg: "{{ hv.hypervisor.memory_available_mib }} MiB free; {{ hv.domains | map(attribute='policy.name') }}"
+"""
+
+RETURN = r"""
+hypervisor:
+  description:
+    - Facts of the hypervisor. Memory in MiB, versions as libvirt's integers and as text.
+    - C(bridges) maps bridge names to their MTU; C(networks) maps libvirt networks to C(active) and C(bridge).
+    - C(cordon) is the maintenance state (C(state), C(reason), C(by), C(since)), V(null) when not read on the host.
+    - C(postcopy) says whether post-copy is supported (V(true), V(false), or V(null) when unknown) and why.
+  returned: always
+  type: dict
+  sample:
+    name: hv1
+    hostname: hv1
+    memory_total_mib: 24000
+    memory_available_mib: 20000
+    libvirt_version_text: 9.0.0
+    qemu_version_text: 7.2.0
+    cordoned: false
+    postcopy: {"supported": true, "resume": true, "reason": "libvirt 9.0.0, QEMU 7.2.0, kernel userfaultfd"}
+domains:
+  description:
+    - One entry per domain with C(name), C(uuid), C(state), C(persistent), C(memory_mib), C(vcpus), C(disks),
+      C(interfaces), C(local_devices) (devices that block live migration), C(labels) and C(cpu_mode) / C(cpu_model).
+    - Each disk has C(shared) (V(true), V(false) or V(null) when unknown) and C(shared_reason).
+    - C(policy) (when policies are given) has C(name), C(reason) and the effective C(settings).
+  returned: when O(include_domains=true)
+  type: list
+  elements: dict
+"""
+
+import traceback  # noqa: E402
+
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib  # noqa: E402
+
+try:
+    import libvirt  # noqa: F401  pylint: disable=unused-import
+    LIBVIRT_IMPORT_ERROR = None
+except ImportError:
+    LIBVIRT_IMPORT_ERROR = traceback.format_exc()
+
+from ansible_collections.hvfleet.drain.plugins.module_utils import policy as policy_mod  # noqa: E402
+from ansible_collections.hvfleet.drain.plugins.module_utils.connection import close_quietly, connect  # noqa: E402
+from ansible_collections.hvfleet.drain.plugins.module_utils.errors import HvfleetError  # noqa: E402
+from ansible_collections.hvfleet.drain.plugins.module_utils.facts import (  # noqa: E402
+    FactsError,
+    domain_facts,
+    host_facts,
+    is_local_uri,
+)
+from ansible_collections.hvfleet.drain.plugins.module_utils.preflight import LocalProbe, disk_sharing  # noqa: E402
+
+ARGUMENT_SPEC = dict(
+    uri=dict(type="str", default="qemu:///system"),
+    name=dict(type="str"),
+    policies=dict(type="list", elements="dict"),
+    policy_file=dict(type="path"),
+    include_domains=dict(type="bool", default=True),
+    state_dir=dict(type="path", default="/var/lib/hvfleet"),
+    connect_timeout=dict(type="int", default=30),
+)
+
+
+def load_policies(params):
+    """Checked policies from `policies` or `policy_file` (PolicyError names the bad fields)."""
+    if params.get("policy_file"):
+        return policy_mod.load_policy_file(params["policy_file"])
+    if params.get("policies") is not None:
+        # an empty list means the built-in defaults: no schema check (nor jsonschema) needed
+        return policy_mod.load_policies(params["policies"]) if params["policies"] else []
+    return None
+
+
+def describe_domain(conn, dom, local, probe, policies, host_name):
+    """A domain's facts as a dict, with disk sharing and (when policies are given) its policy."""
+    facts = domain_facts(dom)
+    data = facts.to_dict()
+    for index, disk in enumerate(facts.disks):
+        entry = data["disks"][index]
+        verdict, why = disk_sharing(conn, disk, local, probe, host_name)
+        entry["shared"] = {"shared": True, "local": False}.get(verdict)
+        entry["shared_reason"] = why
+    if policies is not None:
+        match = policy_mod.select_policy(policies, facts.name, facts.labels, facts.memory_mib)
+        chosen = match.as_dict()
+        data["policy"] = {"name": chosen.pop("policy"), **chosen}
+    return data
+
+
+class HypervisorInfoModule:
+    """Reads host and domain facts; never changes anything."""
+
+    def __init__(self, module):
+        self.module = module
+        self.params = module.params
+
+    def run(self):
+        if LIBVIRT_IMPORT_ERROR is not None:
+            self.module.fail_json(msg=missing_required_lib("libvirt-python (python3-libvirt)"),
+                                  exception=LIBVIRT_IMPORT_ERROR)
+        p = self.params
+        conn = None
+        try:
+            policies = load_policies(p)
+            conn = connect(p["uri"], timeout_s=p["connect_timeout"], readonly=True)
+            local = is_local_uri(p["uri"])
+            host = host_facts(conn, name=p["name"], uri=p["uri"], local=local, state_dir=p["state_dir"])
+            result = dict(changed=False, hypervisor=host.to_dict())
+            if p["include_domains"]:
+                probe = LocalProbe()
+                result["domains"] = []
+                for dom in sorted(conn.listAllDomains(0), key=lambda d: d.name()):
+                    try:
+                        result["domains"].append(describe_domain(conn, dom, local, probe, policies, host.name))
+                    except FactsError:
+                        continue  # the domain went away while we listed them
+        except HvfleetError as exc:
+            self.module.fail_json(msg=str(exc), changed=False)
+        finally:
+            close_quietly(conn)
+        self.module.exit_json(**result)
+
+
+def main():
+    module = AnsibleModule(argument_spec=ARGUMENT_SPEC, mutually_exclusive=[("policies", "policy_file")],
+                           supports_check_mode=True)
+    HypervisorInfoModule(module).run()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,436 @@
+#!/usr/bin/python
+# Copyright: hvfleet maintainers
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: migration_preflight
+short_description: Check whether VMs can live-migrate to candidate destinations, before anything moves
+version_added: 0.1.0
+description:
+  - For each VM (O(vms), default every running domain on the source O(uri)) and each candidate destination
+    (O(destinations)), runs every prerequisite check and reports each with an id, a status (V(pass), V(warn),
+    V(fail)) and a message naming the VM, the device, the destination and the fix.
+  - Checks are storage (every disk reachable from the destination, or copied when the VM's policy says
+    V(copy_all) / V(copy_incremental); CD-ROM images present), networks (bridge or libvirt network present and
+    active, MTU differences), host-bound devices (PCI/USB passthrough and the like), CPU compatibility (libvirt's
+    hypervisor CPU comparison), memory capacity with O(memory_headroom_mib), post-copy support when the VM's mode
+    may use it, reachability (the destination's libvirt and its migration address), libvirt / QEMU not older on the
+    destination, and that the destination is neither cordoned nor the source itself.
+  - Each VM gets its migration policy (from O(policies) or O(policy_file)) with the reason it matched, and a
+    forecast of the migration (the mode, for V(auto) chosen from the VM's measured dirty rate and the link
+    bandwidth, with predicted duration and downtime).
+  - Read-only. A failing check is data, not a task failure; the task fails only on bad input (an unknown VM, a
+    malformed URI or policy, an unreachable source) or, with O(fail_on_blockers), when a VM can go nowhere.
+  - Run it on the source hypervisor (O(uri) local) so that its filesystems and its network path to the migration
+    addresses are what is checked. Run from elsewhere, those checks only warn.
+author:
+  - hvfleet maintainers (@hvfleet)
+requirements:
+  - libvirt-python (python3-libvirt) on the host that runs the module
+  - jsonschema on the host that runs the module, when policies are given
+attributes:
+  check_mode:
+    description: Read-only; runs the same in check mode.
+    support: full
+  diff_mode:
+    description: Returns no diff.
+    support: none
+options:
+  uri:
+    description: libvirt URI of the source hypervisor, where the VMs run.
+    type: str
+    default: qemu:///system
+  name:
+    description: Name of the source hypervisor in messages (for example the inventory hostname).
+    type: str
+  vms:
+    description: Names of the VMs to check. Default is every running domain on the source.
+    type: list
+    elements: str
+  destinations:
+    description: Candidate destinations.
+    type: list
+    elements: dict
+    required: true
+    suboptions:
+      name:
+        description: Name of the destination (for example its inventory hostname).
+        type: str
+        required: true
+      uri:
+        description: libvirt URI of the destination, as the source reaches it (V(qemu+tcp://ADDR/system), ...).
+        type: str
+        required: true
+      migration_address:
+        description: Address of the destination on the migration network (C(hvfleet_migration_address)).
+        type: str
+      cordoned:
+        description:
+          - Whether the destination is cordoned. When not given, the cordon state comes from O(destinations[].facts);
+            without either it is unknown and reported as a warning.
+        type: bool
+      link_mbit:
+        description: Bandwidth of the migration link to this destination in Mbit/s, for the forecast.
+        type: float
+      facts:
+        description:
+          - The RV(hvfleet.drain.hypervisor_info#module:hypervisor) result of that destination, read on it. It
+            supplies what libvirt cannot tell from here (cordon state, Linux bridges, userfaultfd).
+        type: dict
+  policies:
+    description: The migration policies (the C(hvfleet_migration_policies) list).
+    type: list
+    elements: dict
+  policy_file:
+    description:
+      - A YAML or JSON file with the policies on the host running the module (a list, or a mapping with the key
+        C(hvfleet_migration_policies)). Mutually exclusive with O(policies).
+    type: path
+  memory_headroom_mib:
+    description: Memory in MiB that must stay available on a destination after the VM arrived.
+    type: int
+    default: 1024
+  dirty_rates:
+    description:
+      - Dirty rate per VM in MiB/s, for example from an earlier measurement. VMs not listed are measured when
+        O(measure_dirty_rate) is true.
+    type: dict
+  measure_dirty_rate:
+    description: Measure each running VM's dirty rate with libvirt (all VMs at once) for the forecast.
+    type: bool
+    default: true
+  dirty_rate_seconds:
+    description: Length of the dirty-rate measurement in seconds.
+    type: int
+    default: 1
+  default_link_mbit:
+    description: Migration link bandwidth in Mbit/s for destinations without O(destinations[].link_mbit).
+    type: float
+    default: 10000
+  fail_on_blockers:
+    description:
+      - Fail the task when a VM cannot go to any of the destinations. The results are returned either way.
+    type: bool
+    default: false
+  state_dir:
+    description: Directory of the maintenance state on the source (read for its own facts).
+    type: path
+    default: /var/lib/hvfleet
+  connect_timeout:
+    description: Seconds to wait for each libvirt connection to open.
+    type: int
+    default: 30
+notes:
+  - A destination whose libvirt does not answer is not a task failure. Its checks say so (C(reach.libvirt) fails)
+    for every VM.
+  - File disks count as shared when they lie on a shared filesystem (the types libvirt treats as shared, for example
+    NFS, CIFS, CephFS, GFS2, OCFS2, GlusterFS) or in a shared storage pool. The destination is asked through libvirt
+    whether it has the same path, which it can only see inside a storage pool. Without a pool there, a shared disk is
+    a warning, not a pass.
+  - The migration address is probed with a TCP connection to the destination's libvirt port on that address. An
+    accepted or refused connection means the address is reachable. The migration ports 49152-49215 are not probed,
+    because a probe could disturb an incoming migration.
+seealso:
+  - module: hvfleet.drain.hypervisor_info
+  - module: hvfleet.drain.host_maintenance
+  - module: hvfleet.drain.domain_migration
+"""
+
+EXAMPLES = r"""
+- name: Gather the destinations' facts on the destinations themselves
+  hvfleet.drain.hypervisor_info:
+    name: "{{ inventory_hostname }}"
+  register: hv
+
+- name: Can the VMs of hv1 go to hv2 or hv3?
+  hvfleet.drain.migration_preflight:
+    name: hv1
+    policies: "{{ hvfleet_migration_policies | default([]) }}"
+    destinations:
+      - name: hv2
+        uri: "{{ hostvars['hv2'].hvfleet_libvirt_uri }}"
+        migration_address: "{{ hostvars['hv2'].hvfleet_migration_address }}"
+        facts: "{{ hostvars['hv2'].hv.hypervisor }}"
+      - name: hv3
+        uri: "{{ hostvars['hv3'].hvfleet_libvirt_uri }}"
+        migration_address: "{{ hostvars['hv3'].hvfleet_migration_address }}"
+        facts: "{{ hostvars['hv3'].hv.hypervisor }}"
+  register: preflight
+  when: inventory_hostname == 'hv1'
+
+- name: Show what blocks
+  ansible.builtin.debug:
+    msg: "{{ preflight.summary.message }}"
+  when: inventory_hostname == 'hv1'
+"""
+
+RETURN = r"""
+results:
+  description:
+    - One entry per VM and destination with C(vm), C(destination), C(status) (the worst check), C(ok), C(checks)
+      (each with C(id), C(status), C(vm), C(destination), C(message), C(fix), C(device)), C(blockers) (the failed
+      checks, most fundamental first), C(copy_storage) (V(all) / V(incremental) when the migration must copy disks,
+      with C(copy_disks)), C(policy) (C(name), C(reason)), C(forecast) (C(mode), C(reason),
+      C(predicted_duration_s), C(predicted_downtime_ms), ...; V(null) when the VM is not running) and C(summary).
+  returned: always
+  type: list
+  elements: dict
+vms:
+  description:
+    - Per VM, its C(state), C(memory_mib), C(labels), C(policy), C(dirty_rate_mib_s) (V(null) when not measured),
+      C(destinations_ok) (the destinations it can go to) and C(blocked) (destination -> blocker messages).
+  returned: always
+  type: dict
+summary:
+  description:
+    - C(movable) (VMs with at least one destination), C(stuck) (VMs with none), C(blockers) (number of failed
+      checks), C(warnings) and a one-paragraph C(message).
+  returned: always
+  type: dict
+source:
+  description: The source hypervisor's facts (see M(hvfleet.drain.hypervisor_info)).
+  returned: always
+  type: dict
+"""
+
+import dataclasses  # noqa: E402
+import traceback  # noqa: E402
+
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib  # noqa: E402
+
+try:
+    import libvirt  # noqa: F401  pylint: disable=unused-import
+    LIBVIRT_IMPORT_ERROR = None
+except ImportError:
+    LIBVIRT_IMPORT_ERROR = traceback.format_exc()
+
+from ansible_collections.hvfleet.drain.plugins.module_utils import forecast as fc  # noqa: E402
+from ansible_collections.hvfleet.drain.plugins.module_utils import policy as policy_mod  # noqa: E402
+from ansible_collections.hvfleet.drain.plugins.module_utils import preflight  # noqa: E402
+from ansible_collections.hvfleet.drain.plugins.module_utils.connection import (  # noqa: E402
+    check_uri,
+    close_quietly,
+    connect,
+)
+from ansible_collections.hvfleet.drain.plugins.module_utils.errors import (  # noqa: E402
+    DomainNotFound,
+    HvfleetError,
+    InvalidSpec,
+)
+from ansible_collections.hvfleet.drain.plugins.module_utils.facts import (  # noqa: E402
+    FactsError,
+    domain_facts,
+    host_facts,
+    is_local_uri,
+    measure_dirty_rates,
+)
+from ansible_collections.hvfleet.drain.plugins.module_utils.maintenance import ACTIVE, CORDONED  # noqa: E402
+
+ARGUMENT_SPEC = dict(
+    uri=dict(type="str", default="qemu:///system"),
+    name=dict(type="str"),
+    vms=dict(type="list", elements="str"),
+    destinations=dict(type="list", elements="dict", required=True, options=dict(
+        name=dict(type="str", required=True),
+        uri=dict(type="str", required=True),
+        migration_address=dict(type="str"),
+        cordoned=dict(type="bool"),
+        link_mbit=dict(type="float"),
+        facts=dict(type="dict"),
+    )),
+    policies=dict(type="list", elements="dict"),
+    policy_file=dict(type="path"),
+    memory_headroom_mib=dict(type="int", default=1024),
+    dirty_rates=dict(type="dict"),
+    measure_dirty_rate=dict(type="bool", default=True),
+    dirty_rate_seconds=dict(type="int", default=1),
+    default_link_mbit=dict(type="float", default=10000.0),
+    fail_on_blockers=dict(type="bool", default=False),
+    state_dir=dict(type="path", default="/var/lib/hvfleet"),
+    connect_timeout=dict(type="int", default=30),
+)
+MUTUALLY_EXCLUSIVE = [("policies", "policy_file")]
+
+
+def check_input(params):
+    """Bad input is an error before anything is read: URIs, names, numbers."""
+    check_uri(params["uri"])
+    seen = set()
+    for dest in params["destinations"]:
+        check_uri(dest["uri"])
+        if dest["name"] in seen:
+            raise InvalidSpec(f"The destination '{dest['name']}' is listed twice.", "list each destination once.")
+        seen.add(dest["name"])
+        if dest.get("link_mbit") is not None and dest["link_mbit"] <= 0:
+            raise InvalidSpec(f"link_mbit of destination '{dest['name']}' must be positive, got {dest['link_mbit']}.",
+                              "give the migration link's bandwidth in Mbit/s, or leave it unset.")
+    if params["memory_headroom_mib"] < 0:
+        raise InvalidSpec(f"memory_headroom_mib must be >= 0, got {params['memory_headroom_mib']}.",
+                          "give the memory in MiB that must stay free on a destination.")
+    if params["default_link_mbit"] <= 0 or params["dirty_rate_seconds"] < 1:
+        raise InvalidSpec("default_link_mbit must be positive and dirty_rate_seconds at least 1.",
+                          "fix the values.")
+    for vm, rate in (params["dirty_rates"] or {}).items():
+        if not isinstance(rate, (int, float)) or isinstance(rate, bool) or rate < 0:
+            raise InvalidSpec(f"dirty_rates['{vm}'] must be a number of MiB/s >= 0, got {rate!r}.",
+                              "give the dirty rate in MiB/s.")
+
+
+def cordon_override(cordoned):
+    state = CORDONED if cordoned else ACTIVE
+    return {"state": state, "reason": "given as the destination's cordoned parameter", "by": None, "since": None}
+
+
+class MigrationPreflightModule:
+    """Reads both ends and runs preflight.run_prechecks per VM and destination; changes nothing."""
+
+    def __init__(self, module):
+        self.module = module
+        self.params = module.params
+        self.conns = []
+
+    def connect(self, uri):
+        conn = connect(uri, timeout_s=self.params["connect_timeout"])
+        self.conns.append(conn)
+        return conn
+
+    def run(self):
+        if LIBVIRT_IMPORT_ERROR is not None:
+            self.module.fail_json(msg=missing_required_lib("libvirt-python (python3-libvirt)"),
+                                  exception=LIBVIRT_IMPORT_ERROR)
+        try:
+            result = self.preflight()
+        except HvfleetError as exc:
+            self.module.fail_json(msg=str(exc), changed=False)
+        finally:
+            for conn in self.conns:
+                close_quietly(conn)
+        if self.params["fail_on_blockers"] and result["summary"]["stuck"]:
+            self.module.fail_json(msg=result["summary"]["message"], **result)
+        self.module.exit_json(**result)
+
+    def load_policies(self):
+        p = self.params
+        if p["policy_file"]:
+            return policy_mod.load_policy_file(p["policy_file"])
+        if not p["policies"]:
+            return []  # the built-in defaults; no schema check (nor jsonschema) needed
+        return policy_mod.load_policies(p["policies"])
+
+    def domains(self, src):
+        if self.params["vms"]:
+            known = {d.name(): d for d in src.listAllDomains(0)}
+            missing = [n for n in self.params["vms"] if n not in known]
+            if missing:
+                raise DomainNotFound(missing[0], self.params["uri"], known)
+            return [known[n] for n in dict.fromkeys(self.params["vms"])]
+        return sorted(src.listAllDomains(1), key=lambda d: d.name())  # running ones
+
+    def dirty_rates(self, doms, facts):
+        given = {str(k): float(v) * fc.MIB for k, v in (self.params["dirty_rates"] or {}).items()}
+        running = [d for d in doms if facts[d.name()].state == "running" and d.name() not in given]
+        notes = {}
+        if running and self.params["measure_dirty_rate"]:
+            for name, rate in measure_dirty_rates(running, self.params["dirty_rate_seconds"]).items():
+                if isinstance(rate, FactsError):
+                    notes[name] = str(rate)
+                else:
+                    given[name] = rate
+        return given, notes
+
+    def destination(self, dest):
+        """(conn or None, HostFacts, error text)."""
+        try:
+            conn = self.connect(dest["uri"])
+            facts = host_facts(conn, name=dest["name"], uri=dest["uri"], local=is_local_uri(dest["uri"]))
+        except HvfleetError as exc:
+            return None, preflight.unreachable_host(dest["name"], dest["uri"]), str(exc)
+        facts = facts.merged_with(dest.get("facts"))
+        if dest.get("cordoned") is not None:
+            facts = dataclasses.replace(facts, cordon=cordon_override(dest["cordoned"]))
+        return conn, facts, None
+
+    def forecast(self, dom_facts, match, rate, link_mbit, note):
+        if dom_facts.state != "running":
+            return None
+        if rate is None:
+            return {"mode": None, "reason": f"dirty rate unknown: {note or 'not measured'}"}
+        try:
+            prediction = fc.forecast_for_settings(match.settings, dom_facts.memory_mib * fc.MIB, rate,
+                                                  link_mbit * 1e6 / 8)
+        except fc.ForecastError as exc:
+            return {"mode": None, "reason": str(exc)}
+        return prediction.as_dict()
+
+    def preflight(self):  # pylint: disable=too-many-locals
+        p = self.params
+        check_input(p)
+        policies = self.load_policies()
+        src = self.connect(p["uri"])
+        on_source = is_local_uri(p["uri"])
+        source = host_facts(src, name=p["name"], uri=p["uri"], local=on_source, state_dir=p["state_dir"])
+        doms = self.domains(src)
+        facts = {}
+        for dom in doms:
+            facts[dom.name()] = domain_facts(dom)
+        rates, notes = self.dirty_rates(doms, facts)
+        matches = {name: policy_mod.select_policy(policies, name, f.labels, f.memory_mib) for name, f in facts.items()}
+        dests = [(d, *self.destination(d)) for d in p["destinations"]]
+        probe = preflight.LocalProbe()
+        results = []
+        vms = {}
+        for name, dom_facts in facts.items():
+            match = matches[name]
+            entry = vms[name] = {
+                "state": dom_facts.state, "memory_mib": dom_facts.memory_mib, "labels": dom_facts.labels,
+                "policy": {"name": match.policy.name, "reason": match.reason},
+                "dirty_rate_mib_s": round(rates[name] / fc.MIB, 2) if name in rates else None,
+                "destinations_ok": [], "blocked": {},
+            }
+            for dest, conn, dest_facts, error in dests:
+                link = dest.get("link_mbit") or p["default_link_mbit"]
+                prediction = self.forecast(dom_facts, match, rates.get(name), link, notes.get(name))
+                mode = (prediction or {}).get("mode") or match.settings.get("mode")
+                checked = preflight.run_prechecks(
+                    src, conn, dom_facts, source, dest_facts, match.settings,
+                    migration_address=dest.get("migration_address"), mode=mode,
+                    forecast_reason=(prediction or {}).get("reason"), memory_headroom_mib=p["memory_headroom_mib"],
+                    on_source=on_source, probe=probe, destination_error=error)
+                item = checked.to_dict()
+                item["policy"] = {"name": match.policy.name, "reason": match.reason}
+                item["forecast"] = prediction
+                results.append(item)
+                if checked.ok:
+                    entry["destinations_ok"].append(dest["name"])
+                else:
+                    entry["blocked"][dest["name"]] = [c.message for c in checked.blockers]
+        return dict(changed=False, results=results, vms=vms, summary=summarize(vms, results),
+                    source=source.to_dict())
+
+
+def summarize(vms, results):
+    movable = sorted(n for n, v in vms.items() if v["destinations_ok"])
+    stuck = sorted(n for n, v in vms.items() if not v["destinations_ok"])
+    blockers = sum(len(r["blockers"]) for r in results)
+    warnings = sum(1 for r in results for c in r["checks"] if c["status"] == preflight.WARN)
+    parts = [f"{len(movable)} of {len(vms)} VM(s) can migrate"]
+    for name in movable:
+        parts.append(f"{name} -> {', '.join(vms[name]['destinations_ok'])}")
+    for name in stuck:
+        reasons = "; ".join(f"{dest}: {msgs[0]}" + (f" (+{len(msgs) - 1} more)" if len(msgs) > 1 else "")
+                            for dest, msgs in vms[name]["blocked"].items())
+        parts.append(f"{name} can go nowhere ({reasons or 'no destination given'})")
+    return {"movable": movable, "stuck": stuck, "blockers": blockers, "warnings": warnings,
+            "message": ". ".join(parts) + "."}
+
+
+def main():
+    module = AnsibleModule(argument_spec=ARGUMENT_SPEC, mutually_exclusive=MUTUALLY_EXCLUSIVE, supports_check_mode=True)
+    MigrationPreflightModule(module).run()
+
+
+if __name__ == "__main__":
+    main()
