@@ -1,0 +1,239 @@
+# Copyright: hvfleet maintainers
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The real drain.Backend: libvirt connections, facts, prerequisite checks, the engine, the cordon file.
+
+Thin on purpose: every decision is in drain.py; this only talks to libvirt and the other helpers
+(facts, preflight, maintenance, migration). Domain XML read to move a definition includes secrets
+(VIR_DOMAIN_XML_SECURE, so a VNC password survives the move); it is passed to the destination's
+libvirt and never logged, journalled or returned.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+
+from ansible_collections.hvfleet.drain.plugins.module_utils import facts as hvfacts
+from ansible_collections.hvfleet.drain.plugins.module_utils import maintenance, preflight
+from ansible_collections.hvfleet.drain.plugins.module_utils.connection import close_quietly, connect
+from ansible_collections.hvfleet.drain.plugins.module_utils.drain import (
+    Backend,
+    CheckResult,
+    VmInfo,
+    progress_from_sample,
+)
+from ansible_collections.hvfleet.drain.plugins.module_utils.errors import HvfleetError
+from ansible_collections.hvfleet.drain.plugins.module_utils.migration import Migration
+from ansible_collections.hvfleet.drain.plugins.module_utils.placement import HostCapacity
+
+VIR_DOMAIN_XML_SECURE = 1
+VIR_DOMAIN_XML_INACTIVE = 2
+VIR_DOMAIN_XML_MIGRATABLE = 8
+_PAUSED = 3
+_POSTCOPY_PAUSED_REASONS = (12, 13)
+
+
+class _WatchedMigration(Migration):
+    """The engine's Migration, with its job monitor exposed for progress events."""
+
+    monitor = None
+
+    def _watch(self, dom, worker, monitor):
+        self.monitor = monitor
+        return super()._watch(dom, worker, monitor)
+
+
+class LibvirtBackend(Backend):
+    """drain.Backend over libvirt; `state_dir` is this host's /var/lib/hvfleet."""
+
+    def __init__(self, connect_timeout_s=30.0, state_dir=maintenance.DEFAULT_DIR, memory_headroom_mib=0,
+                 dirty_rate_seconds=1):
+        self.connect_timeout_s = connect_timeout_s
+        self.state_dir = state_dir
+        self.memory_headroom_mib = memory_headroom_mib
+        self.dirty_rate_seconds = dirty_rate_seconds
+        self._facts = {}
+        self._facts_lock = threading.Lock()
+
+    # ---- connections ------------------------------------------------------------------------
+
+    def connect(self, uri):
+        return connect(uri, timeout_s=self.connect_timeout_s)
+
+    def close(self, conn):
+        close_quietly(conn)
+
+    # ---- facts ------------------------------------------------------------------------------
+
+    def list_vms(self, conn, host, measure=True):
+        try:
+            doms = conn.listAllDomains(0)
+        except Exception as exc:  # pylint: disable=broad-except
+            raise HvfleetError(f"Cannot list the domains of {host.name}: {exc}", "check its libvirt daemon.") from exc
+        found = []
+        for dom in doms:
+            try:
+                active = bool(dom.isActive())
+                persistent = bool(dom.isPersistent())
+                if not active and not persistent:
+                    continue
+                state, reason = dom.state()
+                info = hvfacts.domain_facts(dom)
+            except hvfacts.FactsError:
+                continue  # went away meanwhile
+            except Exception:  # pylint: disable=broad-except
+                continue
+            found.append((dom, VmInfo(
+                name=info.name, memory_mib=info.memory_mib, vcpus=info.vcpus, active=active, persistent=persistent,
+                state=info.state, labels=dict(info.labels), dirty_rate_bps=None,
+                postcopy=state == _PAUSED and reason in _POSTCOPY_PAUSED_REASONS, facts=info)))
+        if measure:
+            rates = self._dirty_rates([dom for dom, vm in found if vm.state == "running"])
+            found = [(dom, _with_rate(vm, rates.get(vm.name))) for dom, vm in found]
+        return [vm for _dom, vm in found]
+
+    def _dirty_rates(self, doms):
+        """Measure all running domains at once (each takes about `dirty_rate_seconds`)."""
+        rates = {}
+
+        def one(dom):
+            with contextlib.suppress(Exception):
+                rates[dom.name()] = hvfacts.measure_dirty_rate(dom, seconds=self.dirty_rate_seconds)
+
+        threads = [threading.Thread(target=one, args=(dom,), daemon=True) for dom in doms]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(self.dirty_rate_seconds + 15)
+        return rates
+
+    def host_facts(self, conn, host):
+        local = hvfacts.is_local_uri(host.uri)
+        hf = hvfacts.host_facts(conn, name=host.name, uri=host.uri, local=local, state_dir=self.state_dir)
+        if host.facts:
+            hf = hf.merged_with(host.facts)  # userfaultfd, bridges, cordon as read on the host itself
+        with self._facts_lock:
+            self._facts[host.name] = hf
+        return hf
+
+    def _cached_facts(self, conn, host):
+        with self._facts_lock:
+            hf = self._facts.get(host.name)
+        return hf if hf is not None else self.host_facts(conn, host)
+
+    def capacity(self, conn, host, anti_affinity_labels=()):
+        try:
+            hf = self.host_facts(conn, host)
+        except hvfacts.FactsError as exc:
+            raise HvfleetError(exc.message, exc.hint) from exc
+        held = {}
+        if anti_affinity_labels:
+            with contextlib.suppress(Exception):
+                for dom in conn.listAllDomains(1):  # active
+                    with contextlib.suppress(Exception):
+                        labels = hvfacts.domain_facts(dom).labels
+                        for key in anti_affinity_labels:
+                            if key in labels:
+                                held.setdefault(key, set()).add(labels[key])
+        used = max(hf.memory_allocated_mib, hf.memory_total_mib - hf.memory_available_mib
+                   if hf.memory_available_mib else 0)
+        return HostCapacity(name=host.name, memory_total_mib=hf.memory_total_mib, memory_used_mib=used,
+                            vcpus_total=hf.cpus, vcpus_used=hf.vcpus_allocated, cordoned=bool(hf.cordoned),
+                            anti_affinity={k: frozenset(v) for k, v in held.items()})
+
+    # ---- checks -----------------------------------------------------------------------------
+
+    def prechecks(self, src_conn, dst_conn, vm, source, destination, settings):
+        src_facts = self._cached_facts(src_conn, source)
+        dst_facts = self._cached_facts(dst_conn, destination)
+        domain = vm.facts if vm.facts is not None else hvfacts.domain_facts(src_conn.lookupByName(vm.name))
+        if not vm.active:
+            return _definition_checks(vm, domain, destination, settings)
+        res = preflight.run_prechecks(src_conn, dst_conn, domain, src_facts, dst_facts, settings,
+                                      migration_address=destination.migration_address,
+                                      memory_headroom_mib=self.memory_headroom_mib)
+        return [CheckResult(c.id, c.status, c.vm, destination.name, c.message, c.fix) for c in res.checks
+                if c.id not in ("capacity.memory", "dest.cordoned")]  # placement counts memory cumulatively
+
+    # ---- actions ----------------------------------------------------------------------------
+
+    def migrate(self, src_conn, dst_conn, name, dest_uri, spec, source_uri, control):
+        job = _WatchedMigration(src_conn, dst_conn, name, dest_uri, spec, source_uri=source_uri)
+
+        def sample():
+            monitor = job.monitor
+            return progress_from_sample(monitor.last()) if monitor is not None else None
+
+        def abort():
+            src_conn.lookupByName(name).abortJob()
+
+        control.attach(sample=sample, abort=abort, postcopy=lambda: job.postcopy_started)
+        return job.run()
+
+    def move_definition(self, src_conn, dst_conn, name):
+        try:
+            dom = src_conn.lookupByName(name)
+        except Exception as exc:  # pylint: disable=broad-except
+            raise HvfleetError(f"'{name}' is no longer defined on the source: {exc}",
+                               "run again; the drain looks at the host afresh.") from exc
+        try:
+            if dom.isActive():
+                raise HvfleetError(f"'{name}' was started meanwhile; its definition was not moved.",
+                                   "run the drain again: it is now migrated live.")
+            uuid = dom.UUIDString()
+            existing = None
+            with contextlib.suppress(Exception):
+                existing = dst_conn.lookupByName(name)
+            if existing is not None:
+                if existing.UUIDString() != uuid:
+                    raise HvfleetError(f"The destination already has a different domain named '{name}'.",
+                                       "rename one of them, then run again.")
+                if existing.isActive():
+                    raise HvfleetError(f"'{name}' runs on the destination while its definition is still on the "
+                                       "source.", "inspect both hosts; undefine the stale copy by hand.")
+            else:
+                xml = dom.XMLDesc(VIR_DOMAIN_XML_INACTIVE | VIR_DOMAIN_XML_SECURE | VIR_DOMAIN_XML_MIGRATABLE)
+                dst_conn.defineXML(xml)
+                del xml
+            dom.undefine()
+        except HvfleetError:
+            raise
+        except Exception as exc:  # pylint: disable=broad-except
+            raise HvfleetError(f"Moving the definition of '{name}' failed: {exc}",
+                               "inspect both hosts: it is defined on at least one of them; run again.") from exc
+
+    def abort_job(self, conn, name):
+        conn.lookupByName(name).abortJob()
+
+    def set_speed(self, conn, name, mib):
+        conn.lookupByName(name).migrateSetMaxSpeed(int(mib), 0)
+
+    # ---- cordon -----------------------------------------------------------------------------
+
+    def read_cordon(self, state_dir):
+        return maintenance.read_state(state_dir).cordoned
+
+    def set_cordon(self, state_dir, cordoned, reason=None, by=None):
+        changed, _before, _after = maintenance.set_state(
+            state_dir, maintenance.CORDONED if cordoned else maintenance.ACTIVE, reason=reason, by=by)
+        return changed
+
+
+def _with_rate(vm, rate):
+    if rate is None:
+        return vm
+    return VmInfo(**{**{f: getattr(vm, f) for f in vm.__dataclass_fields__}, "dirty_rate_bps": rate})
+
+
+def _definition_checks(vm, domain, destination, settings):
+    """A shut-off definition can move unless its disks are local (it would not find them there)."""
+    out = []
+    storage = (settings or {}).get("storage", "shared_only")
+    for disk in domain.disks:
+        if disk.device in ("cdrom", "floppy") or disk.empty or disk.type == "network":
+            continue
+        if disk.type in ("file", "block") and storage == "shared_only":
+            out.append(CheckResult("storage.disk", "warn", vm.name, destination.name,
+                                   f"disk {disk.target} ({disk.source}) is a path: it must exist at the same path on "
+                                   f"{destination.name} for the VM to start there", None))
+    return out

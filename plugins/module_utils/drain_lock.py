@@ -1,0 +1,146 @@
+# Copyright: hvfleet maintainers
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""One drain (or restore) of a host at a time, and never a lock that outlives its holder.
+
+The lock is `fcntl.flock` on `<state_dir>/drain.lock`, held for the whole drain by the process
+that runs it. The kernel releases a flock when the process dies (crash, SIGKILL, lost SSH session),
+so a crashed run never leaves the host stuck; there is no stale-lock heuristic to get wrong.
+
+The file also says who holds the lock (pid, what, start time, user@controller, host), written after
+the lock is taken, so a refused second run names the holder. The file itself is never removed: removing
+a flock'ed file lets a third process lock a new inode while the second still holds the old one.
+"""
+
+from __future__ import annotations
+
+import datetime
+import errno
+import json
+import os
+import socket
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - hypervisors are Linux
+    fcntl = None
+
+from ansible_collections.hvfleet.drain.plugins.module_utils.errors import HvfleetError
+
+LOCK_NAME = "drain.lock"
+
+
+class DrainLocked(HvfleetError):
+    """Another drain or restore of this host is running; `holder` says which (dict, may be empty)."""
+
+    def __init__(self, message, hint=None, holder=None):
+        super().__init__(message, hint)
+        self.holder = holder or {}
+
+
+def now_iso():
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")  # noqa: UP017 (Python < 3.11)
+
+
+def describe_holder(holder):
+    """'pid 1234 (drain, started 2024-05-01T10:00:00+00:00 by alice@ctl, host hv1)'."""
+    if not holder:
+        return "a process that has not written its details yet"
+    parts = [f"pid {holder.get('pid', '?')}"]
+    inner = [str(holder.get("purpose") or "drain")]
+    if holder.get("started"):
+        inner.append(f"started {holder['started']}")
+    if holder.get("by"):
+        inner.append(f"by {holder['by']}")
+    if holder.get("host"):
+        inner.append(f"host {holder['host']}")
+    return f"{parts[0]} ({', '.join(inner)})"
+
+
+class DrainLock:
+    """flock-based lock; use as a context manager or acquire()/release()."""
+
+    def __init__(self, state_dir, host="", purpose="drain", by=""):
+        self.state_dir = os.fspath(state_dir)
+        self.path = os.path.join(self.state_dir, LOCK_NAME)
+        self.host = host
+        self.purpose = purpose
+        self.by = by
+        self._fd = None
+
+    @property
+    def held(self):
+        return self._fd is not None
+
+    def holder(self):
+        """Who holds (or last held) the lock, from the file; {} when unknown."""
+        try:
+            with open(self.path, encoding="utf-8") as handle:
+                data = json.loads(handle.read() or "{}")
+            return data if isinstance(data, dict) else {}
+        except (OSError, ValueError):
+            return {}
+
+    def acquire(self):
+        """Take the lock or raise DrainLocked naming the holder. Never blocks."""
+        if self._fd is not None:
+            return self
+        if fcntl is None:  # pragma: no cover
+            raise HvfleetError("This platform has no fcntl.flock; the drain lock needs Linux.")
+        os.makedirs(self.state_dir, mode=0o700, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                raise
+            holder = self.holder()
+            what = f" of {self.host}" if self.host else ""
+            raise DrainLocked(
+                f"Another drain or restore{what} is running: {describe_holder(holder)}; refusing to start a second "
+                "one at the same time.",
+                "wait for it to finish (its progress is in the journal next to the lock, "
+                f"{self.state_dir}), or stop that process; a crashed run releases the lock by itself.",
+                holder=holder) from None
+        self._fd = fd
+        info = {"pid": os.getpid(), "purpose": self.purpose, "started": now_iso(), "by": self.by,
+                "host": self.host or socket.gethostname()}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (json.dumps(info, sort_keys=True) + "\n").encode("utf-8"), 0)
+        os.fsync(fd)
+        return self
+
+    def release(self):
+        if self._fd is None:
+            return
+        fd, self._fd = self._fd, None
+        try:
+            os.ftruncate(fd, 0)  # no holder any more
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
+
+    def is_locked_elsewhere(self):
+        """The holder's details (dict) when another process holds the lock now, else None.
+
+        A read-only probe for check mode: it creates nothing and writes nothing.
+        """
+        if self._fd is not None or fcntl is None:
+            return None
+        try:
+            fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        except OSError:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            return self.holder() or {"pid": "?"}
+        finally:
+            os.close(fd)  # closing drops the probe's shared lock
+        return None
+
+    def __enter__(self):
+        return self.acquire()
+
+    def __exit__(self, *_exc):
+        self.release()

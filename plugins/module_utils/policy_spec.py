@@ -1,0 +1,76 @@
+# Copyright: hvfleet maintainers
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Turn a VM's policy settings (policy.select_policy) and its forecast into a MigrationSpec.
+
+The one place where the policy vocabulary meets the engine's:
+
+* `mode: auto` takes the forecast's choice (pre-copy, post-copy, ...) and its auto-converge;
+  a forecast of `refuse` is an error that names the forecast's reason;
+* `compression: none` -> no compression; `storage: copy_all` / `copy_incremental` ->
+  `copy_storage` `all` / `incremental`, `shared_only` -> nothing copied;
+* the bandwidth is the lower of the policy's `bandwidth_mib` and the drain's share of its
+  bandwidth budget;
+* a transient domain is neither persisted on the destination nor undefined on the source.
+"""
+
+from __future__ import annotations
+
+from ansible_collections.hvfleet.drain.plugins.module_utils.errors import InvalidSpec
+from ansible_collections.hvfleet.drain.plugins.module_utils.spec import MigrationSpec
+
+STORAGE = {"shared_only": None, "copy_all": "all", "copy_incremental": "incremental"}
+
+
+def effective_mode(settings, forecast=None):
+    """(mode, auto_converge, explanation) the migration will use."""
+    mode = settings.get("mode", "auto")
+    auto_converge = bool(settings.get("auto_converge"))
+    if mode != "auto":
+        why = f"mode {mode} set by the policy"
+        if forecast is not None and forecast.reason:
+            why += f"; forecast: {forecast.reason}"
+        return mode, auto_converge, why
+    if forecast is None:
+        return "precopy", auto_converge, "mode auto without a forecast (no dirty rate or link bandwidth): pre-copy"
+    if forecast.mode == "refuse":
+        raise InvalidSpec(f"the forecast refuses to migrate: {forecast.reason}",
+                          "give the VM a policy that allows post-copy or auto-converge, raise max_downtime_cap_ms "
+                          "or the completion timeout, or move it at a quieter time.")
+    return forecast.mode, auto_converge or bool(forecast.auto_converge), forecast.reason
+
+
+def spec_for(settings, forecast=None, migrate_uri=None, bandwidth_mib=None, persistent=True,
+             tls_destination=None, **overrides):
+    """The MigrationSpec for one VM; raises InvalidSpec (with a hint) when the settings cannot work."""
+    mode, auto_converge, _why = effective_mode(settings, forecast)
+    storage = settings.get("storage", "shared_only")
+    if storage not in STORAGE:
+        raise InvalidSpec(f"storage={storage!r} is not one of: {', '.join(STORAGE)}.",
+                          f"set storage to one of {', '.join(STORAGE)}.")
+    compression = settings.get("compression")
+    if compression in (None, "none"):
+        compression = None
+    limits = [b for b in (settings.get("bandwidth_mib"), bandwidth_mib) if b]
+    kwargs = dict(
+        mode=mode,
+        allow_postcopy=bool(settings.get("allow_postcopy", True)),
+        migrate_uri=migrate_uri,
+        persist_dest=bool(persistent),
+        undefine_source=bool(persistent),
+        bandwidth_mib=max(1, int(min(limits))) if limits else None,
+        postcopy_bandwidth_mib=settings.get("postcopy_bandwidth_mib"),
+        max_downtime_ms=int(settings.get("max_downtime_ms", 500)),
+        max_downtime_cap_ms=int(max(settings.get("max_downtime_cap_ms", 2000), settings.get("max_downtime_ms", 500))),
+        auto_converge=auto_converge,
+        auto_converge_initial=settings.get("auto_converge_initial") if auto_converge else None,
+        auto_converge_increment=settings.get("auto_converge_increment") if auto_converge else None,
+        compression=compression,
+        parallel_connections=settings.get("parallel_connections"),
+        tls=bool(settings.get("tls", False)),
+        tls_destination=tls_destination if settings.get("tls") else None,
+        copy_storage=STORAGE[storage],
+        completion_timeout_per_gib_s=float(settings.get("completion_timeout_per_gib_s", 150)),
+        on_timeout=settings.get("on_timeout", "abort"),
+    )
+    kwargs.update(overrides)
+    return MigrationSpec(**kwargs)

@@ -1,0 +1,534 @@
+#!/usr/bin/python
+# Copyright: hvfleet maintainers
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: host_drain
+short_description: Drain a hypervisor of its VMs (and bring them back), with a plan, a journal and resume
+version_added: 0.1.0
+description:
+  - Runs on the hypervisor to drain (the source). With O(state=drained) it cordons the host, lists its domains,
+    selects each VM's migration policy, runs the prerequisite checks for every VM and destination, places the VMs
+    on the O(destinations) (memory with headroom, vCPU overcommit, anti-affinity labels, policy pins), forecasts
+    each migration and chooses the mode of C(auto) policies, then migrates the running domains concurrently
+    within O(max_parallel), O(max_outbound), O(max_inbound) and the O(bandwidth_mib) budget. Definitions of
+    persistent shut-off domains are moved too. Finally it verifies that the host is empty.
+  - Every destination is re-checked with fresh facts right before each migration starts.
+  - A journal on the host (C(drain-journal.json) in O(state_dir)) records the plan and each VM's state as it
+    changes. A drain that was interrupted (killed controller or module, lost SSH session, Ctrl-C) resumes from it
+    when run again; what already moved is never migrated again. A second concurrent drain or restore of the same
+    host is refused, naming the one that runs; a crashed run never leaves that lock behind.
+  - Progress events (VM started and finished, percentage and ETA of long migrations) are appended to
+    C(drain-progress.jsonl) in O(state_dir) as they happen, one JSON object per line, for an C(async) poller or a
+    callback plugin.
+  - On failure, the VMs that could not move are reported with their reason, the others carry on until more than
+    O(max_failures) migrations failed, the host stays cordoned, and every VM is running somewhere or in a state
+    that the C(recovery) of its entry in RV(vms) names. The task then fails with a summary.
+  - O(state=restored) brings the VMs the journal recorded as moved away back to this host, with the same checks,
+    forecast, concurrency and reporting, then uncordons the host and archives the journal.
+  - Idempotent. A drained host (cordoned, no running or persistent domains) is reported unchanged; so is a restored
+    one.
+author:
+  - hvfleet maintainers (@hvfleet)
+requirements:
+  - libvirt-python (python3-libvirt) on the hypervisor
+attributes:
+  check_mode:
+    description: Returns the plan and changes nothing (no cordon, no journal, no migration).
+    support: full
+    details:
+      - The plan names every VM, its destination, policy and why, the mode and why, the predicted duration and
+        downtime, the forecast total and every blocker. With O(plan_file) the plan is also written to that file.
+  diff_mode:
+    description: Shows the moves, each VM with its host before and after.
+    support: full
+options:
+  state:
+    description:
+      - V(drained) moves every VM off the host. V(restored) brings back the VMs that the journal says came from
+        this host, then uncordons it.
+    type: str
+    choices: [drained, restored]
+    default: drained
+  source:
+    description: The hypervisor being drained (the one the module runs on).
+    type: dict
+    default: {}
+    suboptions:
+      name:
+        description: Its inventory name. Defaults to the host name.
+        type: str
+      uri:
+        description: libvirt URI the module opens for it.
+        type: str
+        default: qemu:///system
+      peer_uri:
+        description:
+          - libvirt URI the other hypervisors reach it by, for example V(qemu+tls://hv1.example.com/system).
+            Needed by O(state=restored) (the peer-to-peer migration target).
+        type: str
+      migration_address:
+        description: Its address on the migration network (used by O(state=restored)).
+        type: str
+      link_mbit:
+        description: Bandwidth of its migration link in Mbit/s, for the forecast.
+        type: float
+  destinations:
+    description:
+      - The hypervisors the VMs may go to, usually built from the inventory.
+    type: list
+    elements: dict
+    required: true
+    suboptions:
+      name:
+        description: Inventory name of the destination.
+        type: str
+        required: true
+      uri:
+        description: libvirt URI of the destination, as this host reaches it (also the peer-to-peer target).
+        type: str
+        required: true
+      migration_address:
+        description: Address of the destination on the migration network; migration data goes to C(tcp://ADDRESS).
+        type: str
+      link_mbit:
+        description: Bandwidth of the destination's migration link in Mbit/s.
+        type: float
+      cordoned:
+        description: The destination is cordoned (for example from its C(hvfleet.drain.host_maintenance) state).
+        type: bool
+        default: false
+      facts:
+        description:
+          - The destination's facts as read on the destination itself (the C(hypervisor) result of
+            C(hvfleet.drain.hypervisor_info)). They complete what cannot be read remotely (its cordon state,
+            userfaultfd for post-copy, its bridges); a cordoned state found there excludes the destination.
+        type: dict
+  policies:
+    description:
+      - Migration policies (the inventory variable C(hvfleet_migration_policies)); see the collection's
+        C(docs/POLICIES.md). Without policies the built-in defaults apply.
+    type: list
+    elements: dict
+    default: []
+  memory_headroom_mib:
+    description: Memory kept free on every destination, in MiB.
+    type: int
+    default: 1024
+  memory_headroom_fraction:
+    description: Share of each destination's memory kept free (the larger of this and O(memory_headroom_mib)).
+    type: float
+    default: 0.0
+  vcpu_overcommit:
+    description: How many vCPUs a destination may carry per host CPU.
+    type: float
+    default: 4.0
+  anti_affinity_labels:
+    description: VM label keys whose values must not meet on one destination (VMs sharing a value are spread).
+    type: list
+    elements: str
+    default: [anti_affinity]
+  max_parallel:
+    description: Most migrations running at once, in total.
+    type: int
+    default: 2
+  max_outbound:
+    description: Most migrations leaving one host at once.
+    type: int
+    default: 2
+  max_inbound:
+    description: Most migrations arriving at one destination at once.
+    type: int
+    default: 1
+  bandwidth_mib:
+    description:
+      - Bandwidth budget in MiB/s shared equally by the running migrations (re-split as they start and end).
+        Unlimited when not set (each policy's own limit still applies).
+    type: int
+  default_link_mbit:
+    description: Link bandwidth in Mbit/s assumed for the forecast where a host declares none.
+    type: float
+    default: 1000.0
+  max_failures:
+    description:
+      - How many failed migrations to tolerate. Once more have failed, no new migration starts (running ones
+        finish). VMs blocked before the start (no fitting destination) do not count.
+    type: int
+    default: 0
+  measure_dirty_rate:
+    description: Measure each running VM's dirty rate (about one second, all at once) for the forecast.
+    type: bool
+    default: true
+  plan_file:
+    description:
+      - Write the plan as JSON to this path on the host (also in check mode), for review. Apply a reviewed plan
+        with O(plan_from).
+    type: path
+  plan_from:
+    description:
+      - A reviewed plan to apply, either the path of a file written by O(plan_file) on the host or the plan itself
+        (the file's content as a mapping). The drain refuses to start when reality no longer matches it (a VM
+        appeared or went away, a destination no longer fits); VMs go to the reviewed destinations.
+    type: raw
+  state_dir:
+    description: Directory on the host for the journal, the progress events, the lock and the cordon state.
+    type: path
+    default: /var/lib/hvfleet
+  reason:
+    description: Why the host is drained (recorded with the cordon and in the journal).
+    type: str
+  by:
+    description: Who drains. Defaults to C($SUDO_USER) or the login user, with the controller's address.
+    type: str
+  connect_timeout:
+    description: Seconds to wait for each libvirt connection.
+    type: int
+    default: 30
+  orphan_wait:
+    description:
+      - When resuming, seconds to let a migration job left running by the interrupted run finish before it is
+        aborted (a pre-copy abort leaves the VM on the source; a post-copy is never aborted).
+    type: int
+    default: 30
+  progress_interval:
+    description: Seconds between two progress events of a running migration.
+    type: float
+    default: 5.0
+notes:
+  - Run it on the hypervisor to drain, with C(become) when the login is not root, and with C(async) plus
+    C(poll) for long drains so the SSH session does not have to stay open; the journal makes a re-run safe.
+  - If the controller dies while the module runs without C(async), the drain goes on on the host; running the task
+    again meanwhile is refused (the lock names the running drain), and after it ends reports what it did.
+  - The source libvirt daemon connects to each destination URI itself (peer to peer).
+seealso:
+  - module: hvfleet.drain.domain_migration
+  - module: hvfleet.drain.host_maintenance
+  - module: hvfleet.drain.migration_preflight
+"""
+
+EXAMPLES = r"""
+- name: Review the plan for hv1 first
+  hvfleet.drain.host_drain:
+    destinations:
+      - {name: hv2, uri: "qemu+tls://hv2.example.com/system", migration_address: 10.254.0.12}
+      - {name: hv3, uri: "qemu+tls://hv3.example.com/system", migration_address: 10.254.0.13}
+    policies: "{{ hvfleet_migration_policies | default([]) }}"
+    plan_file: /var/lib/hvfleet/plan.json
+  check_mode: true
+  delegate_to: hv1
+
+- name: Drain hv1 onto hv2 and hv3
+  hvfleet.drain.host_drain:
+    reason: "CHG-1234 kernel update"
+    destinations:
+      - {name: hv2, uri: "qemu+tls://hv2.example.com/system", migration_address: 10.254.0.12, link_mbit: 10000}
+      - {name: hv3, uri: "qemu+tls://hv3.example.com/system", migration_address: 10.254.0.13, link_mbit: 10000}
+    max_parallel: 2
+    max_failures: 1
+  async: 7200
+  poll: 5
+  register: drained
+  delegate_to: hv1
+
+- name: After maintenance, bring the VMs home and uncordon
+  hvfleet.drain.host_drain:
+    state: restored
+    source:
+      peer_uri: "qemu+tls://hv1.example.com/system"
+      migration_address: 10.254.0.11
+    destinations:
+      - {name: hv2, uri: "qemu+tls://hv2.example.com/system"}
+      - {name: hv3, uri: "qemu+tls://hv3.example.com/system"}
+  delegate_to: hv1
+"""
+
+RETURN = r"""
+state:
+  description:
+    - V(drained), V(failed) (something could not move; the host stays cordoned), V(interrupted), V(restored), or
+      V(planned) in check mode.
+  returned: always
+  type: str
+message:
+  description: One paragraph summary naming every VM that did not move and why.
+  returned: always
+  type: str
+plan:
+  description:
+    - Every VM to move, in start order, with C(vm), C(kind) (V(live) or V(definition)), C(destination),
+      C(destination_uri), C(policy), C(policy_reason), C(mode), C(mode_reason), C(auto_converge),
+      C(predicted_duration_s), C(predicted_downtime_ms), C(predicted_bytes), C(placement_reason), C(spec),
+      C(memory_mib), C(vcpus), C(dirty_rate_bps).
+  returned: always
+  type: list
+  elements: dict
+vms:
+  description:
+    - Per VM that was acted on, C(vm), C(kind), C(source), C(destination), C(policy), C(mode) (planned),
+      C(mode_used), C(state) (journal state, V(moved), V(stayed), V(failed), V(paused_postcopy), V(home)),
+      C(ok), C(outcome), C(duration_s), C(downtime_ms), C(bytes_sent), C(predicted_duration_s),
+      C(predicted_downtime_ms), C(message), C(recovery), C(steps), C(attempts), C(started), C(finished).
+  returned: always
+  type: list
+  elements: dict
+blockers:
+  description: What kept VMs from moving, each with C(vm), C(kind), C(message), C(fix) and C(reasons) per host.
+  returned: always
+  type: list
+  elements: dict
+moves:
+  description: C(vm), C(from), C(to) of every planned move.
+  returned: always
+  type: list
+  elements: dict
+forecast:
+  description:
+    - The drain forecast, C(total_s), C(serial_s), C(concurrency), C(migrations), C(blocked), C(predicted_bytes),
+      C(worst_downtime_ms), C(summary).
+  returned: when there is something to plan
+  type: dict
+actual:
+  description: C(total_s), C(migrations), C(bytes_sent), C(worst_downtime_ms) and C(forecast_total_s) of the run.
+  returned: when migrations ran
+  type: dict
+summary:
+  description: Counts, C(moved), C(failed), C(blocked), C(not_started).
+  returned: always
+  type: dict
+verified_empty:
+  description: Whether the host had no running or persistent domain left at the end.
+  returned: state=drained, not in check mode
+  type: bool
+leftovers:
+  description: Domains still on the host at the end.
+  returned: always
+  type: list
+  elements: str
+resumed:
+  description: Whether this run resumed an interrupted one from the journal.
+  returned: always
+  type: bool
+reconciled:
+  description: For a resumed run, what was found for each VM the journal had in flight.
+  returned: always
+  type: list
+  elements: dict
+journal_path:
+  description: Path of the journal on the host.
+  returned: not in check mode
+  type: str
+progress_path:
+  description: Path of the progress events (JSON lines) on the host.
+  returned: not in check mode
+  type: str
+lock_holder:
+  description: In check mode, the drain or restore running now (pid, purpose, started, by), if any.
+  returned: check mode
+  type: dict
+plan_differences:
+  description: With O(plan_from), how reality differs from the reviewed plan.
+  returned: always
+  type: list
+  elements: str
+plan_file:
+  description: Where the plan was written.
+  returned: when O(plan_file) is set
+  type: str
+"""
+
+import contextlib  # noqa: E402
+import getpass  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import signal  # noqa: E402
+import socket  # noqa: E402
+import traceback  # noqa: E402
+
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib  # noqa: E402
+
+try:
+    import libvirt  # noqa: F401  pylint: disable=unused-import
+    LIBVIRT_IMPORT_ERROR = None
+except ImportError:
+    LIBVIRT_IMPORT_ERROR = traceback.format_exc()
+
+from ansible_collections.hvfleet.drain.plugins.module_utils.drain import (  # noqa: E402
+    DrainConfig,
+    Drainer,
+    Host,
+)
+from ansible_collections.hvfleet.drain.plugins.module_utils.drain_backend import LibvirtBackend  # noqa: E402
+from ansible_collections.hvfleet.drain.plugins.module_utils.errors import HvfleetError  # noqa: E402
+from ansible_collections.hvfleet.drain.plugins.module_utils.journal import atomic_write_json  # noqa: E402
+from ansible_collections.hvfleet.drain.plugins.module_utils.placement import PlacementConfig  # noqa: E402
+
+ARGUMENT_SPEC = dict(
+    state=dict(type="str", choices=["drained", "restored"], default="drained"),
+    source=dict(type="dict", default={}, options=dict(
+        name=dict(type="str"),
+        uri=dict(type="str", default="qemu:///system"),
+        peer_uri=dict(type="str"),
+        migration_address=dict(type="str"),
+        link_mbit=dict(type="float"),
+    )),
+    destinations=dict(type="list", elements="dict", required=True, options=dict(
+        name=dict(type="str", required=True),
+        uri=dict(type="str", required=True),
+        migration_address=dict(type="str"),
+        link_mbit=dict(type="float"),
+        cordoned=dict(type="bool", default=False),
+        facts=dict(type="dict"),
+    )),
+    policies=dict(type="list", elements="dict", default=[]),
+    memory_headroom_mib=dict(type="int", default=1024),
+    memory_headroom_fraction=dict(type="float", default=0.0),
+    vcpu_overcommit=dict(type="float", default=4.0),
+    anti_affinity_labels=dict(type="list", elements="str", default=["anti_affinity"]),
+    max_parallel=dict(type="int", default=2),
+    max_outbound=dict(type="int", default=2),
+    max_inbound=dict(type="int", default=1),
+    bandwidth_mib=dict(type="int"),
+    default_link_mbit=dict(type="float", default=1000.0),
+    max_failures=dict(type="int", default=0),
+    measure_dirty_rate=dict(type="bool", default=True),
+    plan_file=dict(type="path"),
+    plan_from=dict(type="raw"),
+    state_dir=dict(type="path", default="/var/lib/hvfleet"),
+    reason=dict(type="str"),
+    by=dict(type="str"),
+    connect_timeout=dict(type="int", default=30),
+    orphan_wait=dict(type="int", default=30),
+    progress_interval=dict(type="float", default=5.0),
+)
+
+
+def default_by():
+    """user@controller: the user from sudo or the login, the controller from the SSH connection."""
+    user = os.environ.get("SUDO_USER") or getpass.getuser()
+    client = (os.environ.get("SSH_CLIENT") or "").split(" ")[0]
+    return f"{user}@{client or socket.gethostname()}"
+
+
+def _cordoned_in(facts):
+    cordon = (facts or {}).get("cordon") or {}
+    return cordon.get("state") == "cordoned"
+
+
+class HostDrainModule:
+    """Maps module parameters onto drain.Drainer and its DrainResult onto Ansible's result."""
+
+    def __init__(self, module):
+        self.module = module
+        self.params = module.params
+
+    def drainer(self):
+        p = self.params
+        src = p["source"] or {}
+        source = Host(name=src.get("name") or socket.gethostname().split(".")[0], uri=src.get("uri") or
+                      "qemu:///system", peer_uri=src.get("peer_uri"), migration_address=src.get("migration_address"),
+                      link_mbit=src.get("link_mbit"))
+        destinations = [Host(name=d["name"], uri=d["uri"], migration_address=d.get("migration_address"),
+                             link_mbit=d.get("link_mbit"), facts=d.get("facts"),
+                             cordoned=bool(d.get("cordoned")) or _cordoned_in(d.get("facts")))
+                        for d in p["destinations"]]
+        config = DrainConfig(
+            policies=p["policies"] or [],
+            placement=PlacementConfig(memory_headroom_mib=p["memory_headroom_mib"],
+                                      memory_headroom_fraction=p["memory_headroom_fraction"],
+                                      vcpu_overcommit=p["vcpu_overcommit"]),
+            max_parallel=p["max_parallel"], max_outbound=p["max_outbound"], max_inbound=p["max_inbound"],
+            bandwidth_mib=p["bandwidth_mib"], max_failures=p["max_failures"],
+            anti_affinity_labels=tuple(p["anti_affinity_labels"] or ()), default_link_mbit=p["default_link_mbit"],
+            reason=p["reason"], by=p["by"] or default_by(), orphan_wait_s=float(p["orphan_wait"]),
+            progress_interval_s=p["progress_interval"], measure_dirty_rate=p["measure_dirty_rate"])
+        backend = LibvirtBackend(connect_timeout_s=p["connect_timeout"], state_dir=p["state_dir"],
+                                 memory_headroom_mib=p["memory_headroom_mib"])
+        return Drainer(backend, source, destinations, config, state_dir=p["state_dir"])
+
+    def reviewed_plan(self):
+        given = self.params["plan_from"]
+        if given is None or given == "":
+            return None
+        if isinstance(given, dict):
+            return given
+        if isinstance(given, str):
+            try:
+                with open(given, encoding="utf-8") as handle:
+                    return json.load(handle)
+            except (OSError, ValueError) as exc:
+                raise HvfleetError(f"Cannot read the reviewed plan {given}: {exc}",
+                                   "give the path of a file written with plan_file, on this host.") from exc
+        raise HvfleetError("plan_from must be a path or a mapping.", "give the plan_file path or its content.")
+
+    def write_plan(self, result):
+        path = self.params["plan_file"]
+        if not path:
+            return None
+        doc = {"host": result["host"], "action": result["action"], "plan": result["plan"],
+               "blockers": result["blockers"], "forecast": result["forecast"], "moves": result["moves"]}
+        directory = os.path.dirname(os.path.abspath(path))
+        os.makedirs(directory, exist_ok=True)
+        atomic_write_json(path, doc)
+        return path
+
+    def diff(self, result):
+        before, after = {}, {}
+        if self.module.check_mode:
+            moves = result["moves"]
+        else:
+            moves = [{"vm": r["vm"], "from": r.get("source") or result["host"], "to": r["destination"]}
+                     for r in result["vms"] if r.get("ok")]
+        for move in moves:
+            before[move["vm"]] = move["from"]
+            after[move["vm"]] = move["to"]
+        return {"before": before, "after": after}
+
+    def run(self):
+        if LIBVIRT_IMPORT_ERROR is not None:
+            self.module.fail_json(msg=missing_required_lib("libvirt-python (python3-libvirt)"),
+                                  exception=LIBVIRT_IMPORT_ERROR)
+        try:
+            drainer = self.drainer()
+            self._trap_signals(drainer)
+            check = self.module.check_mode
+            if self.params["state"] == "restored":
+                outcome = drainer.restore(plan_only=check)
+            else:
+                outcome = drainer.drain(plan_only=check, reviewed_plan=self.reviewed_plan())
+        except HvfleetError as exc:
+            self.module.fail_json(msg=str(exc), changed=False)
+        result = outcome.to_dict()
+        try:
+            written = self.write_plan(result)
+        except OSError as exc:
+            self.module.fail_json(msg=f"Cannot write plan_file: {exc}", **result)
+        if written:
+            result["plan_file"] = written
+        if self.module._diff:  # pylint: disable=protected-access
+            result["diff"] = self.diff(result)
+        if outcome.failed:
+            self.module.fail_json(msg=outcome.message, **result)
+        self.module.exit_json(**result)
+
+    @staticmethod
+    def _trap_signals(drainer):
+        """Ctrl-C / kill / hang-up: start nothing new, abort pre-copy, journal, report."""
+
+        def handler(_signum, _frame):
+            drainer.cancel()
+
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            with contextlib.suppress(ValueError, OSError):
+                signal.signal(sig, handler)
+
+
+def main():
+    module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
+    HostDrainModule(module).run()
+
+
+if __name__ == "__main__":
+    main()

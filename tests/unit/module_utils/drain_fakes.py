@@ -1,0 +1,192 @@
+"""A fake fleet for the drain orchestrator: hosts holding VMs, migrations that move them (or fail)."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from ansible_collections.hvfleet.drain.plugins.module_utils import reconcile
+from ansible_collections.hvfleet.drain.plugins.module_utils.drain import Backend, CheckResult, Host, VmInfo
+from ansible_collections.hvfleet.drain.plugins.module_utils.errors import HvfleetError, MigrationFailed
+from ansible_collections.hvfleet.drain.plugins.module_utils.migration import MigrationResult
+from ansible_collections.hvfleet.drain.plugins.module_utils.placement import HostCapacity
+
+
+def vm(memory=512, vcpus=1, active=True, persistent=True, labels=None, dirty=1024 * 1024, local_disk=False,
+       state=None):
+    return {"memory": memory, "vcpus": vcpus, "active": active, "persistent": persistent, "labels": labels or {},
+            "dirty": dirty, "local_disk": local_disk, "state": state or ("running" if active else "shutoff"),
+            "job": False, "postcopy": None}
+
+
+class World:
+    """Hosts by name, each with VMs; uri 'fake://NAME'."""
+
+    def __init__(self, hosts, memory_mib=8192, cpus=8):
+        self.hosts = {h: {} for h in hosts}
+        self.memory_mib = memory_mib
+        self.cpus = cpus
+        self.lock = threading.RLock()
+
+    @staticmethod
+    def uri(name):
+        return f"fake://{name}"
+
+    def where(self, name):
+        with self.lock:
+            return sorted(h for h, vms in self.hosts.items() if name in vms)
+
+    def place(self, host, name, data):
+        with self.lock:
+            self.hosts[host][name] = data
+
+
+class FakeConn:
+    def __init__(self, host):
+        self.host = host
+        self.closed = False
+
+
+class FakeBackend(Backend):
+    def __init__(self, world, migrate_delay=0.0):
+        self.world = world
+        self.migrate_delay = migrate_delay
+        self.cordoned = False
+        self.cordon_calls = []
+        self.fail = {}  # vm -> outcome ("stayed" / "error" / "postcopy_paused")
+        self.calls = []  # (vm, from, to)
+        self.concurrent = 0
+        self.max_concurrent = 0
+        self.max_inbound_seen = {}
+        self._inbound = {}
+        self.before_migrate = None  # hook(vm, from, to)
+        self.unreachable = set()
+        self.abort_calls = []
+        self.connects = 0
+        self._lock = threading.Lock()
+
+    # connections
+    def connect(self, uri):
+        host = uri.split("://", 1)[1]
+        if host in self.unreachable:
+            raise HvfleetError(f"Cannot connect to {uri}: unreachable", "fix the network")
+        with self._lock:
+            self.connects += 1
+        return FakeConn(host)
+
+    def close(self, conn):
+        if conn is not None:
+            conn.closed = True
+
+    # facts
+    def list_vms(self, conn, host, measure=True):
+        with self.world.lock:
+            items = sorted(self.world.hosts[conn.host].items())
+        out = []
+        for name, d in items:
+            if not d["active"] and not d["persistent"]:
+                continue
+            out.append(VmInfo(name, d["memory"], d["vcpus"], d["active"], d["persistent"], d["state"],
+                              dict(d["labels"]), d["dirty"] if measure and d["active"] else None,
+                              postcopy=d.get("postcopy") == "source", facts=d))
+        return out
+
+    def capacity(self, conn, host, anti_affinity_labels=()):
+        with self.world.lock:
+            vms = [d for d in self.world.hosts[conn.host].values() if d["active"]]
+        held = {}
+        for d in vms:
+            for key in anti_affinity_labels:
+                if key in d["labels"]:
+                    held.setdefault(key, set()).add(d["labels"][key])
+        return HostCapacity(conn.host, self.world.memory_mib, sum(d["memory"] for d in vms), self.world.cpus,
+                            sum(d["vcpus"] for d in vms), anti_affinity={k: frozenset(v) for k, v in held.items()})
+
+    def prechecks(self, src_conn, dst_conn, vm, source, destination, settings):
+        if vm.facts["local_disk"] and settings.get("storage", "shared_only") == "shared_only":
+            return [CheckResult("storage.disk", "fail", vm.name, destination.name,
+                                f"disk vda (/var/lib/libvirt/images/{vm.name}.qcow2) is on local storage",
+                                "use shared storage or storage: copy_all")]
+        return [CheckResult("cpu.compat", "pass", vm.name, destination.name, "compatible")]
+
+    def observe(self, conn, name, uri):
+        with self.world.lock:
+            d = self.world.hosts[conn.host].get(name)
+        if d is None:
+            return reconcile.SideView(uri=uri, present=False)
+        state = {"running": reconcile.RUNNING, "paused": reconcile.PAUSED, "shutoff": reconcile.SHUTOFF}[d["state"]]
+        reason = 1
+        if d.get("postcopy") == "source":
+            reason = reconcile.PAUSED_POSTCOPY_FAILED
+        elif d.get("postcopy") == "destination":
+            reason = reconcile.RUNNING_POSTCOPY_FAILED
+        return reconcile.SideView(uri=uri, present=True, state=state, reason=reason, job_active=d["job"],
+                                  persistent=d["persistent"])
+
+    def migrate(self, src_conn, dst_conn, name, dest_uri, spec, source_uri, control):
+        src, dst = src_conn.host, dst_conn.host
+        with self._lock:
+            self.calls.append((name, src, dst, spec))
+            self.concurrent += 1
+            self.max_concurrent = max(self.max_concurrent, self.concurrent)
+            self._inbound[dst] = self._inbound.get(dst, 0) + 1
+            self.max_inbound_seen[dst] = max(self.max_inbound_seen.get(dst, 0), self._inbound[dst])
+        aborted = threading.Event()
+        control.attach(sample=lambda: {"phase": "precopy", "percent": 50.0, "eta_s": 1.0, "iteration": 1,
+                                       "remaining_bytes": 1, "bandwidth_bps": 1.0, "elapsed_s": 0.1},
+                       abort=aborted.set, postcopy=lambda: False)
+        try:
+            if self.before_migrate:
+                self.before_migrate(name, src, dst)
+            deadline = time.monotonic() + self.migrate_delay
+            while time.monotonic() < deadline and not aborted.is_set():
+                time.sleep(0.01)
+            result = MigrationResult(name=name, source=source_uri, destination=dest_uri, mode_used=spec.mode,
+                                     duration_s=self.migrate_delay, downtime_ms=20, bytes_sent=1000)
+            outcome = self.fail.get(name)
+            if aborted.is_set():
+                outcome = "stayed"
+            if outcome:
+                result.outcome = outcome
+                result.message = f"'{name}' did not move ({outcome})"
+                if outcome == "postcopy_paused":
+                    result.recovery = "resume the post-copy"
+                raise MigrationFailed(result)
+            with self.world.lock:
+                data = self.world.hosts[src].pop(name)
+                self.world.hosts[dst][name] = data
+            result.outcome = "moved"
+            result.changed = True
+            result.message = f"'{name}' moved to {dest_uri}"
+            return result
+        finally:
+            with self._lock:
+                self.concurrent -= 1
+                self._inbound[dst] -= 1
+
+    def move_definition(self, src_conn, dst_conn, name):
+        with self.world.lock:
+            data = self.world.hosts[src_conn.host].pop(name)
+            self.world.hosts[dst_conn.host][name] = data
+
+    def abort_job(self, conn, name):
+        self.abort_calls.append(name)
+        with self.world.lock:
+            d = self.world.hosts[conn.host].get(name)
+            if d:
+                d["job"] = False
+
+    def read_cordon(self, state_dir):
+        return self.cordoned
+
+    def set_cordon(self, state_dir, cordoned, reason=None, by=None):
+        self.cordon_calls.append(cordoned)
+        changed = self.cordoned != cordoned
+        self.cordoned = cordoned
+        return changed
+
+
+def hosts(names=("hv2", "hv3")):
+    src = Host("hv1", World.uri("hv1"), migration_address="10.0.0.1", link_mbit=1000)
+    return src, [Host(n, World.uri(n), migration_address=f"10.0.0.{i + 2}", link_mbit=1000)
+                 for i, n in enumerate(names)]
