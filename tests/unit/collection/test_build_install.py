@@ -18,7 +18,11 @@ def run(argv, cwd, env=None):
 
 
 def test_tarball_installs_and_its_module_runs(tmp_path):
-    run([BIN / "ansible-galaxy", "collection", "build", str(REPO), "--output-path", str(tmp_path)], cwd=tmp_path)
+    # A clean environment: no ansible.cfg from the checkout (whose collections_path already holds
+    # this collection, so an install would be a no-op), only the copy installed from the tarball.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ANSIBLE_")}
+    run([BIN / "ansible-galaxy", "collection", "build", str(REPO), "--output-path", str(tmp_path)], cwd=tmp_path,
+        env=env)
     (tarball,) = tmp_path.glob("hvfleet-drain-*.tar.gz")
     with tarfile.open(tarball) as tar:
         names = tar.getnames()
@@ -26,11 +30,9 @@ def test_tarball_installs_and_its_module_runs(tmp_path):
     assert not [n for n in names if n.startswith((".venv", ".collections", ".git/"))], "build_ignore leaks"
 
     colls = tmp_path / "collections"
-    run([BIN / "ansible-galaxy", "collection", "install", str(tarball), "-p", str(colls)], cwd=tmp_path)
+    run([BIN / "ansible-galaxy", "collection", "install", str(tarball), "-p", str(colls)], cwd=tmp_path, env=env)
     assert (colls / "ansible_collections" / "hvfleet" / "drain" / "MANIFEST.json").is_file()
 
-    # A clean environment: no ansible.cfg from the checkout, only the installed copy.
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ANSIBLE_")}
     env.update(ANSIBLE_COLLECTIONS_PATH=str(colls), ANSIBLE_CALLBACK_RESULT_FORMAT="json", ANSIBLE_NOCOLOR="1")
     res = subprocess.run(
         [BIN / "ansible", "localhost", "-c", "local", "-e", f"ansible_python_interpreter={sys.executable}",
