@@ -67,6 +67,7 @@ from ansible_collections.hvfleet.drain.plugins.module_utils.policy import load_p
 from ansible_collections.hvfleet.drain.plugins.module_utils.policy_spec import effective_mode, spec_for
 from ansible_collections.hvfleet.drain.plugins.module_utils.scheduler import Limits, Scheduler
 from ansible_collections.hvfleet.drain.plugins.module_utils.scheduler import Migration as Move
+from ansible_collections.hvfleet.drain.plugins.module_utils.spec import migrate_uri_for
 
 LIVE = "live"
 DEFINITION = "definition"
@@ -100,15 +101,7 @@ class Host:
 
     @property
     def migrate_uri(self):
-        address = self.migration_address
-        if not address:
-            return None
-        if "://" in address:
-            raise DrainError(f"migration_address '{address}' of {self.name} is a URI, not an address.",
-                             "give only the host or IP (optionally :PORT).")
-        if address.count(":") > 1 and not address.startswith("["):
-            address = f"[{address}]"
-        return f"tcp://{address}"
+        return migrate_uri_for(self.migration_address, f"migration_address of {self.name}")
 
     def link_bps(self, default_mbit=DEFAULT_LINK_MBIT):
         return float(self.link_mbit or default_mbit) * 1e6 / 8

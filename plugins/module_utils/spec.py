@@ -62,6 +62,18 @@ QEMU_MAX_DOWNTIME_MS = 2000 * 1000  # QEMU refuses larger downtime limits
 GIB = 1024 ** 3
 
 
+def migrate_uri_for(address, owner="migrate_address"):
+    """tcp://ADDRESS on the dedicated migration network; a bare IPv6 address gets brackets."""
+    if not address:
+        return None
+    if "://" in address:
+        raise InvalidSpec(f"{owner} '{address}' is a URI, not an address.",
+                          "give only the host or IP (optionally :PORT); the migration goes to tcp://ADDRESS.")
+    if address.count(":") > 1 and not address.startswith("["):
+        address = f"[{address}]"
+    return f"tcp://{address}"
+
+
 def version_text(number):
     """libvirt encodes versions as major*1e6 + minor*1e3 + micro."""
     return f"{number // 1000000}.{number // 1000 % 1000}.{number % 1000}"

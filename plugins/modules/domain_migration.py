@@ -313,7 +313,7 @@ except ImportError:
 from ansible_collections.hvfleet.drain.plugins.module_utils.connection import close_quietly, connect  # noqa: E402
 from ansible_collections.hvfleet.drain.plugins.module_utils.errors import HvfleetError, MigrationFailed  # noqa: E402
 from ansible_collections.hvfleet.drain.plugins.module_utils.migration import Migration  # noqa: E402
-from ansible_collections.hvfleet.drain.plugins.module_utils.spec import MigrationSpec  # noqa: E402
+from ansible_collections.hvfleet.drain.plugins.module_utils.spec import MigrationSpec, migrate_uri_for  # noqa: E402
 
 ARGUMENT_SPEC = dict(
     name=dict(type="str", required=True),
@@ -347,18 +347,6 @@ ARGUMENT_SPEC = dict(
     auth_username=dict(type="str"),
     auth_password=dict(type="str", no_log=True),
 )
-
-
-def migrate_uri_for(address):
-    """tcp://ADDRESS for the migration network; a bare IPv6 address gets brackets."""
-    if not address:
-        return None
-    if "://" in address:
-        raise HvfleetError(f"migrate_address '{address}' is a URI, not an address.",
-                           "give only the host or IP (optionally :PORT); the module builds tcp://ADDRESS.")
-    if address.count(":") > 1 and not address.startswith("["):
-        address = f"[{address}]"
-    return f"tcp://{address}"
 
 
 class DomainMigrationModule:

@@ -174,3 +174,12 @@ def test_any_accepted_spec_has_coherent_flags(mode, on_timeout, allow, compressi
     assert bool(flags & specmod.VIR_MIGRATE_PARALLEL) == ("parallel.connections" in spec.params())
     if compression:
         assert spec.params()["compression"] == compression
+
+
+def test_migrate_uri_for_builds_tcp_uris_and_refuses_uris():
+    assert specmod.migrate_uri_for(None) is None
+    assert specmod.migrate_uri_for("10.254.0.12") == "tcp://10.254.0.12"
+    assert specmod.migrate_uri_for("hv2-mig:49200") == "tcp://hv2-mig:49200"
+    assert specmod.migrate_uri_for("fd00::12") == "tcp://[fd00::12]"
+    with pytest.raises(InvalidSpec, match="migration_address of hv2 'tcp://x' is a URI"):
+        specmod.migrate_uri_for("tcp://x", "migration_address of hv2")
