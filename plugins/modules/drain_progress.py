@@ -1,0 +1,192 @@
+#!/usr/bin/python
+# Copyright: hvfleet maintainers
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: drain_progress
+short_description: Read the live progress events of a drain or restore running on a hypervisor
+version_added: 0.1.0
+description:
+  - Reads the progress events that M(hvfleet.drain.host_drain) appends to C(drain-progress.jsonl) in O(state_dir)
+    (VM started, percentage and ETA of long migrations, VM finished, run finished), from a cursor on, and says
+    whether the drain has ended. Read-only.
+  - Meant for an C(until) loop next to a M(hvfleet.drain.host_drain) task started with C(async) and C(poll=0);
+    the C(hvfleet.drain.drain_progress) callback plugin prints the events it returns as they arrive.
+  - Inside an C(until) loop the task's arguments are templated once, so the cursor cannot be passed from one
+    attempt to the next by templating. The action plugin of this module continues from the previous attempt's
+    result (the task's registered variable) instead, when that result follows the same O(job_id); give the task a
+    C(register).
+  - The events file is emptied when a run starts. Events older than O(since) (a time read on the same host before
+    the drain was launched, the RV(now) of an earlier call) belong to an earlier run and are skipped.
+author:
+  - hvfleet maintainers (@hvfleet)
+attributes:
+  check_mode:
+    description: Read-only; runs the same in check mode.
+    support: full
+  diff_mode:
+    description: Returns no diff.
+    support: none
+options:
+  state_dir:
+    description: Directory of the drain journal and progress events on the host.
+    type: path
+    default: /var/lib/hvfleet
+  job_id:
+    description:
+      - The C(ansible_job_id) of the asynchronous M(hvfleet.drain.host_drain) task. The drain has ended when that
+        job has (its results file in O(async_dir) holds the module's result, or is gone).
+      - Without it, the drain has ended when its C(run_finished) event was read.
+    type: str
+  async_dir:
+    description:
+      - Directory of the async job results on the host. The action plugin sets it from the connection's
+        C(async_dir) shell option, as M(ansible.builtin.async_status) does.
+    type: path
+    default: ~/.ansible_async
+  since:
+    description: Skip events written before this time (host clock, ISO 8601 as in RV(now)).
+    type: str
+  offset:
+    description: Byte offset in the events file to read from (the cursor; see the description).
+    type: int
+    default: 0
+  run:
+    description: Id of the run being followed (the cursor); the first run found after O(since) when not set.
+    type: str
+  seq:
+    description: Sequence number of the last event already delivered (the cursor).
+    type: int
+    default: 0
+  mark:
+    description:
+      - Read nothing, return no events; only mark where a new drain starts. RV(now) is the host's time to give
+        as O(since) to the calls that follow the drain, so that events of earlier runs are skipped.
+    type: bool
+    default: false
+  wait:
+    description:
+      - Long poll. Wait up to this many seconds for something to report. A VM starting or finishing, a note, the
+        end of the run or of the job returns at once; progress samples are collected until the time is up.
+    type: float
+    default: 0
+notes:
+  - Run it where M(hvfleet.drain.host_drain) runs (the same host, user and C(become)), so that it sees the same
+    state directory and async job directory.
+seealso:
+  - module: hvfleet.drain.host_drain
+  - module: ansible.builtin.async_status
+"""
+
+EXAMPLES = r"""
+- name: Mark where the progress events of the new drain will start
+  hvfleet.drain.drain_progress:
+    mark: true
+  register: before
+
+- name: Start the drain in the background
+  hvfleet.drain.host_drain:
+    destinations: "{{ destinations }}"
+  async: 21600
+  poll: 0
+  register: job
+
+- name: Follow the drain (the hvfleet.drain.drain_progress callback prints each event)
+  hvfleet.drain.drain_progress:
+    job_id: "{{ job.ansible_job_id }}"
+    since: "{{ before.now }}"
+    wait: 15
+  register: progress
+  until: progress.finished
+  retries: 1500
+  delay: 1
+
+- name: Collect the drain's result
+  ansible.builtin.async_status:
+    jid: "{{ job.ansible_job_id }}"
+  register: drained
+  until: drained is finished
+  retries: 30
+  delay: 1
+"""
+
+RETURN = r"""
+events:
+  description:
+    - The new events, oldest first, each a mapping with C(seq), C(at), C(t), C(run), C(host), C(action),
+      C(event) and the fields of its kind (see the C(journal.py) documentation in the collection).
+  returned: always
+  type: list
+  elements: dict
+offset:
+  description: Byte offset to continue from (the cursor).
+  returned: always
+  type: int
+run:
+  description: Id of the run being followed, or V(null) when none was found yet.
+  returned: always
+  type: str
+seq:
+  description: Sequence number of the last event delivered so far.
+  returned: always
+  type: int
+finished:
+  description: Whether the drain has ended (its async job ended, or without O(job_id) its run_finished was read).
+  returned: always
+  type: bool
+job:
+  description: State of the async job, V(running), V(finished) or V(missing); V(null) without O(job_id).
+  returned: always
+  type: str
+job_id:
+  description: The O(job_id) followed.
+  returned: always
+  type: str
+since:
+  description: The O(since) given.
+  returned: always
+  type: str
+now:
+  description: The host's current time (ISO 8601, UTC), to pass as O(since) to a later call.
+  returned: always
+  type: str
+progress_path:
+  description: Path of the events file on the host.
+  returned: always
+  type: str
+"""
+
+import functools  # noqa: E402
+
+from ansible.module_utils.basic import AnsibleModule  # noqa: E402
+from ansible_collections.hvfleet.drain.plugins.module_utils.progress import follow, job_state, mark  # noqa: E402
+
+ARGUMENT_SPEC = dict(
+    state_dir=dict(type="path", default="/var/lib/hvfleet"),
+    job_id=dict(type="str"),
+    async_dir=dict(type="path", default="~/.ansible_async"),
+    since=dict(type="str"),
+    offset=dict(type="int", default=0),
+    run=dict(type="str"),
+    seq=dict(type="int", default=0),
+    wait=dict(type="float", default=0.0),
+    mark=dict(type="bool", default=False),
+)
+
+
+def main():
+    module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
+    p = module.params
+    if p["mark"]:
+        module.exit_json(changed=False, job_id=p["job_id"], since=p["since"], **mark(p["state_dir"]))
+    job = functools.partial(job_state, p["async_dir"], p["job_id"]) if p["job_id"] else None
+    result = follow(p["state_dir"], cursor={"offset": p["offset"], "run": p["run"], "seq": p["seq"]},
+                    since=p["since"], wait=p["wait"], job=job)
+    module.exit_json(changed=False, job_id=p["job_id"], since=p["since"], **result)
+
+
+if __name__ == "__main__":
+    main()
