@@ -25,27 +25,10 @@ requirements:
 
 from ansible import constants as C  # noqa: E402
 from ansible.plugins.callback import CallbackBase  # noqa: E402
-
-MIB = 1024 * 1024
+from ansible_collections.hvfleet.drain.plugins.module_utils.units import MIB, fmt_duration, fmt_mib  # noqa: E402
 
 TONE_COLORS = {"ok": C.COLOR_OK, "error": C.COLOR_ERROR, "warn": C.COLOR_WARN, "start": C.COLOR_CHANGED,
                "progress": None, "info": None}
-
-
-def fmt_duration(seconds):
-    """Short human duration: 850 ms, 12.3 s, 4 min 05 s, 2 h 03 min."""
-    if seconds is None:
-        return "?"
-    seconds = float(seconds)
-    if seconds < 1:
-        return f"{seconds * 1000:.0f} ms"
-    if seconds < 60:
-        return f"{seconds:.1f} s"
-    if seconds < 3600:
-        minutes, secs = divmod(int(round(seconds)), 60)
-        return f"{minutes} min {secs:02d} s"
-    hours, rest = divmod(int(round(seconds)), 3600)
-    return f"{hours} h {rest // 60:02d} min"
 
 
 def fmt_clock(seconds):
@@ -54,15 +37,6 @@ def fmt_clock(seconds):
     hours, rest = divmod(total, 3600)
     minutes, secs = divmod(rest, 60)
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
-
-
-def fmt_mib(num_bytes):
-    if num_bytes is None:
-        return "? MiB"
-    mib = float(num_bytes) / MIB
-    if mib >= 10240:
-        return f"{mib / 1024:.1f} GiB"
-    return f"{mib:.1f} MiB"
 
 
 def _mode(event):

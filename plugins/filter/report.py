@@ -18,7 +18,7 @@ import datetime
 import html
 import math
 
-MIB = 1024 * 1024
+from ansible_collections.hvfleet.drain.plugins.module_utils.units import MIB, fmt_duration
 
 COLORS = {"ok": "#2e8b57", "failed": "#c0392b", "definition": "#8c8c8c", "predicted": "#9ecae1",
           "planned": "#9ecae1", "axis": "#555555", "grid": "#e3e3e3", "text": "#222222"}
@@ -51,19 +51,6 @@ def _parse_time(value):
     if stamp.tzinfo is None:
         stamp = stamp.replace(tzinfo=datetime.timezone.utc)  # noqa: UP017
     return stamp
-
-
-def fmt_seconds(seconds):
-    seconds = _num(seconds)
-    if seconds is None:
-        return "-"
-    if seconds < 60:
-        return f"{seconds:.1f} s"
-    if seconds < 3600:
-        minutes, secs = divmod(int(round(seconds)), 60)
-        return f"{minutes} min {secs:02d} s"
-    hours, rest = divmod(int(round(seconds)), 3600)
-    return f"{hours} h {rest // 60:02d} min"
 
 
 def _nice_step(span, ticks=8):
@@ -253,11 +240,11 @@ def timeline_svg(result, width=960, row_height=26, label_width=170):
             px, pw = x(predicted[0]), max(x(predicted[1]) - x(predicted[0]), 1.0)
             out.append(f'<rect class="predicted" x="{px:.1f}" y="{y + 3}" width="{pw:.1f}" '
                        f'height="{row_height - 6}" fill="{COLORS["predicted"]}" fill-opacity="0.6">'
-                       f'<title>{_esc(name)}: predicted {_esc(fmt_seconds(predicted[1] - predicted[0]))}'
+                       f'<title>{_esc(name)}: predicted {_esc(fmt_duration(predicted[1] - predicted[0]))}'
                        f'</title></rect>')
         if actual is not None:
             ax, aw = x(actual[0]), max(x(actual[1]) - x(actual[0]), 1.0)
-            tip = (f"{name}: {row['state'] or ''} in {fmt_seconds(actual[1] - actual[0])} to "
+            tip = (f"{name}: {row['state'] or ''} in {fmt_duration(actual[1] - actual[0])} to "
                    f"{row['destination'] or '?'} ({row['mode_used'] or row['mode'] or '?'})")
             out.append(f'<rect class="actual {tone}" x="{ax:.1f}" y="{y + row_height * 0.3:.1f}" width="{aw:.1f}" '
                        f'height="{row_height * 0.4:.1f}" fill="{COLORS[tone]}"><title>{_esc(tip)}</title></rect>')
@@ -292,8 +279,8 @@ def plan_lines(result):
     verb = "draining" if action == "drain" else "restoring"
     head = f"Plan for {verb} {host}: {len(plan)} VM(s) to move, {len(blockers)} blocked"
     if forecast:
-        head += (f"; forecast {fmt_seconds(forecast.get('total_s'))} with up to {forecast.get('concurrency', 1)} at "
-                 f"once ({fmt_seconds(forecast.get('serial_s'))} one after the other)")
+        head += (f"; forecast {fmt_duration(forecast.get('total_s'))} with up to {forecast.get('concurrency', 1)} at "
+                 f"once ({fmt_duration(forecast.get('serial_s'))} one after the other)")
         if forecast.get("worst_downtime_ms") is not None:
             head += f", worst downtime {forecast['worst_downtime_ms']:.0f} ms"
     lines = [head]
@@ -313,7 +300,7 @@ def plan_lines(result):
         if item.get("placement_reason"):
             lines.append(f"    why {target}: {item['placement_reason']}")
         if item.get("kind") != "definition":
-            predicted = f"    predicted: {fmt_seconds(item.get('predicted_duration_s'))}"
+            predicted = f"    predicted: {fmt_duration(item.get('predicted_duration_s'))}"
             if item.get("predicted_downtime_ms") is not None:
                 predicted += f", downtime {item['predicted_downtime_ms']:.0f} ms"
             if item.get("predicted_bytes") is not None:
