@@ -152,7 +152,13 @@ class Lab:
             libvirt.VIR_DOMAIN_BLOCKED: "blocked",
             libvirt.VIR_DOMAIN_PMSUSPENDED: "pmsuspended",
         }
-        found = {}
+        return {host: states.get(dom.state()[0], "unknown") for host, dom in self._lookup_everywhere(name)}
+
+    def _lookup_everywhere(self, name: str) -> Iterator:
+        """(host, domain) for every host with a live libvirtd that knows the VM; the connection is open
+        while the caller handles that host's domain."""
+        import libvirt
+
         for host in self.hosts():
             if not self._libvirtd_up(host):
                 continue
@@ -161,8 +167,7 @@ class Lab:
                     dom = conn.lookupByName(name)
                 except libvirt.libvirtError:
                     continue
-                found[host] = states.get(dom.state()[0], "unknown")
-        return found
+                yield host, dom
 
     def running_on(self, name: str) -> list[str]:
         """Hosts where the VM is active (running or paused). A healthy VM gives exactly one."""
@@ -237,18 +242,12 @@ class Lab:
         """Destroy and undefine the VM wherever it is, remove its disk and console log."""
         import libvirt
 
+        for _host, dom in self._lookup_everywhere(name):
+            if dom.isActive():
+                dom.destroy()
+            with contextlib.suppress(libvirt.libvirtError):
+                dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE | libvirt.VIR_DOMAIN_UNDEFINE_NVRAM)
         for host in self.hosts():
-            if not self._libvirtd_up(host):
-                continue
-            with self._conn(host) as conn:
-                try:
-                    dom = conn.lookupByName(name)
-                except libvirt.libvirtError:
-                    continue
-                if dom.isActive():
-                    dom.destroy()
-                with contextlib.suppress(libvirt.libvirtError):
-                    dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE | libvirt.VIR_DOMAIN_UNDEFINE_NVRAM)
             local = hosts.hostdir(self.root, host) / "lib-libvirt" / "images" / f"{name}.qcow2"
             with contextlib.suppress(FileNotFoundError):
                 local.unlink()
