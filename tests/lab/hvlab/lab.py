@@ -468,14 +468,10 @@ class Lab:
                 where = self.locate(name)
                 if any(state != "shutoff" for state in where.values()):
                     continue
-                if where:  # defined but not running (a run killed between define and start)
-                    host = next(iter(where))
-                    with self._conn(host) as conn:
-                        conn.lookupByName(name).create()
-                    started.append(name)
-                    continue
-                if name in st.load().data["vms"]:
-                    self.vm_rm(name)  # recorded but gone: clean what is left of it
+                if where or name in st.load().data["vms"]:
+                    # defined but not running, or recorded but gone (a killed run, a host restart):
+                    # start afresh, so the guest also gets the current domain XML and kernel command line
+                    self.vm_rm(name)
                 dirty_mb, rate = DEMO_DIRTY[(i - 1) % len(DEMO_DIRTY)]
                 self.vm_start(VMSpec(name=name, dirty_mb=dirty_mb, dirty_rate=rate), host="hv1")
                 started.append(name)
