@@ -1,0 +1,84 @@
+"""Helpers the lab tests share: run Ansible from the project venv, follow guests' heartbeats, poll.
+
+Not a test module; the lab tests import it (their folder is on sys.path under pytest's prepend mode).
+"""
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+BINDIR = Path(sys.executable).parent
+
+
+def ansible_env(**extra):
+    return dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg"), ANSIBLE_FORCE_COLOR="0", PYTHONUNBUFFERED="1",
+                **extra)
+
+
+def playbook_argv(playbook, *args):
+    path = Path(playbook) if Path(playbook).is_absolute() else REPO / "playbooks" / playbook
+    return [str(BINDIR / "ansible-playbook"), str(path), *args]
+
+
+def run_playbook(playbook, *args, timeout=900):
+    """Run a playbook, timing every output line as it arrives; returns (rc, [(seconds, line)])."""
+    t0 = time.monotonic()
+    lines = []
+    with subprocess.Popen(playbook_argv(playbook, *args), cwd=REPO, env=ansible_env(), stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True) as proc:
+        for line in proc.stdout:
+            lines.append((time.monotonic() - t0, line.rstrip("\n")))
+        rc = proc.wait(timeout=timeout)
+    print("\n".join(f"{t:7.2f} {text}" for t, text in lines))
+    return rc, lines
+
+
+def text_of(lines):
+    return "\n".join(text for _t, text in lines)
+
+
+def first_line_at(lines, pattern):
+    """When the first output line matching `pattern` arrived (seconds since the start)."""
+    for t, text in lines:
+        if re.search(pattern, text):
+            return t
+    raise AssertionError(f"no output line matches {pattern!r}")
+
+
+def printed_report(lines):
+    """The JSON report whose path the drain_host role printed, loaded."""
+    found = re.search(r"JSON: (\S+\.json)", text_of(lines))
+    assert found, "the run printed no report path"
+    return json.loads(Path(found.group(1)).read_text())
+
+
+def wait_for(predicate, timeout, what, interval=0.5):
+    """Poll `predicate` until it returns something true, within `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def heartbeats(lab, names):
+    """Each guest's heartbeat once it has booted: the baseline to compare with."""
+    return {n: lab.wait_heartbeat_advances(n, timeout=120) for n in names}
+
+
+def assert_unbroken(lab, before):
+    """Every guest is still in the boot it was in (no reboot, no second copy) and its heartbeat goes on."""
+    for name, hb in before.items():
+        after = lab.wait_heartbeat_advances(name, beyond=hb.last_n, timeout=60)
+        if after.boot_id != hb.boot_id:
+            text = lab.console_path(name).read_text(errors="replace").splitlines()
+            first_new = next(i for i, line in enumerate(text) if after.boot_id in line)
+            print(f"console of {name} around the restart:\n" + "\n".join(text[max(0, first_new - 60):first_new + 2]))
+        assert after.boot_id == hb.boot_id, f"{name} rebooted"
