@@ -12,7 +12,8 @@
 
 Run as root from the repository root:
     .venv/bin/python benchmarks/migration_bench.py [--runs 5] [--hot-mbit 100] [--hot-runs 1]
-The lab is brought up if needed and left as it was found (down if it was down).
+    .venv/bin/python benchmarks/migration_bench.py --record-series tests/unit/module_utils/data
+The lab is brought up if needed and left up (it is shared with other sessions).
 """
 
 from __future__ import annotations
@@ -43,9 +44,7 @@ MIB = 2**20
 def engine_move(lab, vm, src, dst, **spec_kw):
     """The module's code path from the controller; returns (wall seconds, MigrationResult)."""
     t0 = time.monotonic()
-    src_conn = connection.connect(lab.uri(src))
-    dst_conn = connection.connect(lab.uri(dst))
-    call_conn = connection.connect(lab.uri(src))
+    src_conn, dst_conn, call_conn = connection.connect_all([lab.uri(src), lab.uri(dst), lab.uri(src)])
     try:
         spec = MigrationSpec(migrate_uri=f"tcp://{lab.addr(dst)}", **spec_kw)
         try:
@@ -182,6 +181,59 @@ def hot_comparison(lab, mbit, hot_runs, series_out=None):
               f" {throttle:>12d}% {'RESTARTED' if restarted else 'same boot':>10s}")
 
 
+SERIES_FIELDS = ("t", "phase", "iteration", "memory_total", "memory_processed", "memory_remaining", "data_processed",
+                 "dirty_rate_bps", "bandwidth_bps", "throttle_pct")
+
+
+def compact_series(stats):
+    """The job-stats samples with only the fields the convergence analysis reads, rounded (small JSON)."""
+    out = []
+    for sample in stats:
+        row = {k: sample[k] for k in SERIES_FIELDS}
+        row["dirty_rate_bps"] = round(row["dirty_rate_bps"])
+        row["bandwidth_bps"] = round(row["bandwidth_bps"])
+        out.append(row)
+    return out
+
+
+def record_series(lab, mbit, out_dir):
+    """Real pre-copy series for the convergence unit tests (tests/unit/module_utils/data/).
+
+    Default engine ladder (pre-copy, abort at the deadline or on a stall), source link shaped to
+    `mbit`: an idle guest, a moderately dirty one, and one dirtying faster than the link (it is
+    aborted, so it stays on the source and never switches over). Stats every 0.5 s.
+    """
+    cases = (
+        ("idle", dict(memory=256)),
+        ("moderate", dict(memory=256, dirty_mb=64, dirty_rate=8)),
+        ("hot", dict(memory=256, dirty_mb=128, dirty_rate=100)),
+    )
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for label, knobs in cases:
+        vm = f"bench-series-{label}-{os.getpid()}"
+        lab.vm_start(VMSpec(name=vm, hb_ms=100, **knobs), host="hv1")
+        try:
+            lab.wait_heartbeat_advances(vm, beyond=20)
+            lab.shape("hv1", mbit)
+            try:
+                seconds, result = engine_move(lab, vm, "hv1", "hv2", stats_interval_s=0.5)
+            finally:
+                lab.unshape("hv1")
+        finally:
+            lab.vm_rm(vm)
+        data = {"label": label, "vm": knobs, "mbit": mbit, "outcome": result.outcome,
+                "duration_s": round(seconds, 2), "deadline_s": result.deadline_s, "ram_bytes": result.ram_bytes,
+                "spec": {k: result.spec[k] for k in ("mode", "max_downtime_ms", "max_downtime_cap_ms",
+                                                     "stall_iterations", "on_timeout", "auto_converge")},
+                "steps": [dataclasses.asdict(s) for s in result.steps], "stats": compact_series(result.stats)}
+        path = out_dir / f"series_{label}_{int(mbit)}mbit.json"
+        path.write_text(json.dumps(data, separators=(",", ":")) + "\n")
+        steps = ", ".join(s.action for s in result.steps)
+        print(f"  series {label}: {result.outcome} in {seconds:.1f} s, {len(result.stats)} samples, "
+              f"{result.iterations} iterations, steps: {steps} -> {path}", flush=True)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n", maxsplit=1)[0])
     parser.add_argument("--runs", type=int, default=5, help="idle migrations per tool")
@@ -190,18 +242,25 @@ def main():
     parser.add_argument("--skip-hot", action="store_true")
     parser.add_argument("--skip-idle", action="store_true")
     parser.add_argument("--series-out", help="append each hot run's job-stats series (JSON lines) to this file")
+    parser.add_argument("--record-series", metavar="DIR",
+                        help="only record compact idle/moderate/hot pre-copy series into DIR (see record_series)")
+    parser.add_argument("--series-mbit", type=float, default=100, help="source link for --record-series, Mbit/s")
     args = parser.parse_args()
     lab = Lab()
     was_up = lab.state.exists()
     lab.up(hosts_count=3)
     try:
+        if args.record_series:
+            record_series(lab, args.series_mbit, args.record_series)
+            return
         if not args.skip_idle:
             idle_comparison(lab, args.runs)
         if not args.skip_hot:
             hot_comparison(lab, args.hot_mbit, args.hot_runs, args.series_out)
     finally:
         if not was_up:
-            lab.down()
+            print("the lab was brought up for this benchmark and is left up (it is shared; take it down "
+                  "with tests/lab/lab.py down when nobody uses it)")
 
 
 if __name__ == "__main__":

@@ -60,7 +60,12 @@ def check_uri(uri):
     """Reject strings that are not libvirt URIs before libvirt gives a vaguer error."""
     if not uri or not isinstance(uri, str):
         raise LibvirtConnectionError(uri, "Empty libvirt URI.", "give a URI such as qemu:///system.")
-    parts = urlsplit(uri)
+    try:
+        parts = urlsplit(uri)
+        host = parts.hostname  # parsed lazily: may raise too
+    except ValueError as exc:  # e.g. an unclosed [IPv6 bracket
+        raise LibvirtConnectionError(uri, f"'{uri}' is not a valid URI: {exc}.",
+                                     "use qemu+tls://HOST/system (IPv6 addresses in brackets).") from exc
     if parts.scheme not in KNOWN_SCHEMES:
         raise LibvirtConnectionError(
             uri,
@@ -74,7 +79,7 @@ def check_uri(uri):
             f"'{uri}' has no /system (or /session) path.",
             f"use {parts.scheme}://{parts.netloc}/system.",
         )
-    if parts.scheme in ("qemu+ssh", "qemu+tls", "qemu+tcp", "qemu+libssh", "qemu+libssh2") and not parts.hostname:
+    if parts.scheme in ("qemu+ssh", "qemu+tls", "qemu+tcp", "qemu+libssh", "qemu+libssh2") and not host:
         raise LibvirtConnectionError(uri, f"'{uri}' names no host.", f"use {parts.scheme}://HOST/system.")
     return parts
 
@@ -166,6 +171,37 @@ def connect(uri, timeout_s=DEFAULT_CONNECT_TIMEOUT_S, username=None, password=No
         with contextlib.suppress(libvirt.libvirtError):
             conn.setKeepAlive(KEEPALIVE_INTERVAL_S, KEEPALIVE_COUNT)
     return conn
+
+
+def connect_all(uris, timeout_s=DEFAULT_CONNECT_TIMEOUT_S, username=None, password=None, readonly=False):
+    """Open several connections at once (each as connect()); returns them in the order of `uris`.
+
+    A migration needs three (source, destination, a second source connection for the blocking
+    call): opened one after another their handshakes add up; in parallel it costs the slowest.
+    If any fails, the ones that opened are closed and the first failure (in `uris` order) raised.
+    """
+    uris = list(uris)
+    boxes = [{} for _uri in uris]
+
+    def opener(uri, box):
+        try:
+            box["conn"] = connect(uri, timeout_s=timeout_s, username=username, password=password, readonly=readonly)
+        except Exception as exc:  # pylint: disable=broad-except
+            box["error"] = exc
+
+    ensure_event_loop()  # once, before the threads race for it
+    threads = [threading.Thread(target=opener, args=(uri, boxes[i]), name=f"connect {uri}", daemon=True)
+               for i, uri in enumerate(uris)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()  # connect() itself gives up after timeout_s
+    errors = [box["error"] for box in boxes if "error" in box]
+    if errors:
+        for box in boxes:
+            close_quietly(box.get("conn"))
+        raise errors[0]
+    return [box["conn"] for box in boxes]
 
 
 def _credentials(creds, userdata):

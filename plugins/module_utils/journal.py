@@ -64,6 +64,7 @@ import threading
 import time
 
 from ansible_collections.hvfleet.drain.plugins.module_utils.errors import HvfleetError
+from ansible_collections.hvfleet.drain.plugins.module_utils.redact import scrub
 
 JOURNAL_NAME = "drain-journal.json"
 PROGRESS_NAME = "drain-progress.jsonl"
@@ -106,7 +107,7 @@ def atomic_write_json(path, data):
     """Write JSON to `path` so that a crash leaves either the old or the new file, never half of one."""
     directory = os.path.dirname(os.path.abspath(path))
     tmp = f"{path}.tmp.{os.getpid()}.{threading.get_ident()}"
-    text = json.dumps(data, indent=1, sort_keys=True, default=str) + "\n"
+    text = json.dumps(scrub(data), indent=1, sort_keys=True, default=str) + "\n"  # no URI passwords on disk
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
@@ -296,7 +297,7 @@ class Journal:  # pylint: disable=too-many-instance-attributes
             if self.persist:
                 try:
                     with open(self.progress_path, "a", encoding="utf-8") as handle:
-                        handle.write(json.dumps(item, sort_keys=True, default=str) + "\n")
+                        handle.write(json.dumps(scrub(item), sort_keys=True, default=str) + "\n")
                         handle.flush()
                 except OSError:
                     pass

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import shlex
 import threading
 import time
 
@@ -28,6 +29,8 @@ from ansible_collections.hvfleet.drain.plugins.module_utils.monitor import JobMo
 VIR_DOMAIN_JOB_STATS_COMPLETED = 1
 VIR_DOMAIN_JOB_STATS_KEEP_COMPLETED = 2  # reading them must not take them away from the operator
 SETTLE_TIMEOUT_S = 60.0  # how long libvirt may take to finish/cancel a job after the call returned
+REOPEN_INTERVAL_S = 3.0  # a lost connection to a host is reopened at most this often
+REOPEN_TIMEOUT_S = 10.0
 
 MOVED = "moved"
 ALREADY_THERE = "already_there"
@@ -90,6 +93,14 @@ def _lookup(conn, name):
         return None
 
 
+def _conn_uri(conn):
+    """The URI a libvirt connection was opened with (a local call), or None (fakes, closed)."""
+    try:
+        return conn.getURI()
+    except Exception:  # pylint: disable=broad-except
+        return None
+
+
 def _domain_names(conn):
     try:
         return [d.name() for d in conn.listAllDomains(0)]
@@ -118,12 +129,46 @@ class Migration:
         self.was_running = True
         self.call_dom = None
         self._monitor = None
+        self._downtime_preset = False
+        # URIs our own connections were opened with, to reopen one that a daemon restart left dead
+        self._conn_uris = {"src_conn": _conn_uri(src_conn), "dst_conn": _conn_uri(dst_conn)}
+        self._reopen_after = {}
+        self._reopened = []
 
     # ---- observation --------------------------------------------------------------------
 
     def observe(self):
-        return (reconcile.observe(self.src_conn, self.name, self.source_uri),
-                reconcile.observe(self.dst_conn, self.name, self.dest_uri))
+        src = reconcile.observe(self.src_conn, self.name, self.source_uri)
+        dst = reconcile.observe(self.dst_conn, self.name, self.dest_uri)
+        if not dst.reachable and self._reopen("dst_conn"):
+            dst = reconcile.observe(self.dst_conn, self.name, self.dest_uri)
+        if not src.reachable and self._reopen("src_conn"):
+            src = reconcile.observe(self.src_conn, self.name, self.source_uri)
+        return src, dst
+
+    def _reopen(self, attr):
+        """A libvirt daemon restarted during the migration leaves our connection to it dead (every call
+        fails: "client socket is closed"), so that host would look unreachable for good and a finished
+        move be reported as stuck. Open a new connection to the same URI (at most every few seconds)."""
+        uri = self._conn_uris.get(attr)
+        now = self.clock()
+        if not uri or now < self._reopen_after.get(attr, float("-inf")):
+            return False
+        self._reopen_after[attr] = now + REOPEN_INTERVAL_S
+        try:
+            from ansible_collections.hvfleet.drain.plugins.module_utils.connection import connect
+            conn = connect(uri, timeout_s=REOPEN_TIMEOUT_S)
+        except Exception:  # pylint: disable=broad-except
+            return False
+        setattr(self, attr, conn)
+        self._reopened.append(conn)
+        self.step("reconnect", f"the connection to {uri} was lost (daemon restarted?); opened a new one")
+        return True
+
+    def _close_reopened(self):
+        while self._reopened:
+            with contextlib.suppress(Exception):
+                self._reopened.pop().close()
 
     def _record_states(self, src, dst):
         self.result.source_state = src.to_dict()
@@ -201,6 +246,12 @@ class Migration:
 
     def plan(self):
         """What run() would do, from both ends; changes nothing."""
+        try:
+            return self._plan()
+        finally:
+            self._close_reopened()
+
+    def _plan(self):
         what = self.preflight()
         versions, oldest = self._versions()
         plan = {
@@ -264,6 +315,7 @@ class Migration:
             if opened:
                 with contextlib.suppress(Exception):
                     call_conn.close()
+            self._close_reopened()
 
     def _run(self, what):
         dom = self.src_conn.lookupByName(self.name)
@@ -280,6 +332,7 @@ class Migration:
         worker = threading.Thread(target=self._migrate_call, args=(self.call_dom, self.spec.flags(), box),
                                   name=f"migrate {self.name}", daemon=True)
         self.result.mode_used = "precopy"
+        self._downtime_preset = self._preset_downtime(dom)
         self.step("start", f"migrateToURI3 to {self.dest_uri}: {self.spec.describe()}")
         worker.start()
         try:
@@ -298,6 +351,22 @@ class Migration:
             self.step("call_failed", "the migration call raised; looking at both hosts", str(call_error))
         return self._reconcile(dom, call_error, monitor)
 
+    def _preset_downtime(self, dom):
+        """Set the initial max downtime before the job starts; True when libvirt took it.
+
+        libvirt 9.0 accepts it without a migration job and the migration keeps it, so the first
+        sample need not make this call while the migration runs (a short idle migration is then
+        not slowed by it). Refused (older libvirt: "not being migrated"): the first sample does it.
+        """
+        try:
+            dom.migrateSetMaxDowntime(int(self.spec.max_downtime_ms), 0)
+        except Exception as exc:  # pylint: disable=broad-except
+            self.step("set_max_downtime", "could not set the initial max downtime before the start; "
+                      "setting it once the job runs", str(exc))
+            return False
+        self.step("set_max_downtime", f"initial max downtime {self.spec.max_downtime_ms} ms (before the start)")
+        return True
+
     def _migrate_call(self, dom, flags, box):
         try:
             dom.migrateToURI3(self.dest_uri, self.spec.params(), flags)
@@ -306,7 +375,7 @@ class Migration:
 
     def _watch(self, dom, worker, monitor):
         ladder = convergence.LadderState(downtime_ms=self.spec.max_downtime_ms)
-        downtime_set = False
+        downtime_set = self._downtime_preset
         throttle_noted = False
         while True:
             worker.join(self.spec.stats_interval_s)  # returns early when the migration ends
@@ -416,6 +485,7 @@ class Migration:
 
         self._collect_completed_stats(monitor)
         if verdict.placement in (reconcile.MOVED, reconcile.PAUSED_ON_DESTINATION):
+            self._drop_stale_source(src, dst)
             mode = self.result.mode_used
             note = "" if dst.running else f"; it is {dst.label()} there"
             return self._finish(MOVED, True, f"'{self.name}' moved to {self.dest_uri} ({mode}){note}.")
@@ -426,6 +496,21 @@ class Migration:
                               f"({src.label()}): {cause}", recovery=None)
         return self._fail(verdict.placement, True, f"'{self.name}': {verdict.reason}",
                           recovery=self._where_text(src, dst))
+
+    def _drop_stale_source(self, src, dst):
+        """A migration that libvirt did not finish itself (the call failed, then the VM completed or the
+        post-copy was resumed) leaves the source's definition behind, shut off: starting it would run
+        a second copy on the same disks. Undefine it, as undefine_source asked - only once the
+        destination runs the VM with a persistent definition of its own."""
+        if not (self.spec.undefine_source and src.present and src.gone and dst.running and dst.persistent):
+            return
+        dom = _lookup(self.src_conn, self.name)
+        reason = f"the source kept its definition ({src.label()}) while the VM runs on the destination"
+        try:
+            dom.undefine()
+            self.step("undefine_source", reason)
+        except Exception as exc:  # pylint: disable=broad-except
+            self.step("undefine_source", reason, str(exc))
 
     def _cause(self, call_error):
         final = [s for s in self.result.steps if s.action in ("abort", "suspend") and not s.error]
@@ -475,6 +560,7 @@ class Migration:
             self.step("postcopy_resume", attempt["result"])
         self._record_states(report.source, report.destination)
         if report.ok:
+            self._drop_stale_source(report.source, report.destination)
             had_trouble = call_error is not None or bool(report.attempts)
             outcome = POSTCOPY_RECOVERED if had_trouble else MOVED
             self._collect_completed_stats(None)
@@ -497,13 +583,14 @@ class Migration:
                           recovery=self._postcopy_recovery_text(report.source, report.destination))
 
     def _postcopy_recovery_text(self, src, dst):
-        migrate_uri = f" --migrateuri {self.spec.migrate_uri}" if self.spec.migrate_uri else ""
+        # the command is meant to be pasted into a shell: names and URIs are data, quoted as such
+        migrate_uri = f" --migrateuri {shlex.quote(self.spec.migrate_uri)}" if self.spec.migrate_uri else ""
         return (
             f"The current state of '{self.name}' is on the destination {self.dest_uri} ({dst.label()}); the copy on "
             f"the source {self.source_uri} ({src.label()}) is stale and must NOT be resumed, started or destroyed. "
             f"Once the migration network works again, run this task again (it resumes the post-copy), or on the "
-            f"source host: virsh -c {self.source_uri} migrate --live --p2p --postcopy --postcopy-resume"
-            f"{migrate_uri} {self.name} {self.dest_uri}")
+            f"source host: virsh -c {shlex.quote(self.source_uri)} migrate --live --p2p --postcopy --postcopy-resume"
+            f"{migrate_uri} {shlex.quote(self.name)} {shlex.quote(self.dest_uri)}")
 
     def _where_text(self, src, dst):
         return (f"'{self.name}' is on source {self.source_uri}: {src.label()}; destination {self.dest_uri}: "

@@ -30,11 +30,13 @@ import dataclasses
 import difflib
 import fnmatch
 import json
+import math
 import os
 import re
 
 from ansible_collections.hvfleet.drain.plugins.module_utils.errors import HvfleetError
 from ansible_collections.hvfleet.drain.plugins.module_utils.policy_schema import DEFAULT_SETTINGS, SCHEMA
+from ansible_collections.hvfleet.drain.plugins.module_utils.spec import MAX_BANDWIDTH_MIB
 
 try:
     import jsonschema
@@ -434,6 +436,10 @@ def semantic_problems(data):
         elif not selector:
             add([], "no selector and not the default, so it would match every VM",
                 "a selector, or default: true for the catch-all")
+        for key in ((selector or {}).get("labels") or {}):
+            if not isinstance(key, str):
+                add(["selector", "labels"], f"the label name {key!r} is not a string",
+                    "label names as strings (quote them in YAML)")
         memory = (selector or {}).get("memory_mib") or {}
         if "min" in memory and "max" in memory and memory["min"] > memory["max"]:
             add(["selector", "memory_mib"], f"min {memory['min']} is above max {memory['max']}", "min <= max")
@@ -457,6 +463,12 @@ def _settings_problems(declared, add):
         cap_note = "" if "max_downtime_cap_ms" in declared else " (default)"
         add(["settings", field], f"max_downtime_cap_ms {settings['max_downtime_cap_ms']}{cap_note} is below "
             f"max_downtime_ms {settings['max_downtime_ms']}", "max_downtime_cap_ms >= max_downtime_ms")
+    timeout = settings["completion_timeout_per_gib_s"]
+    if isinstance(timeout, float) and not math.isfinite(timeout):  # YAML .nan / .inf pass the schema
+        add(["settings", "completion_timeout_per_gib_s"], f"got {timeout}", "a finite number > 0")
+    for field in ("bandwidth_mib", "postcopy_bandwidth_mib"):
+        if isinstance(settings.get(field), int) and settings[field] > MAX_BANDWIDTH_MIB:
+            add(["settings", field], f"got {settings[field]}", f"at most {MAX_BANDWIDTH_MIB} MiB/s")
     parallel = settings["parallel_connections"]
     if settings["compression"] == "zstd" and not parallel:
         add(["settings", "compression"], "zstd compression works only with parallel migration",

@@ -59,7 +59,13 @@ MIGRATE_URI_SCHEMES = ("tcp", "rdma", "unix")
 LIBVIRT_ZSTD_MIN = 9004000  # zlib/zstd compression of parallel migration: libvirt 9.4
 LIBVIRT_POSTCOPY_RESUME_MIN = 8005000  # VIR_MIGRATE_POSTCOPY_RESUME: libvirt 8.5
 QEMU_MAX_DOWNTIME_MS = 2000 * 1000  # QEMU refuses larger downtime limits
+MAX_BANDWIDTH_MIB = (2 ** 63 - 1) // (1024 * 1024)  # libvirt's limit for bandwidth in MiB/s (bytes fit int64)
 GIB = 1024 ** 3
+
+
+def _finite_number(value):
+    """An int or a finite float (not a bool, not text, not NaN or infinity)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def migrate_uri_for(address, owner="migrate_address"):
@@ -140,14 +146,17 @@ class MigrationSpec:  # pylint: disable=too-many-instance-attributes
                 "set persist_dest: true, or undefine_source: false.")
 
     def _check_numbers(self):
-        def positive(name, value, allow_none=True, minimum=1):
+        def positive(name, value, allow_none=True, minimum=1, maximum=None):
             if value is None and allow_none:
                 return
-            if value is None or isinstance(value, bool) or value < minimum:
-                raise InvalidSpec(f"{name}={value!r} must be >= {minimum}.", f"give {name} a value >= {minimum}.")
+            if not _finite_number(value) or value < minimum:  # NaN, inf, text, bools are not numbers here
+                raise InvalidSpec(f"{name}={value!r} must be a number >= {minimum}.",
+                                  f"give {name} a value >= {minimum}.")
+            if maximum is not None and value > maximum:
+                raise InvalidSpec(f"{name}={value!r} must be <= {maximum}.", f"give {name} a value <= {maximum}.")
 
-        positive("bandwidth_mib", self.bandwidth_mib)
-        positive("postcopy_bandwidth_mib", self.postcopy_bandwidth_mib)
+        positive("bandwidth_mib", self.bandwidth_mib, maximum=MAX_BANDWIDTH_MIB)
+        positive("postcopy_bandwidth_mib", self.postcopy_bandwidth_mib, maximum=MAX_BANDWIDTH_MIB)
         positive("max_downtime_ms", self.max_downtime_ms, allow_none=False)
         positive("max_downtime_cap_ms", self.max_downtime_cap_ms, allow_none=False)
         positive("parallel_connections", self.parallel_connections)
@@ -156,7 +165,7 @@ class MigrationSpec:  # pylint: disable=too-many-instance-attributes
         positive("completion_timeout_per_gib_s", self.completion_timeout_per_gib_s, allow_none=False)
         positive("completion_timeout_min_s", self.completion_timeout_min_s, allow_none=False, minimum=0)
         positive("postcopy_recovery_timeout_s", self.postcopy_recovery_timeout_s, allow_none=False, minimum=0)
-        if not self.stats_interval_s or self.stats_interval_s < 0.05 or self.stats_interval_s > 60:
+        if not _finite_number(self.stats_interval_s) or not 0.05 <= self.stats_interval_s <= 60:
             raise InvalidSpec(f"stats_interval_s={self.stats_interval_s!r} must be between 0.05 and 60 seconds.",
                               "use a stats interval of about 1 second.")
         if self.max_downtime_cap_ms < self.max_downtime_ms:
@@ -173,7 +182,7 @@ class MigrationSpec:  # pylint: disable=too-many-instance-attributes
             if not self.auto_converge:
                 raise InvalidSpec(f"{name} is set but auto_converge is off.",
                                   "set auto_converge: true, or drop the auto_converge_* options.")
-            if isinstance(value, bool) or not 1 <= value <= 99:
+            if not _finite_number(value) or not 1 <= value <= 99:
                 raise InvalidSpec(f"{name}={value!r} must be a percentage between 1 and 99.",
                                   f"give {name} a value from 1 to 99.")
 
@@ -203,8 +212,12 @@ class MigrationSpec:  # pylint: disable=too-many-instance-attributes
         if self.tls_destination and not self.tls:
             raise InvalidSpec("tls_destination is set but tls is off.", "set tls: true, or drop tls_destination.")
         if self.migrate_uri is not None:
-            parts = urlsplit(self.migrate_uri)
-            if parts.scheme not in MIGRATE_URI_SCHEMES or (parts.scheme != "unix" and not parts.hostname):
+            try:
+                parts = urlsplit(self.migrate_uri) if isinstance(self.migrate_uri, str) else None
+                host = parts.hostname if parts is not None else None
+            except ValueError:  # e.g. an unclosed IPv6 bracket
+                parts = host = None
+            if parts is None or parts.scheme not in MIGRATE_URI_SCHEMES or (parts.scheme != "unix" and not host):
                 raise InvalidSpec(
                     f"migrate_uri={self.migrate_uri!r} is not a migration data URI.",
                     "use tcp://ADDRESS (or tcp://ADDRESS:PORT) on the migration network.")

@@ -310,9 +310,10 @@ try:
 except ImportError:
     LIBVIRT_IMPORT_ERROR = traceback.format_exc()
 
-from ansible_collections.hvfleet.drain.plugins.module_utils.connection import close_quietly, connect  # noqa: E402
+from ansible_collections.hvfleet.drain.plugins.module_utils.connection import close_quietly, connect_all  # noqa: E402
 from ansible_collections.hvfleet.drain.plugins.module_utils.errors import HvfleetError, MigrationFailed  # noqa: E402
 from ansible_collections.hvfleet.drain.plugins.module_utils.migration import Migration  # noqa: E402
+from ansible_collections.hvfleet.drain.plugins.module_utils.redact import uri_passwords  # noqa: E402
 from ansible_collections.hvfleet.drain.plugins.module_utils.spec import MigrationSpec, migrate_uri_for  # noqa: E402
 
 ARGUMENT_SPEC = dict(
@@ -372,9 +373,10 @@ class DomainMigrationModule:
             postcopy_recovery_timeout_s=p["postcopy_recovery_timeout"],
         )
 
-    def connect(self, uri):
+    def connect_all(self, uris):
         p = self.params
-        return connect(uri, timeout_s=p["connect_timeout"], username=p["auth_username"], password=p["auth_password"])
+        return connect_all(uris, timeout_s=p["connect_timeout"], username=p["auth_username"],
+                           password=p["auth_password"])
 
     def diff(self, moved):
         p = self.params
@@ -388,12 +390,13 @@ class DomainMigrationModule:
         src = dst = call = None
         try:
             spec = self.spec()
-            src = self.connect(self.params["uri"])
-            dst = self.connect(self.params["dest_uri"])
-            if not self.module.check_mode:
+            if self.module.check_mode:
+                src, dst = self.connect_all([self.params["uri"], self.params["dest_uri"]])
+            else:
                 # the blocking migrate call gets its own connection: job-stats calls made on the
-                # connection that carries it can stall until the migration ends (libvirt 9.0)
-                call = self.connect(self.params["uri"])
+                # connection that carries it can stall until the migration ends (libvirt 9.0);
+                # the three open in parallel
+                src, dst, call = self.connect_all([self.params["uri"], self.params["dest_uri"], self.params["uri"]])
             job = Migration(src, dst, self.params["name"], self.params["dest_uri"], spec, source_uri=self.params["uri"],
                             call_conn=call)
             if self.module.check_mode:
@@ -431,6 +434,7 @@ class DomainMigrationModule:
 
 def main():
     module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
+    module.no_log_values.update(uri_passwords(module.params))  # a user:password@ in a URI is masked too
     DomainMigrationModule(module).run()
 
 

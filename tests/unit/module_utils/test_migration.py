@@ -164,6 +164,10 @@ def hot_series(iterations=8):
     return out
 
 
+def migrate_calls(dom):
+    return [c for c in dom.calls if c[0] == "migrateToURI3"]
+
+
 def move(src_host, dst_host, dom, state=(rc.RUNNING, rc.RUNNING_MIGRATED), downtime=25):
     """What libvirt does at a successful end: the domain leaves the source and runs on the destination."""
     del src_host.domains[dom.name()]
@@ -193,14 +197,14 @@ def test_idle_precopy_moves_and_reports_figures(hosts):
     assert result.outcome == "moved" and result.changed and result.ok
     assert result.mode_used == "precopy"
     assert "vm1" not in src_host.domains and dst_host.domains["vm1"].st == (rc.RUNNING, rc.RUNNING_MIGRATED)
-    call = dom.calls[0]
+    call = migrate_calls(dom)[0]
     assert call[:3] == ("migrateToURI3", DST_URI, {"migrate_uri": "tcp://10.254.0.12", "bandwidth": 50})
     assert call[3] == spec.flags()
     assert ("migrateSetMaxDowntime", 300) in dom.calls
     assert result.downtime_ms == 25 and result.bytes_sent == 530 * MIB
     assert result.ram_bytes == 512 * MIB and result.deadline_s == 75.0
     assert result.stats and result.stats[0]["iteration"] == 1
-    assert [s.action for s in result.steps][:2] == ["start", "set_max_downtime"]
+    assert [s.action for s in result.steps][:2] == ["set_max_downtime", "start"]  # set before the job starts
     assert result.to_dict()["destination_state"]["label"] == "running (migrated)"
 
 
@@ -263,7 +267,7 @@ def test_hot_vm_with_postcopy_after_precopy_moves_in_postcopy(hosts):
     result = run(src_host, dst_host, MigrationSpec(mode="postcopy_after_precopy", **FAST))
     assert result.outcome == "moved" and result.mode_used == "postcopy"
     assert "migrateStartPostCopy" in dom.names() and "abortJob" not in dom.names()
-    assert dom.calls[0][3] & specmod.VIR_MIGRATE_POSTCOPY
+    assert migrate_calls(dom)[0][3] & specmod.VIR_MIGRATE_POSTCOPY
 
 
 def test_failed_call_is_judged_by_where_the_vm_is_not_by_the_exception(hosts):
@@ -442,3 +446,36 @@ def test_job_stats_become_samples_in_bytes_and_seconds():
     assert sample_from_stats(raw, 1, state=(rc.PAUSED, rc.PAUSED_POSTCOPY_FAILED)).phase == "postcopy_failed"
     assert sample_from_stats({"type": 3, "downtime": 19}, 1).downtime_ms == 19
     assert not sample_from_stats({"type": 0}, 1).active
+
+
+def test_initial_max_downtime_is_set_before_the_job_starts(hosts):
+    """Set while no job runs (libvirt 9.0 keeps it for the migration): no extra call during a short one."""
+    src_host, dst_host = hosts
+    dom = Dom("vm1", src_host)
+    dom.samples = [stats(1, 400 * MIB), stats(2, 5 * MIB)]
+    dom.on_end = lambda: move(src_host, dst_host, dom) and 0
+    result = run(src_host, dst_host, MigrationSpec(migrate_uri="tcp://10.254.0.12", max_downtime_ms=450, **FAST))
+    assert result.outcome == "moved"
+    assert dom.calls[0] == ("migrateSetMaxDowntime", 450) and dom.calls[1][0] == "migrateToURI3"
+    assert dom.names().count("migrateSetMaxDowntime") == 1
+
+
+class NoJobNoDowntime(Dom):
+    """An older libvirt: migrateSetMaxDowntime refused while the domain is not being migrated."""
+
+    def migrateSetMaxDowntime(self, ms, flags=0):
+        if not self.job:
+            raise LibvirtFail("Requested operation is not valid: domain is not being migrated")
+        super().migrateSetMaxDowntime(ms, flags)
+
+
+def test_initial_max_downtime_falls_back_to_the_first_sample(hosts):
+    src_host, dst_host = hosts
+    dom = NoJobNoDowntime("vm1", src_host)
+    dom.samples = [stats(1, 400 * MIB), stats(1, 100 * MIB), stats(2, 5 * MIB)]
+    dom.on_end = lambda: move(src_host, dst_host, dom) and 0
+    result = run(src_host, dst_host, MigrationSpec(migrate_uri="tcp://10.254.0.12", **FAST))
+    assert result.outcome == "moved"
+    assert ("migrateSetMaxDowntime", 300) in dom.calls
+    steps = [(s.action, bool(s.error)) for s in result.steps]
+    assert steps[:3] == [("set_max_downtime", True), ("start", False), ("set_max_downtime", False)]
