@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import os
 import queue
 import threading
@@ -52,9 +53,13 @@ from ansible_collections.hvfleet.drain.plugins.module_utils.drain_lock import Dr
 from ansible_collections.hvfleet.drain.plugins.module_utils.errors import HvfleetError, MigrationFailed
 from ansible_collections.hvfleet.drain.plugins.module_utils.forecast import (
     MIB,
+    REFUSE,
+    Forecast,
     ForecastError,
     forecast_drain,
+    forecast_drain_shared,
     forecast_for_settings,
+    simulate_drain,
 )
 from ansible_collections.hvfleet.drain.plugins.module_utils.placement import (
     HostCapacity,
@@ -161,6 +166,9 @@ class DrainConfig:  # pylint: disable=too-many-instance-attributes
     orphan_wait_s: float = 30.0
     progress_interval_s: float = 5.0
     measure_dirty_rate: bool = True
+    # no migration starts at or after this time (the Drainer's clock, e.g. the end of a maintenance window);
+    # running ones finish, the rest is reported as not started. None: no limit.
+    start_deadline: float | None = None
 
     def limits(self):
         budget = int(self.bandwidth_mib * MIB) if self.bandwidth_mib else None
@@ -291,6 +299,7 @@ class DrainResult:  # pylint: disable=too-many-instance-attributes
     progress_path: str | None = None
     lock_holder: dict | None = None
     plan_differences: list = dataclasses.field(default_factory=list)
+    not_started: list = dataclasses.field(default_factory=list)
 
     def to_dict(self):
         return dataclasses.asdict(self)
@@ -345,6 +354,9 @@ class Drainer:  # pylint: disable=too-many-instance-attributes
         self._controls = {}
         self._controls_lock = threading.Lock()
         self.journal = None
+        for host in [source] + self.destinations:
+            _check_host(host)
+        _check_config(self.config)
         names = [d.name for d in self.destinations]
         if len(set(names)) != len(names):
             raise DrainError("A destination is listed twice.", "give each destination host once.")
@@ -369,6 +381,8 @@ class Drainer:  # pylint: disable=too-many-instance-attributes
 
     def drain(self, plan_only=False, reviewed_plan=None):
         """Drain the source; `plan_only` returns the plan and changes nothing."""
+        if reviewed_plan is not None:  # a garbled or hand-edited plan is refused before anything changes
+            _check_reviewed_plan(reviewed_plan, self.source.name, [d.name for d in self.destinations])
         result = DrainResult(action="drain", host=self.source.name)
         lock = DrainLock(self.state_dir, self.source.name, "drain", self.config.by or "")
         if plan_only:
@@ -443,6 +457,8 @@ class Drainer:  # pylint: disable=too-many-instance-attributes
         self._plan(conns, result, reviewed_plan, pinned=pinned)
         if result.plan_differences and reviewed_plan is not None:
             self.journal.end_run(jr.DRAIN_FAILED, {"message": "reviewed plan no longer matches"})
+            if cordon_changed:  # refused: leave the host as this run found it
+                self.backend.set_cordon(self.state_dir, False, "reviewed plan refused", self.config.by)
             raise DrainError("The reviewed plan no longer matches reality: " + "; ".join(result.plan_differences),
                              "review a new plan (check mode with plan_file), then apply that one.")
         self._record_plan(result)
@@ -459,7 +475,7 @@ class Drainer:  # pylint: disable=too-many-instance-attributes
         result.leftovers = sorted(v.name for v in leftovers)
         result.verified_empty = not leftovers
         for vm in leftovers:
-            if not any(b["vm"] == vm.name for b in result.blockers) and not any(
+            if vm.name not in result.not_started and not any(b["vm"] == vm.name for b in result.blockers) and not any(
                     r["vm"] == vm.name and not r.get("ok") for r in result.vms):
                 result.blockers.append(_blocker(vm.name, "leftover", f"'{vm.name}' ({vm.state}) is still on "
                                                 f"{self.source.name} and was not part of this run's plan.",
@@ -505,6 +521,9 @@ class Drainer:  # pylint: disable=too-many-instance-attributes
         if outcomes.get("stopped"):
             parts.append(f"stopped starting migrations after {outcomes['failures']} failure(s) "
                          f"(max_failures {self.config.max_failures})")
+        if outcomes.get("window_closed"):
+            parts.append("the maintenance window closed: running migrations finished, no new one was started "
+                         f"(not started: {', '.join(outcomes['not_started']) or 'none'})")
         for r in result.vms:
             if not r.get("ok"):
                 where = f" Recovery: {r['recovery']}" if r.get("recovery") else ""
@@ -695,14 +714,21 @@ class Drainer:  # pylint: disable=too-many-instance-attributes
         for name, entry in sorted(pinned.items()):
             vm, match = info.get(name, (None, None))
             plan.append(self._pinned_plan(name, entry, vm, match))
+        planned = {}  # vm -> what _vm_plan needs to forecast it again at another bandwidth
+        refused = []
         for assignment in placement.assignments:
             vm, match = info[assignment.vm]
             dest = self._dest_by_name(assignment.destination)
             item = self._vm_plan(vm, match, dest, assignment.reason, lanes)
+            planned[vm.name] = (vm, match, dest, assignment.reason)
             if item.get("blocked"):
-                result.blockers.append(item["blocked"])
+                if item.pop("_refused", False):
+                    refused.append(item)  # refused at the lane split: the drain forecast may give it more
+                else:
+                    result.blockers.append(item["blocked"])
                 continue
             plan.append(item)
+        plan, schedule = self._simulate(plan, refused, planned, lanes, result)
         if reviewed is not None:
             planned_now = {p["vm"] for p in plan}
             for name in sorted(set(reviewed) - planned_now):
@@ -720,22 +746,64 @@ class Drainer:  # pylint: disable=too-many-instance-attributes
                 if old and old.get("mode") and old.get("mode") != item["mode"]:
                     item["mode_reason"] += f" (reviewed plan said {old['mode']}; the forecast changed)"
         order = {m.vm: i for i, m in enumerate(Scheduler(
-            [Move(p["vm"], self.source.name, p["destination"], p.get("predicted_duration_s"), p.get("order", 0))
+            [Move(p["vm"], self.source.name, p["destination"], _rank_s(p), p.get("order", 0))
              for p in plan], self.config.limits()).queue)} if plan else {}
         plan.sort(key=lambda p: order.get(p["vm"], 0))
         result.plan = plan
-        forecasts = {p["vm"]: p["_forecast"] for p in plan if p.get("_forecast") is not None}
         for p in plan:
             p.pop("_forecast", None)
-        if forecasts:
-            drain_fc = forecast_drain(forecasts, concurrency=lanes)
-            result.forecast = drain_fc.as_dict()
+        if any(s.forecast is not None for s in schedule):
+            result.forecast = forecast_drain_shared(schedule, concurrency=lanes).as_dict()
+            result.forecast["schedule"] = [s.as_dict() for s in schedule]
         else:
             result.forecast = {"total_s": 0.0, "serial_s": 0.0, "concurrency": lanes, "migrations": 0,
                                "blocked": [], "predicted_bytes": 0, "worst_downtime_ms": 0.0,
                                "summary": "no live migration to forecast"}
         result.forecast["blocked"] = sorted({b["vm"] for b in result.blockers if b.get("vm")})
         result.moves = [{"vm": p["vm"], "from": self.source.name, "to": p["destination"]} for p in plan]
+
+    def _simulate(self, plan, refused, planned, lanes, result):
+        """The drain forecast: forecast.simulate_drain over the live moves (the scheduler's order and limits,
+        the source link shared by what runs). Each VM's mode is decided again on the bandwidth it gets when
+        it starts there (at least its lane share), so a VM refused at the lane split can still go when it
+        would start with more of the link. Returns the plan (VMs re-forecast replaced, refused ones that fit
+        added) and the schedule; VMs still refused become blockers."""
+        items = {p["vm"]: p for p in plan if p.get("kind") != DEFINITION}
+        items.update({p["vm"]: p for p in refused})
+        decided = {}
+
+        def predict(name, bandwidth):
+            item = items[name]
+            if name not in planned or item.get("resume"):
+                return None  # resumed from the journal: its recorded mode stands, no forecast
+            vm, match, dest, reason = planned[name]
+            again = self._vm_plan(vm, match, dest, reason, lanes, bandwidth=bandwidth)
+            again.pop("_refused", None)
+            again["rank_s"] = item.get("rank_s")
+            decided[name] = again
+            if again.get("blocked"):
+                return again.get("_forecast") or Forecast(REFUSE, False, "blocked", None, None, None, 0, False)
+            return again["_forecast"]
+
+        default = self.config.default_link_mbit
+        moves = [Move(p["vm"], self.source.name, p["destination"], _rank_s(p), p.get("order", 0))
+                 for p in items.values()]
+        schedule = simulate_drain(
+            moves, self.config.limits(), self.source.link_bps(default), predict,
+            destination_bps={d.name: d.link_bps(default) for d in self.destinations},
+            budget_bps=self.config.bandwidth_mib * MIB if self.config.bandwidth_mib else None) if moves else []
+        when = {s.vm: s for s in schedule}
+        out = []
+        for item in plan + refused:
+            name = item["vm"]
+            item = decided.get(name, item)
+            if item.get("blocked"):
+                result.blockers.append(item["blocked"])
+                continue
+            if name in when and when[name].end_s is not None and item.get("_forecast") is not None:
+                item.update(predicted_start_s=round(when[name].start_s, 3), predicted_end_s=round(when[name].end_s, 3))
+            out.append(item)
+        return out, schedule
 
     def _bandwidth_for(self, dest, lanes):
         """Bytes/s one migration gets when `lanes` run at once: the source link, the destination's
@@ -749,7 +817,8 @@ class Drainer:  # pylint: disable=too-many-instance-attributes
             bws.append(self.config.bandwidth_mib * MIB / lanes)
         return min(bws)
 
-    def _vm_plan(self, vm, match, dest, placement_reason, lanes):
+    def _vm_plan(self, vm, match, dest, placement_reason, lanes, bandwidth=None):
+        """One VM's plan item; forecast at `bandwidth` (bytes/s) if given, else at its lane share."""
         settings = match.settings
         item = {"vm": vm.name, "kind": vm.kind, "state": vm.state, "memory_mib": vm.memory_mib, "vcpus": vm.vcpus,
                 "dirty_rate_bps": vm.dirty_rate_bps, "persistent": vm.persistent, "labels": dict(vm.labels),
@@ -764,7 +833,8 @@ class Drainer:  # pylint: disable=too-many-instance-attributes
             return item
         fc = None
         note = ""
-        bandwidth = self._bandwidth_for(dest, lanes)
+        if bandwidth is None:
+            bandwidth = self._bandwidth_for(dest, lanes)
         if vm.dirty_rate_bps is None:
             note = " (dirty rate not measured: assumed 0)"
         try:
@@ -776,12 +846,15 @@ class Drainer:  # pylint: disable=too-many-instance-attributes
             spec = spec_for(settings, fc, migrate_uri=dest.migrate_uri, persistent=vm.persistent)
         except HvfleetError as exc:
             item["blocked"] = _blocker(vm.name, "refused", f"'{vm.name}' to {dest.name}: {exc.message}", exc.hint)
+            item["_refused"] = fc is not None and fc.mode == REFUSE
+            item["_forecast"] = fc
             return item
         item.update(mode=mode, auto_converge=auto_converge, mode_reason=why + note, spec=spec.describe(),
                     link_share_mib=round(bandwidth / MIB, 1), forecast=fc.as_dict() if fc else None, _forecast=fc)
         if fc is not None:
             item.update(predicted_duration_s=fc.predicted_duration_s, predicted_downtime_ms=fc.predicted_downtime_ms,
                         predicted_bytes=fc.predicted_bytes)
+        item["rank_s"] = item["predicted_duration_s"]  # the scheduler's ranking: the lane-share forecast
         return item
 
     def _pinned_plan(self, name, entry, vm, match):
@@ -826,9 +899,9 @@ class Drainer:  # pylint: disable=too-many-instance-attributes
     def _execute(self, moves, definitions, target_of, result, restore=False):
         """Run the live moves concurrently, then the definition moves; fills result.vms."""
         # pylint: disable=too-many-locals,too-many-branches,too-many-statements
-        outcomes = {"attempted": 0, "failures": 0, "stopped": False, "not_started": []}
+        outcomes = {"attempted": 0, "failures": 0, "stopped": False, "not_started": [], "window_closed": False}
         by_vm = {p["vm"]: p for p in moves}
-        sched = Scheduler([Move(p["vm"], p["source"], p["destination"], p.get("predicted_duration_s"),
+        sched = Scheduler([Move(p["vm"], p["source"], p["destination"], _rank_s(p),
                                 p.get("order", 0)) for p in moves], self.config.limits()) if moves else None
         running = {}
         finished = set()
@@ -839,12 +912,16 @@ class Drainer:  # pylint: disable=too-many-instance-attributes
         ticker.start()
         try:
             while sched is not None:
+                if self._window_closed() and not outcomes["window_closed"]:
+                    outcomes["window_closed"] = True
+                    self._event("note", message="the maintenance window closed: no new migration starts "
+                                "(running ones finish)")
                 stopping = self.cancelled or outcomes["failures"] > self.config.max_failures
                 if stopping and not outcomes["stopped"] and not self.cancelled:
                     outcomes["stopped"] = True
                     self._event("note", message=f"{outcomes['failures']} failure(s) > max_failures "
                                 f"{self.config.max_failures}: no new migration starts")
-                if not stopping:
+                if not stopping and not outcomes["window_closed"]:
                     for mig in sched.ready(set(running), finished):
                         plan = by_vm[mig.vm]
                         ok, why = self._recheck(plan, restore)
@@ -884,7 +961,9 @@ class Drainer:  # pylint: disable=too-many-instance-attributes
             if p["vm"] not in finished:
                 outcomes["not_started"].append(p["vm"])
         for p in definitions:
-            if self.cancelled or outcomes["failures"] > self.config.max_failures:
+            if self._window_closed():
+                outcomes["window_closed"] = True
+            if self.cancelled or outcomes["failures"] > self.config.max_failures or outcomes["window_closed"]:
                 outcomes["not_started"].append(p["vm"])
                 continue
             outcomes["attempted"] += 1
@@ -895,11 +974,18 @@ class Drainer:  # pylint: disable=too-many-instance-attributes
         for name in outcomes["not_started"]:
             plan = by_vm.get(name) or next((p for p in definitions if p["vm"] == name), {"vm": name})
             why = "interrupted before it started" if self.cancelled else (
-                f"not started: more than max_failures ({self.config.max_failures}) migrations failed")
+                f"not started: more than max_failures ({self.config.max_failures}) migrations failed"
+                if outcomes["failures"] > self.config.max_failures else "not started: the maintenance window closed")
             self._event("note", message=f"{name}: {why}")
             if plan.get("vm") and self.journal.vm(name) is not None and not restore:
                 self.journal.update_vm(name, note=why, error=why)
+        result.not_started = list(outcomes["not_started"])
         return outcomes
+
+    def _window_closed(self):
+        """True once the start deadline (config.start_deadline, the end of the maintenance window) has passed."""
+        deadline = self.config.start_deadline
+        return deadline is not None and self.clock() >= deadline
 
     def _record_not_moved(self, plan, state, kind, why, restore=False):
         if restore:
@@ -1162,6 +1248,70 @@ class Drainer:  # pylint: disable=too-many-instance-attributes
                     message=result.message)
 
 
+def _rank_s(plan):
+    """The duration the scheduler ranks a planned VM by: its lane-share forecast (`rank_s`), so the drain
+    starts VMs in the order its forecast simulated; plans without it (older journals) by their prediction."""
+    return plan.get("rank_s", plan.get("predicted_duration_s"))
+
+
+def _check_host(host):
+    """Refuse a host description that cannot work before anything is touched (no lock, cordon or journal)."""
+    if not isinstance(host.name, str) or not host.name.strip():
+        raise DrainError(f"A host has no usable name ({host.name!r}).", "give every host its inventory name.")
+    for field in ("uri", "peer_uri"):
+        value = getattr(host, field)
+        if (value is not None or field == "uri") and (not isinstance(value, str) or not value.strip()):
+            raise DrainError(f"{host.name}: {field} {value!r} is not a libvirt URI.",
+                             "give a URI such as qemu+tls://HOST/system.")
+    mbit = host.link_mbit
+    if mbit is not None and (isinstance(mbit, bool) or not isinstance(mbit, (int, float)) or not math.isfinite(mbit)
+                             or mbit <= 0):
+        raise DrainError(f"{host.name}: link_mbit {mbit!r} is not a link speed.",
+                         "give the link speed in Mbit/s (e.g. 10000), or leave it unset.")
+    if host.migration_address is not None and not isinstance(host.migration_address, str):
+        raise DrainError(f"{host.name}: migration_address {host.migration_address!r} is not an address.",
+                         "give the host's address on the migration network.")
+    migrate_uri_for(host.migration_address, f"migration_address of {host.name}")  # InvalidSpec for a URI
+
+
+def _check_config(config):
+    """Refuse settings that cannot work before anything is touched."""
+    config.limits()  # scheduler.Limits refuses limits under which nothing could start
+    for name, low, high in (("progress_interval_s", 0.0, 3600), ("default_link_mbit", 0.0, 1e9),
+                            ("orphan_wait_s", None, 86400)):
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or (
+                low is not None and value <= low) or value < 0 or value > high:
+            raise DrainError(f"{name}={value!r} is not usable.", f"give {name} a positive number up to {high:g}.")
+    if isinstance(config.max_failures, bool) or not isinstance(config.max_failures, int) or config.max_failures < 0:
+        raise DrainError(f"max_failures={config.max_failures!r} must be 0 or more.",
+                         "0 stops new starts at the first failure; N tolerates N failures.")
+
+
+def _check_reviewed_plan(reviewed_plan, host, destinations):
+    """The shape of a reviewed plan (plan_from), checked before the drain touches anything."""
+    hint = "give the file written by a check-mode run with plan_file (review a new one if it was edited)."
+    if not isinstance(reviewed_plan, dict) or not isinstance(reviewed_plan.get("plan"), list):
+        raise DrainError("The reviewed plan is not a plan (expected a mapping with a 'plan' list, as written by "
+                         "plan_file).", hint)
+    if reviewed_plan.get("host") not in (None, host):
+        raise DrainError(f"The reviewed plan is for {reviewed_plan.get('host')!r}, not {host}.", hint)
+    seen = set()
+    for index, item in enumerate(reviewed_plan["plan"]):
+        where = f"item {index} of the reviewed plan"
+        if not isinstance(item, dict):
+            raise DrainError(f"{where} is not a mapping.", hint)
+        name, dest = item.get("vm"), item.get("destination")
+        if not isinstance(name, str) or not name:
+            raise DrainError(f"{where} names no VM (vm: {name!r}).", hint)
+        if name in seen:
+            raise DrainError(f"The reviewed plan lists '{name}' twice.", hint)
+        seen.add(name)
+        if not isinstance(dest, str) or dest not in destinations:
+            raise DrainError(f"The reviewed plan sends '{name}' to {dest!r}, which is not among the destinations "
+                             f"given ({', '.join(destinations) or 'none'}).", hint)
+
+
 def _reviewed_index(reviewed_plan, host, result):
     """VM -> reviewed plan item; records a difference when the plan is for another host."""
     if not isinstance(reviewed_plan, dict) or not isinstance(reviewed_plan.get("plan"), list):
@@ -1232,6 +1382,7 @@ class _Worker(threading.Thread):
             share_mib = max(1, int(self.bandwidth_bps // MIB)) if self.bandwidth_bps else None
             d._event("vm_started", vm=name, destination=dst_host.name, mode=plan.get("mode"),  # pylint: disable=W0212
                      auto_converge=plan.get("auto_converge"), policy=plan.get("policy"),
+                     policy_reason=plan.get("policy_reason"), mode_reason=plan.get("mode_reason"),
                      predicted_duration_s=plan.get("predicted_duration_s"),
                      predicted_downtime_ms=plan.get("predicted_downtime_ms"), bandwidth_mib=share_mib)
             settings = plan.get("settings") or {}

@@ -41,6 +41,7 @@ import math
 from collections.abc import Mapping
 
 from ansible_collections.hvfleet.drain.plugins.module_utils.errors import HvfleetError
+from ansible_collections.hvfleet.drain.plugins.module_utils.scheduler import Scheduler
 
 MIB = 1024 ** 2
 GIB = 1024 ** 3
@@ -127,6 +128,23 @@ class DrainForecast:
 
     def as_dict(self):
         return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class ScheduledMigration:
+    """One VM in the drain simulation: when it starts and ends, and the bandwidth it started with."""
+
+    vm: str
+    start_s: float
+    end_s: float | None  # None: refused when it came to start (takes no time, blocks the drain)
+    start_bandwidth: float
+    forecast: Forecast | None
+
+    def as_dict(self):
+        return {"vm": self.vm, "start_s": round(self.start_s, 3),
+                "end_s": None if self.end_s is None else round(self.end_s, 3),
+                "start_bandwidth_mib": round(self.start_bandwidth / MIB, 1),
+                "mode": self.forecast.mode if self.forecast else None}
 
 
 def deadline_for(ram_bytes, completion_timeout_per_gib_s=150.0, params=DEFAULT_PARAMS):
@@ -447,6 +465,127 @@ def forecast_drain(forecasts, concurrency=1):
         worst = max(worst, item.predicted_downtime_ms or 0.0)
     total = max(lanes) if moved else 0.0
     summary = (f"{moved} migration{'s' if moved != 1 else ''} on {concurrency} lane{'s' if concurrency != 1 else ''}: "
+               f"{total:.0f} s (serial {serial:.0f} s), {sent / GIB:.1f} GiB, worst pause {worst:.0f} ms")
+    if blocked:
+        summary += f"; blocked: {', '.join(blocked)}"
+    return DrainForecast(round(total, 3), round(serial, 3), concurrency, moved, tuple(blocked), sent, worst, summary)
+
+
+def share_rates(running, link_bps, *, destination_bps=None, budget_bps=None):
+    """Bytes/s of each running migration (scheduler.Migration): the source link (and the budget)
+    split equally among all of them, each destination's link among the ones going there."""
+    if not running:
+        return {}
+    count = len(running)
+    inbound = {}
+    for mig in running:
+        inbound[mig.destination] = inbound.get(mig.destination, 0) + 1
+    rates = {}
+    for mig in running:
+        rate = link_bps / count
+        if budget_bps:
+            rate = min(rate, budget_bps / count)
+        dest_bw = (destination_bps or {}).get(mig.destination)
+        if dest_bw:
+            rate = min(rate, dest_bw / inbound[mig.destination])
+        rates[mig.vm] = float(rate)
+    return rates
+
+
+def simulate_drain(moves, limits, link_bps, predict, *, destination_bps=None, budget_bps=None):
+    """Play a drain's schedule forward on predicted durations; returns [ScheduledMigration] in start order.
+
+    `moves` are scheduler.Migration (their `predicted_seconds` only rank them, as in the real
+    drain), `limits` the drain's scheduler.Limits: migrations start in scheduler.Scheduler's
+    order under its limits, as the drain does. `predict(vm, bandwidth)` is asked once per VM, when
+    it starts, with the bandwidth it gets then (the shared link split among everything running
+    at that moment, itself included; see share_rates) and returns its Forecast - so its mode is
+    decided on that bandwidth - or None (no forecast: it takes no time).
+
+    A started migration must move `predicted_duration_s x start bandwidth` bytes (its predicted
+    bytes plus its set-up and pause at that rate); the running ones progress at their share of
+    the link, re-shared whenever one starts or ends, so a VM that ends up alone runs at the whole
+    link. A migration predicted not to complete (abort at its deadline) holds its lane for its
+    predicted time whatever its share. A refused VM takes no time. Deterministic and pure.
+    """
+    # pylint: disable=too-many-locals,too-many-branches
+    moves = list(moves)
+    if not moves:
+        return []
+    if link_bps is None or link_bps <= 0:
+        raise ForecastError(f"link bandwidth must be positive, got {link_bps!r}.", "give the source link's rate.")
+    by_vm = {m.vm: m for m in moves}
+    sched = Scheduler(moves, limits)
+    now = 0.0
+    left = {}  # running vm -> bytes left (shared) or None (fixed end)
+    fixed_end = {}
+    finished = set()
+    out = {}
+    order = []
+    eps = 1e-9
+    for _round in range(10 * len(moves) + 10):
+        # start what may start now; a refused or unforecast VM is done at once, so ask again
+        while True:
+            ready = [m for m in sched.ready(set(left), finished) if m.vm not in out]
+            if not ready:
+                break
+            rates = share_rates([by_vm[v] for v in left] + ready, link_bps, destination_bps=destination_bps,
+                                budget_bps=budget_bps)
+            for mig in ready:
+                bw = rates[mig.vm]
+                fc = predict(mig.vm, bw)
+                order.append(mig.vm)
+                if fc is None or fc.mode == REFUSE or fc.predicted_duration_s is None:
+                    finished.add(mig.vm)
+                    out[mig.vm] = ScheduledMigration(mig.vm, now, None if fc is not None and fc.mode == REFUSE
+                                                     else now, bw, fc)
+                    continue
+                out[mig.vm] = ScheduledMigration(mig.vm, now, None, bw, fc)
+                if fc.completes:
+                    left[mig.vm] = fc.predicted_duration_s * bw
+                else:
+                    left[mig.vm] = None
+                    fixed_end[mig.vm] = now + fc.predicted_duration_s
+        if not left:
+            break
+        rates = share_rates([by_vm[v] for v in left], link_bps, destination_bps=destination_bps,
+                            budget_bps=budget_bps)
+        steps = [fixed_end[v] - now if b is None else b / rates[v] for v, b in left.items()]
+        step = max(0.0, min(steps))
+        now += step
+        for vm in sorted(left):
+            if left[vm] is not None:
+                left[vm] -= rates[vm] * step
+            done = (fixed_end[vm] <= now + eps) if left[vm] is None else left[vm] <= eps * max(1.0, rates[vm])
+            if done:
+                del left[vm]
+                finished.add(vm)
+                out[vm] = dataclasses.replace(out[vm], end_s=now)
+    return [out[v] for v in order]
+
+
+def forecast_drain_shared(schedule, concurrency=1):
+    """A DrainForecast from simulate_drain's result: the total is when the last migration ends."""
+    serial = 0.0
+    sent = 0
+    worst = 0.0
+    blocked = []
+    moved = 0
+    total = 0.0
+    for item in schedule:
+        fc = item.forecast
+        if fc is None:
+            continue
+        if not fc.completes:
+            blocked.append(item.vm)
+        if fc.mode == REFUSE or fc.predicted_duration_s is None or item.end_s is None:
+            continue
+        moved += 1
+        total = max(total, item.end_s)
+        serial += fc.predicted_duration_s
+        sent += fc.predicted_bytes or 0
+        worst = max(worst, fc.predicted_downtime_ms or 0.0)
+    summary = (f"{moved} migration{'s' if moved != 1 else ''}, at most {concurrency} at once sharing the link: "
                f"{total:.0f} s (serial {serial:.0f} s), {sent / GIB:.1f} GiB, worst pause {worst:.0f} ms")
     if blocked:
         summary += f"; blocked: {', '.join(blocked)}"

@@ -197,6 +197,14 @@ options:
     description: Seconds between two progress events of a running migration.
     type: float
     default: 5.0
+  window_end:
+    description:
+      - End of the maintenance window, an ISO 8601 date-time (without an offset it is UTC), for example
+        V(2025-06-02T04:00:00Z). No migration starts at or after it; migrations running then finish. The VMs not
+        started are listed in RV(not_started), the task fails with a summary and a drained host stays cordoned;
+        running the task again in the next window carries on from the journal.
+      - A time already past refuses the run before anything changes. Ignored in check mode.
+    type: str
 notes:
   - Run it on the hypervisor to drain, with C(become) when the login is not root, and with C(async) plus
     C(poll) for long drains so the SSH session does not have to stay open; the journal makes a re-run safe.
@@ -333,6 +341,11 @@ plan_differences:
   returned: always
   type: list
   elements: str
+not_started:
+  description: VMs whose migration was not started (the run was interrupted, too many failed, or the window closed).
+  returned: always
+  type: list
+  elements: str
 plan_file:
   description: Where the plan was written.
   returned: when O(plan_file) is set
@@ -340,11 +353,13 @@ plan_file:
 """
 
 import contextlib  # noqa: E402
+import datetime  # noqa: E402
 import getpass  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
 import signal  # noqa: E402
 import socket  # noqa: E402
+import time  # noqa: E402
 import traceback  # noqa: E402
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib  # noqa: E402
@@ -364,6 +379,7 @@ from ansible_collections.hvfleet.drain.plugins.module_utils.drain_backend import
 from ansible_collections.hvfleet.drain.plugins.module_utils.errors import HvfleetError  # noqa: E402
 from ansible_collections.hvfleet.drain.plugins.module_utils.journal import atomic_write_json  # noqa: E402
 from ansible_collections.hvfleet.drain.plugins.module_utils.placement import PlacementConfig  # noqa: E402
+from ansible_collections.hvfleet.drain.plugins.module_utils.redact import uri_passwords  # noqa: E402
 
 ARGUMENT_SPEC = dict(
     state=dict(type="str", choices=["drained", "restored"], default="drained"),
@@ -402,6 +418,7 @@ ARGUMENT_SPEC = dict(
     connect_timeout=dict(type="int", default=30),
     orphan_wait=dict(type="int", default=30),
     progress_interval=dict(type="float", default=5.0),
+    window_end=dict(type="str"),
 )
 
 
@@ -410,6 +427,23 @@ def default_by():
     user = os.environ.get("SUDO_USER") or getpass.getuser()
     client = (os.environ.get("SSH_CLIENT") or "").split(" ")[0]
     return f"{user}@{client or socket.gethostname()}"
+
+
+def window_end_epoch(text):
+    """Seconds since the epoch of an ISO 8601 date-time (naive means UTC); None when not given."""
+    if text is None or str(text).strip() == "":
+        return None
+    value = str(text).strip()
+    if value[-1:] in ("Z", "z"):
+        value = value[:-1] + "+00:00"
+    try:
+        moment = datetime.datetime.fromisoformat(value)
+    except ValueError:
+        raise HvfleetError(f"window_end {text!r} is not an ISO 8601 date-time.",
+                           "write it like 2025-06-02T04:00:00Z.") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=datetime.timezone.utc)  # noqa: UP017 - may run on Python < 3.11
+    return moment.timestamp()
 
 
 def _cordoned_in(facts):
@@ -444,6 +478,13 @@ class HostDrainModule:
             anti_affinity_labels=tuple(p["anti_affinity_labels"] or ()), default_link_mbit=p["default_link_mbit"],
             reason=p["reason"], by=p["by"] or default_by(), orphan_wait_s=float(p["orphan_wait"]),
             progress_interval_s=p["progress_interval"], measure_dirty_rate=p["measure_dirty_rate"])
+        end = window_end_epoch(p["window_end"])
+        if end is not None:
+            if end <= time.time() and not self.module.check_mode:
+                raise HvfleetError(f"The maintenance window ended at {p['window_end']}: nothing was started and "
+                                   "nothing changed.", "run it again inside a maintenance window.")
+            # the Drainer's clock is time.monotonic
+            config.start_deadline = time.monotonic() + (end - time.time())
         backend = LibvirtBackend(connect_timeout_s=p["connect_timeout"], state_dir=p["state_dir"],
                                  memory_headroom_mib=p["memory_headroom_mib"])
         return Drainer(backend, source, destinations, config, state_dir=p["state_dir"])
@@ -527,6 +568,7 @@ class HostDrainModule:
 
 def main():
     module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
+    module.no_log_values.update(uri_passwords(module.params))  # a user:password@ in a URI is masked too
     HostDrainModule(module).run()
 
 
