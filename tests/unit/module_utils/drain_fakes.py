@@ -6,7 +6,14 @@ import threading
 import time
 
 from ansible_collections.hvfleet.drain.plugins.module_utils import reconcile
-from ansible_collections.hvfleet.drain.plugins.module_utils.drain import Backend, CheckResult, Host, VmInfo
+from ansible_collections.hvfleet.drain.plugins.module_utils.drain import (
+    Backend,
+    CheckResult,
+    DrainConfig,
+    Drainer,
+    Host,
+    VmInfo,
+)
 from ansible_collections.hvfleet.drain.plugins.module_utils.errors import HvfleetError, MigrationFailed
 from ansible_collections.hvfleet.drain.plugins.module_utils.migration import MigrationResult
 from ansible_collections.hvfleet.drain.plugins.module_utils.placement import HostCapacity
@@ -190,3 +197,21 @@ def hosts(names=("hv2", "hv3")):
     src = Host("hv1", World.uri("hv1"), migration_address="10.0.0.1", link_mbit=1000)
     return src, [Host(n, World.uri(n), migration_address=f"10.0.0.{i + 2}", link_mbit=1000)
                  for i, n in enumerate(names)]
+
+
+def fleet(**vms):
+    """A three-host world with `vms` (name -> vm()) on hv1, the source."""
+    world = World(["hv1", "hv2", "hv3"])
+    for name, data in vms.items():
+        world.place("hv1", name, data)
+    return world
+
+
+def make(tmp_path, world, backend=None, **config):
+    """A Drainer of hv1 onto hv2 and hv3 over `world`; returns (drainer, backend, the events it emits)."""
+    backend = backend or FakeBackend(world)
+    src, dests = hosts()
+    config.setdefault("progress_interval_s", 0.05)
+    events = []
+    drainer = Drainer(backend, src, dests, DrainConfig(**config), state_dir=tmp_path, progress=events.append)
+    return drainer, backend, events

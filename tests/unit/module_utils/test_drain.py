@@ -8,28 +8,12 @@ import threading
 
 import pytest
 from ansible_collections.hvfleet.drain.plugins.module_utils import journal as jr
-from ansible_collections.hvfleet.drain.plugins.module_utils.drain import DrainConfig, Drainer, DrainError
+from ansible_collections.hvfleet.drain.plugins.module_utils.drain import DrainError
 from ansible_collections.hvfleet.drain.plugins.module_utils.drain_lock import DrainLock, DrainLocked
 from ansible_collections.hvfleet.drain.plugins.module_utils.placement import PlacementConfig
-from drain_fakes import FakeBackend, World, hosts, vm
+from drain_fakes import FakeBackend, World, fleet, make, vm
 
 MIB = 1024 * 1024
-
-
-def fleet(**vms):
-    world = World(["hv1", "hv2", "hv3"])
-    for name, data in vms.items():
-        world.place("hv1", name, data)
-    return world
-
-
-def make(tmp_path, world, backend=None, **config):
-    backend = backend or FakeBackend(world)
-    src, dests = hosts()
-    config.setdefault("progress_interval_s", 0.05)
-    events = []
-    drainer = Drainer(backend, src, dests, DrainConfig(**config), state_dir=tmp_path, progress=events.append)
-    return drainer, backend, events
 
 
 def test_drain_moves_every_vm_and_verifies_the_host_is_empty(tmp_path):

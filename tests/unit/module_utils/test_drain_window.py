@@ -6,24 +6,7 @@ from __future__ import annotations
 import json
 
 from ansible_collections.hvfleet.drain.plugins.module_utils import journal as jr
-from ansible_collections.hvfleet.drain.plugins.module_utils.drain import DrainConfig, Drainer
-from drain_fakes import FakeBackend, World, hosts, vm
-
-
-def fleet(**vms):
-    world = World(["hv1", "hv2", "hv3"])
-    for name, data in vms.items():
-        world.place("hv1", name, data)
-    return world
-
-
-def make(tmp_path, world, backend=None, **config):
-    backend = backend or FakeBackend(world)
-    src, dests = hosts()
-    config.setdefault("progress_interval_s", 0.05)
-    events = []
-    drainer = Drainer(backend, src, dests, DrainConfig(**config), state_dir=tmp_path, progress=events.append)
-    return drainer, backend, events
+from drain_fakes import FakeBackend, fleet, make, vm
 
 
 def close_window_when(drainer, backend, first_vm):
