@@ -23,13 +23,8 @@ description:
     the drain was launched, the RV(now) of an earlier call) belong to an earlier run and are skipped.
 author:
   - hvfleet maintainers (@hvfleet)
-attributes:
-  check_mode:
-    description: Read-only; runs the same in check mode.
-    support: full
-  diff_mode:
-    description: Returns no diff.
-    support: none
+extends_documentation_fragment:
+  - hvfleet.drain.attributes.read_only
 options:
   state_dir:
     description: Directory of the drain journal and progress events on the host.

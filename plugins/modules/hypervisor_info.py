@@ -25,13 +25,8 @@ author:
 requirements:
   - libvirt-python (python3-libvirt) on the host that runs the module
   - jsonschema on the host that runs the module, when policies are given
-attributes:
-  check_mode:
-    description: Read-only; runs the same in check mode.
-    support: full
-  diff_mode:
-    description: Returns no diff.
-    support: none
+extends_documentation_fragment:
+  - hvfleet.drain.attributes.read_only
 options:
   uri:
     description: libvirt URI of the hypervisor.
