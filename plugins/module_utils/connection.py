@@ -18,11 +18,13 @@ try:
 except ImportError:  # pragma: no cover - the module reports it with missing_required_lib
     libvirt = None
 
+from ansible_collections.hvfleet.drain.plugins.module_utils import bounded
 from ansible_collections.hvfleet.drain.plugins.module_utils.errors import LibvirtConnectionError
 
 DEFAULT_CONNECT_TIMEOUT_S = 30.0
 KEEPALIVE_INTERVAL_S = 5
 KEEPALIVE_COUNT = 3
+CLOSE_TIMEOUT_S = 5.0
 
 KNOWN_SCHEMES = ("qemu", "qemu+ssh", "qemu+tls", "qemu+tcp", "qemu+unix", "qemu+libssh", "qemu+libssh2", "test")
 
@@ -217,12 +219,13 @@ def _credentials(creds, userdata):
     return 0
 
 
-def close_quietly(conn):
-    """Close a connection, ignoring errors of an already-broken peer."""
+def close_quietly(conn, timeout_s=CLOSE_TIMEOUT_S):
+    """Close a connection, ignoring errors of an already-broken peer; never wait long for it
+    (a call still stuck in a busy daemon can hold the close up)."""
     if conn is None:
         return
     with contextlib.suppress(Exception):
-        conn.close()
+        bounded.call(conn.close, timeout_s=timeout_s, what="close")
 
 
 @contextlib.contextmanager

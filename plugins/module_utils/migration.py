@@ -11,13 +11,12 @@ the exception alone.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import shlex
 import threading
 import time
 
-from ansible_collections.hvfleet.drain.plugins.module_utils import convergence, reconcile
+from ansible_collections.hvfleet.drain.plugins.module_utils import bounded, connection, convergence, reconcile
 from ansible_collections.hvfleet.drain.plugins.module_utils.errors import (
     DomainNotFound,
     InvalidSpec,
@@ -31,6 +30,7 @@ VIR_DOMAIN_JOB_STATS_KEEP_COMPLETED = 2  # reading them must not take them away 
 SETTLE_TIMEOUT_S = 60.0  # how long libvirt may take to finish/cancel a job after the call returned
 REOPEN_INTERVAL_S = 3.0  # a lost connection to a host is reopened at most this often
 REOPEN_TIMEOUT_S = 10.0
+ACTION_TIMEOUT_S = 15.0  # a resume/suspend/undefine after a failure; longer means the daemon is stuck
 
 MOVED = "moved"
 ALREADY_THERE = "already_there"
@@ -86,13 +86,6 @@ class MigrationResult:  # pylint: disable=too-many-instance-attributes
         return data
 
 
-def _lookup(conn, name):
-    try:
-        return conn.lookupByName(name)
-    except Exception:  # pylint: disable=broad-except
-        return None
-
-
 def _conn_uri(conn):
     """The URI a libvirt connection was opened with (a local call), or None (fakes, closed)."""
     try:
@@ -140,9 +133,9 @@ class Migration:
     def observe(self):
         src = reconcile.observe(self.src_conn, self.name, self.source_uri)
         dst = reconcile.observe(self.dst_conn, self.name, self.dest_uri)
-        if not dst.reachable and self._reopen("dst_conn"):
+        if not dst.reachable and not dst.no_answer and self._reopen("dst_conn"):
             dst = reconcile.observe(self.dst_conn, self.name, self.dest_uri)
-        if not src.reachable and self._reopen("src_conn"):
+        if not src.reachable and not src.no_answer and self._reopen("src_conn"):
             src = reconcile.observe(self.src_conn, self.name, self.source_uri)
         return src, dst
 
@@ -156,8 +149,7 @@ class Migration:
             return False
         self._reopen_after[attr] = now + REOPEN_INTERVAL_S
         try:
-            from ansible_collections.hvfleet.drain.plugins.module_utils.connection import connect
-            conn = connect(uri, timeout_s=REOPEN_TIMEOUT_S)
+            conn = connection.connect(uri, timeout_s=REOPEN_TIMEOUT_S)
         except Exception:  # pylint: disable=broad-except
             return False
         setattr(self, attr, conn)
@@ -167,8 +159,7 @@ class Migration:
 
     def _close_reopened(self):
         while self._reopened:
-            with contextlib.suppress(Exception):
-                self._reopened.pop().close()
+            connection.close_quietly(self._reopened.pop())
 
     def _record_states(self, src, dst):
         self.result.source_state = src.to_dict()
@@ -292,8 +283,7 @@ class Migration:
         if get_uri is None:  # not a libvirt connection (unit-test fakes)
             return self.src_conn, False
         try:
-            from ansible_collections.hvfleet.drain.plugins.module_utils.connection import connect
-            return connect(get_uri()), True
+            return connection.connect(get_uri()), True
         except Exception as exc:  # pylint: disable=broad-except
             self.step("call_connection", "could not open a second connection to the source; the migrate call "
                       "shares the monitoring connection (job stats may lag)", str(exc))
@@ -313,8 +303,7 @@ class Migration:
             return self._run(what)
         finally:
             if opened:
-                with contextlib.suppress(Exception):
-                    call_conn.close()
+                connection.close_quietly(call_conn)
             self._close_reopened()
 
     def _run(self, what):
@@ -504,10 +493,9 @@ class Migration:
         destination runs the VM with a persistent definition of its own."""
         if not (self.spec.undefine_source and src.present and src.gone and dst.running and dst.persistent):
             return
-        dom = _lookup(self.src_conn, self.name)
         reason = f"the source kept its definition ({src.label()}) while the VM runs on the destination"
         try:
-            dom.undefine()
+            self._act(self.src_conn, "undefine")
             self.step("undefine_source", reason)
         except Exception as exc:  # pylint: disable=broad-except
             self.step("undefine_source", reason, str(exc))
@@ -520,10 +508,16 @@ class Migration:
             return f"libvirt: {call_error}"
         return "the migration ended without moving it"
 
+    def _act(self, conn, method):
+        """Call one domain method (resume, suspend, undefine) on `conn`, bounded: after a failure the
+        daemon may be stuck in a job, and the engine must still report within its deadline."""
+        def act():
+            return getattr(conn.lookupByName(self.name), method)()
+        return bounded.call(act, timeout_s=ACTION_TIMEOUT_S, what=f"{method} '{self.name}'")
+
     def _resume(self, conn, label, reason):
-        dom = _lookup(conn, self.name)
         try:
-            dom.resume()
+            self._act(conn, "resume")
             self.step(label, reason)
         except Exception as exc:  # pylint: disable=broad-except
             self.step(label, reason, str(exc))
@@ -532,9 +526,8 @@ class Migration:
         targets = {reconcile.PAUSE_SOURCE: [self.src_conn], reconcile.PAUSE_DESTINATION: [self.dst_conn],
                    reconcile.PAUSE_BOTH: [self.src_conn, self.dst_conn]}[action]
         for conn in targets:
-            dom = _lookup(conn, self.name)
             try:
-                dom.suspend()
+                self._act(conn, "suspend")
                 self.step(action, reason)
             except Exception as exc:  # pylint: disable=broad-except
                 self.step(action, reason, str(exc))
@@ -542,13 +535,14 @@ class Migration:
     def _recover(self, dom, call_error):
         """Interrupted (or still streaming) post-copy: resume it within the recovery deadline."""
         flags = self.spec.resume_flags()
+        give_up_at = self.clock() + self.spec.postcopy_recovery_timeout_s
 
         def resume():
             box = {}
             worker = threading.Thread(target=self._migrate_call, args=(self.call_dom, flags, box), daemon=True,
                                       name=f"postcopy-resume {self.name}")
             worker.start()
-            worker.join(max(1.0, self.spec.postcopy_recovery_timeout_s))
+            worker.join(max(1.0, give_up_at - self.clock()))
             if worker.is_alive():
                 raise RuntimeError("post-copy resume still running at the recovery deadline")
             if "error" in box:
@@ -598,12 +592,13 @@ class Migration:
 
     def _collect_completed_stats(self, monitor):
         """Downtime and bytes sent from libvirt's completed-job stats (destination first)."""
+        def completed_stats(conn):
+            dom = conn.lookupByName(self.name)
+            return dom.jobStats(VIR_DOMAIN_JOB_STATS_COMPLETED | VIR_DOMAIN_JOB_STATS_KEEP_COMPLETED)
+
         for conn in (self.dst_conn, self.src_conn):
-            dom = _lookup(conn, self.name)
-            if dom is None:
-                continue
             try:
-                stats = dom.jobStats(VIR_DOMAIN_JOB_STATS_COMPLETED | VIR_DOMAIN_JOB_STATS_KEEP_COMPLETED)
+                stats = bounded.call(completed_stats, conn, timeout_s=ACTION_TIMEOUT_S, what="completed job stats")
             except Exception:  # pylint: disable=broad-except
                 continue
             if not stats or int(stats.get("type", 0)) != 3:  # VIR_DOMAIN_JOB_COMPLETED

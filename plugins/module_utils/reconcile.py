@@ -31,7 +31,10 @@ import contextlib
 import dataclasses
 import time
 
+from ansible_collections.hvfleet.drain.plugins.module_utils import bounded
+
 VIR_ERR_NO_DOMAIN = 42
+OBSERVE_CALL_TIMEOUT_S = 10.0  # a daemon that does not answer a state query in this time is busy or stuck
 
 # virDomainState and reasons (libvirt ABI numbers)
 NOSTATE, RUNNING, BLOCKED, PAUSED, SHUTDOWN, SHUTOFF, CRASHED, PMSUSPENDED = range(8)
@@ -97,6 +100,7 @@ class SideView:  # pylint: disable=too-many-instance-attributes
     job_active: bool = False
     persistent: bool | None = None
     error: str | None = None
+    no_answer: bool = False  # the daemon is connected but did not answer in time (not a lost connection)
 
     @property
     def running(self):
@@ -162,23 +166,38 @@ def _no_domain(exc):
     return get_code is not None and get_code() == VIR_ERR_NO_DOMAIN
 
 
-def observe(conn, name, uri):
-    """Look at `name` on `conn` without changing anything; never raises."""
+def observe(conn, name, uri, timeout_s=None):
+    """Look at `name` on `conn` without changing anything; never raises, never blocks for long.
+
+    The calls share one deadline: a daemon busy with a stuck job must not stall the decision. A
+    state that does not come back makes the side unreachable ("no answer"); a job query that does
+    not come back means a job holds the domain, so the job counts as active.
+    """
     if conn is None:
         return SideView(uri=uri, reachable=False, error="no connection")
+    deadline = time.monotonic() + (OBSERVE_CALL_TIMEOUT_S if timeout_s is None else timeout_s)
+
+    def ask(fn, what):
+        left = max(0.1, deadline - time.monotonic())
+        return bounded.call(fn, timeout_s=left, what=f"{what} of '{name}' on {uri}")
+
     try:
-        dom = conn.lookupByName(name)
-        state, reason = dom.state()
+        dom = ask(lambda: conn.lookupByName(name), "lookup")
+        state, reason = ask(dom.state, "state")
     except Exception as exc:  # pylint: disable=broad-except
         if _no_domain(exc):
             return SideView(uri=uri, present=False)
-        return SideView(uri=uri, reachable=False, error=str(exc))
+        return SideView(uri=uri, reachable=False, error=str(exc), no_answer=isinstance(exc, bounded.NoAnswer))
     job_active = False
-    with contextlib.suppress(Exception):
-        job_active = dom.jobInfo()[0] in (1, 2)  # VIR_DOMAIN_JOB_BOUNDED / UNBOUNDED
+    try:
+        job_active = ask(dom.jobInfo, "job info")[0] in (1, 2)  # VIR_DOMAIN_JOB_BOUNDED / UNBOUNDED
+    except bounded.NoAnswer:
+        job_active = True
+    except Exception:  # pylint: disable=broad-except
+        pass
     persistent = None
     with contextlib.suppress(Exception):
-        persistent = bool(dom.isPersistent())
+        persistent = bool(ask(dom.isPersistent, "persistence"))
     return SideView(uri=uri, present=True, state=state, reason=reason, job_active=job_active, persistent=persistent)
 
 
