@@ -244,7 +244,11 @@ class Lab:
 
         for _host, dom in self._lookup_everywhere(name):
             if dom.isActive():
-                dom.destroy()
+                try:
+                    dom.destroy()
+                except libvirt.libvirtError:
+                    if dom.isActive():  # not just a migration that ended between the two calls
+                        raise
             with contextlib.suppress(libvirt.libvirtError):
                 dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE | libvirt.VIR_DOMAIN_UNDEFINE_NVRAM)
         for host in self.hosts():
