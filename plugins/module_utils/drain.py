@@ -59,6 +59,7 @@ from ansible_collections.hvfleet.drain.plugins.module_utils.forecast import (
     forecast_drain,
     forecast_drain_shared,
     forecast_for_settings,
+    guest_memory,
     simulate_drain,
 )
 from ansible_collections.hvfleet.drain.plugins.module_utils.placement import (
@@ -126,6 +127,7 @@ class VmInfo:  # pylint: disable=too-many-instance-attributes
     dirty_rate_bps: float | None = None
     postcopy: bool = False  # a leftover of an interrupted post-copy (paused "post-copy failed")
     facts: object = None  # the facts module's DomainFacts, for the prerequisite checks
+    resident_mib: int | None = None  # the QEMU process's resident size: how much guest memory was touched
 
     @property
     def kind(self):
@@ -837,8 +839,11 @@ class Drainer:  # pylint: disable=too-many-instance-attributes
             bandwidth = self._bandwidth_for(dest, lanes)
         if vm.dirty_rate_bps is None:
             note = " (dirty rate not measured: assumed 0)"
+        domain_type = getattr(vm.facts, "domain_type", None) or "kvm"
+        ratio, working_set = guest_memory(vm.memory_mib * MIB, (vm.resident_mib or 0) * MIB, domain_type)
         try:
-            fc = forecast_for_settings(settings, vm.memory_mib * MIB, vm.dirty_rate_bps or 0.0, bandwidth)
+            fc = forecast_for_settings(settings, vm.memory_mib * MIB, vm.dirty_rate_bps or 0.0, bandwidth,
+                                       transferable_ratio=ratio, dirty_working_set=working_set)
         except ForecastError as exc:
             note = f" (no forecast: {exc.message})"
         try:

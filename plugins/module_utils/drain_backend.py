@@ -13,8 +13,8 @@ from __future__ import annotations
 import contextlib
 import threading
 
+from ansible_collections.hvfleet.drain.plugins.module_utils import bounded, maintenance, preflight
 from ansible_collections.hvfleet.drain.plugins.module_utils import facts as hvfacts
-from ansible_collections.hvfleet.drain.plugins.module_utils import maintenance, preflight
 from ansible_collections.hvfleet.drain.plugins.module_utils.connection import close_quietly, connect
 from ansible_collections.hvfleet.drain.plugins.module_utils.drain import (
     Backend,
@@ -31,6 +31,7 @@ VIR_DOMAIN_XML_INACTIVE = 2
 VIR_DOMAIN_XML_MIGRATABLE = 8
 _PAUSED = 3
 _POSTCOPY_PAUSED_REASONS = (12, 13)
+RESIDENT_TIMEOUT_S = 5.0
 
 
 class _WatchedMigration(Migration):
@@ -86,7 +87,8 @@ class LibvirtBackend(Backend):
             found.append((dom, VmInfo(
                 name=info.name, memory_mib=info.memory_mib, vcpus=info.vcpus, active=active, persistent=persistent,
                 state=info.state, labels=dict(info.labels), dirty_rate_bps=None,
-                postcopy=state == _PAUSED and reason in _POSTCOPY_PAUSED_REASONS, facts=info)))
+                postcopy=state == _PAUSED and reason in _POSTCOPY_PAUSED_REASONS, facts=info,
+                resident_mib=_resident_mib(dom) if active else None)))
         if measure:
             rates = self._dirty_rates([dom for dom, vm in found if vm.state == "running"])
             found = [(dom, _with_rate(vm, rates.get(vm.name))) for dom, vm in found]
@@ -217,6 +219,16 @@ class LibvirtBackend(Backend):
         changed, _before, _after = maintenance.set_state(
             state_dir, maintenance.CORDONED if cordoned else maintenance.ACTIVE, reason=reason, by=by)
         return changed
+
+
+def _resident_mib(dom):
+    """The QEMU process's resident size (libvirt reads it from the host, no guest agent needed), or None.
+    Bounded: the call queues behind a domain's job, and a busy domain must not hold up the plan."""
+    try:
+        stats = bounded.call(dom.memoryStats, timeout_s=RESIDENT_TIMEOUT_S, what="memory stats")
+        return int(stats["rss"]) // 1024 if stats.get("rss") else None
+    except Exception:  # pylint: disable=broad-except
+        return None
 
 
 def _with_rate(vm, rate):

@@ -20,10 +20,10 @@ from ansible_collections.hvfleet.drain.plugins.module_utils.placement import Hos
 
 
 def vm(memory=512, vcpus=1, active=True, persistent=True, labels=None, dirty=1024 * 1024, local_disk=False,
-       state=None):
+       state=None, resident=None):
     return {"memory": memory, "vcpus": vcpus, "active": active, "persistent": persistent, "labels": labels or {},
             "dirty": dirty, "local_disk": local_disk, "state": state or ("running" if active else "shutoff"),
-            "job": False, "postcopy": None}
+            "job": False, "postcopy": None, "resident": resident}
 
 
 class World:
@@ -95,7 +95,8 @@ class FakeBackend(Backend):
                 continue
             out.append(VmInfo(name, d["memory"], d["vcpus"], d["active"], d["persistent"], d["state"],
                               dict(d["labels"]), d["dirty"] if measure and d["active"] else None,
-                              postcopy=d.get("postcopy") == "source", facts=d))
+                              postcopy=d.get("postcopy") == "source", facts=d,
+                              resident_mib=d.get("resident") if d["active"] else None))
         return out
 
     def capacity(self, conn, host, anti_affinity_labels=()):

@@ -31,6 +31,33 @@ def test_zero_pages_shorten_the_first_pass():
     assert sparse.predicted_duration_s < full.predicted_duration_s
 
 
+def test_guest_memory_from_the_resident_size():
+    # unknown: all of RAM may have to go, as before
+    assert F.guest_memory(256 * MIB, None) == (1.0, None)
+    # lab, TCG: an idle 256 MiB guest's QEMU held 222 MiB and sent 92 MiB
+    ratio, working_set = F.guest_memory(256 * MIB, 222 * MIB, "qemu")
+    assert ratio * 256 == pytest.approx(222 - P.qemu_overhead_mib_tcg) and working_set == ratio * 256 * MIB
+    assert 0.3 < ratio < 0.45
+    # KVM: a smaller overhead is taken off (over-predicting is the safe side); never above RAM
+    assert F.guest_memory(256 * MIB, 222 * MIB, "kvm")[0] > ratio
+    assert F.guest_memory(256 * MIB, 900 * MIB, "kvm") == (1.0, 256 * MIB)
+    # a guest that touched almost nothing still sends something
+    assert F.guest_memory(256 * MIB, 100 * MIB, "qemu")[0] == P.min_transferable_ratio
+
+
+def test_a_small_working_set_makes_postcopy_resend_only_that():
+    """Lab hot guest (384 MiB, rewrites 192 MiB, ~262 MiB in use): by post-copy it sent 455 MiB, where
+    the model without a working set predicted all of RAM twice (768 MiB)."""
+    ratio, working_set = F.guest_memory(384 * MIB, 392 * MIB, "qemu")
+    blind = F.forecast(384 * MIB, 60 * MIB, 18 * MIB)
+    seen = F.forecast(384 * MIB, 60 * MIB, 18 * MIB, transferable_ratio=ratio, dirty_working_set=working_set)
+    assert blind.mode == seen.mode == "postcopy"
+    assert blind.predicted_bytes == 768 * MIB
+    assert seen.predicted_bytes == pytest.approx(2 * working_set, rel=0.01)
+    assert abs(seen.predicted_bytes / (455 * MIB) - 1) < 0.2
+    assert "~264 of 384 MiB in use" in seen.reason
+
+
 def test_hot_vm_gets_postcopy_when_allowed():
     result = F.forecast(2 * GIB, 140 * MIB, 48 * MIB)
     assert result.mode == "postcopy"

@@ -165,3 +165,17 @@ def test_drain_plan_moves_a_vm_the_lane_split_refused(tmp_path):
     # with one lane only the same guest also gets the whole link: the same decision
     lone = Drainer(FakeBackend(world), src, dests, DrainConfig(max_parallel=1), state_dir=tmp_path / "one")
     assert {p["vm"]: p["mode"] for p in lone.drain(plan_only=True).plan}["hot"] == "postcopy"
+
+
+def test_drain_plan_forecasts_from_the_memory_in_use(tmp_path):
+    """The resident size the backend reads (libvirt memoryStats rss) goes into each VM's forecast."""
+    from drain_fakes import fleet, make, vm
+
+    world = fleet(sparse=vm(memory=1024, dirty=0, resident=200), unknown=vm(memory=1024, dirty=0))
+    drainer, _backend, _events = make(tmp_path, world)
+    plan = {p["vm"]: p for p in drainer.drain(plan_only=True).plan}
+    touched = 200 - F.DEFAULT_PARAMS.qemu_overhead_mib_kvm
+    assert plan["sparse"]["predicted_bytes"] == pytest.approx(touched * F.MIB, rel=0.01)
+    assert plan["unknown"]["predicted_bytes"] == 1024 * F.MIB
+    assert plan["sparse"]["predicted_duration_s"] < plan["unknown"]["predicted_duration_s"] / 4
+    assert f"~{touched:.0f} of 1024 MiB in use" in plan["sparse"]["mode_reason"]
