@@ -161,7 +161,22 @@ def make_guests(lab, prefix):
         guests.append({"name": name, "kind": kind, "ram_bytes": knobs["memory"] * MIB})
     for g in guests:
         g["boot"] = lab.wait_heartbeat_advances(g["name"], beyond=40, timeout=120).boot_id
+    for (_suffix, _kind, knobs), g in zip(GUESTS, guests):
+        if knobs.get("dirty_mb"):
+            wait_dirtying(lab, g["name"])
     return guests
+
+
+def wait_dirtying(lab, vm, timeout=60):
+    """Wait until the guest's dirtier has touched its buffer (it starts a few seconds after the
+    heartbeat): every contender then starts on a guest that is already writing."""
+    deadline = time.monotonic() + timeout
+    while True:
+        hb = lab.wait_heartbeat_advances(vm, beyond=lab.heartbeat(vm).last_n, timeout=30)
+        if int(HB_RE.search(hb.lines[-1]).group("dirtied_mb")) > 0:
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{vm} did not start writing within {timeout} s")
 
 
 def remove_guests(lab, guests):
