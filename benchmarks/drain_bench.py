@@ -161,7 +161,7 @@ def make_guests(lab, prefix):
         guests.append({"name": name, "kind": kind, "ram_bytes": knobs["memory"] * MIB})
     for g in guests:
         g["boot"] = lab.wait_heartbeat_advances(g["name"], beyond=40, timeout=120).boot_id
-    for (_suffix, _kind, knobs), g in zip(GUESTS, guests):
+    for (_suffix, _kind, knobs), g in zip(GUESTS, guests, strict=True):
         if knobs.get("dirty_mb"):
             wait_dirtying(lab, g["name"])
     return guests

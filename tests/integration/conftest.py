@@ -7,8 +7,6 @@ and a lab that a previous test took down (the smoke test does) is rebuilt. VMs a
 
 import itertools
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -54,15 +52,3 @@ def make_vm(lab, request):
     yield make
     for name in made:
         lab.vm_rm(name)
-
-
-def ansible(*args, check=True, env=None):
-    """Run an ansible command from the project venv against the lab inventory; returns the result."""
-    full_env = dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg"), **(env or {}))
-    bindir = Path(sys.executable).parent
-    res = subprocess.run([str(bindir / args[0]), *args[1:]], cwd=REPO, env=full_env,
-                         capture_output=True, text=True, timeout=900, check=False)
-    print(res.stdout, res.stderr, sep="", end="")
-    if check:
-        assert res.returncode == 0, f"{' '.join(args)} failed ({res.returncode})"
-    return res

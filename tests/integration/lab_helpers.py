@@ -3,6 +3,7 @@
 Not a test module; the lab tests import it (their folder is on sys.path under pytest's prepend mode).
 """
 
+import contextlib
 import json
 import os
 import re
@@ -13,6 +14,26 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 BINDIR = Path(sys.executable).parent
+
+
+def ansible(*args, check=True, env=None, timeout=900):
+    """Run an ansible command (`ansible`, `ansible-playbook`, ...) from the project venv against the lab
+    inventory; prints its output, asserts success unless check=False, returns the CompletedProcess."""
+    full_env = dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg"), **(env or {}))
+    res = subprocess.run([str(BINDIR / args[0]), *args[1:]], cwd=REPO, env=full_env,
+                         capture_output=True, text=True, timeout=timeout, check=False)
+    print(res.stdout, res.stderr, sep="", end="")
+    if check:
+        assert res.returncode == 0, f"{' '.join(args)} failed ({res.returncode})"
+    return res
+
+
+@contextlib.contextmanager
+def timed(label):
+    """Print how long the block took as a LAB-TIMING line (figures are printed, never asserted)."""
+    t0 = time.monotonic()
+    yield
+    print(f"\nLAB-TIMING {label}: {time.monotonic() - t0:.1f}s")
 
 
 def ansible_env(**extra):

@@ -16,9 +16,6 @@ post-copy" waits until the job is in that phase and has moved data. Timings are 
 
 import contextlib
 import json
-import os
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -36,6 +33,7 @@ from ansible_collections.hvfleet.drain.plugins.module_utils.errors import (  # n
 )
 from ansible_collections.hvfleet.drain.plugins.module_utils.spec import MigrationSpec  # noqa: E402
 from hvlab.vm import boot_ids  # noqa: E402
+from lab_helpers import ansible, timed  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 HOT = {"memory": 256, "dirty_mb": 128, "dirty_rate": 0}  # dirties its 128 MiB flat out (~15-45 MiB/s under TCG)
@@ -45,24 +43,6 @@ RECOVERY_S = 60  # the engine's post-copy recovery deadline in these tests
 
 
 # ---- helpers ------------------------------------------------------------------------------------
-
-
-def ansible(*args, check=True, env=None):
-    """An ansible command from the project venv against the lab inventory (as conftest.ansible)."""
-    full_env = dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg"), **(env or {}))
-    res = subprocess.run([str(Path(sys.executable).parent / args[0]), *args[1:]], cwd=REPO, env=full_env,
-                         capture_output=True, text=True, timeout=600, check=False)
-    print(res.stdout, res.stderr, sep="", end="")
-    if check:
-        assert res.returncode == 0, f"{' '.join(args)} failed ({res.returncode})"
-    return res
-
-
-@contextlib.contextmanager
-def timed(label):
-    t0 = time.monotonic()
-    yield
-    print(f"\nLAB-TIMING {label}: {time.monotonic() - t0:.1f}s")
 
 
 def booted(lab, vm):

@@ -8,8 +8,6 @@ Timings are printed (LAB-TIMING), not asserted.
 
 import json
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -22,32 +20,11 @@ libvirt = pytest.importorskip("libvirt")
 from ansible_collections.hvfleet.drain.plugins.module_utils.migration import Migration  # noqa: E402
 from ansible_collections.hvfleet.drain.plugins.module_utils.spec import MigrationSpec  # noqa: E402
 from hvlab.vm import boot_ids  # noqa: E402
+from lab_helpers import ansible, timed  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 PLAYBOOKS = REPO / "tests" / "integration" / "playbooks"
 IMAGES = "/var/lib/libvirt/images"
-
-
-def ansible(*args, check=True):
-    """An ansible command from the project venv against the lab inventory (as in conftest.ansible)."""
-    env = dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg"))
-    res = subprocess.run([str(Path(sys.executable).parent / args[0]), *args[1:]], cwd=REPO, env=env,
-                         capture_output=True, text=True, timeout=900, check=False)
-    print(res.stdout, res.stderr, sep="", end="")
-    if check:
-        assert res.returncode == 0, f"{' '.join(args)} failed ({res.returncode})"
-    return res
-
-
-def timed(label):
-    class Timer:
-        def __enter__(self):
-            self.t0 = time.monotonic()
-            return self
-
-        def __exit__(self, *exc):
-            print(f"\nLAB-TIMING {label}: {time.monotonic() - self.t0:.1f}s")
-    return Timer()
 
 
 def playbook(name, tmp_path, **extra):
