@@ -111,6 +111,16 @@ def test_up_again_reuses_the_healthy_lab(lab):
     assert after["storage"]["qsd"] == before["storage"]["qsd"]
 
 
+def test_a_second_checkout_reusing_the_lab_gets_its_own_inventory(lab, tmp_path):
+    """A fresh clone running the tests on a lab started from another checkout found no inventory
+    of its own (every Ansible-driven lab test failed); `up` now writes one for each checkout."""
+    first = Path(json.loads((lab.root / "state.json").read_text())["inventory"])
+    other = tmp_path / "clone" / "inventories" / "lab" / "hosts.yml"
+    lab.up(hosts_count=len(HOSTS), guests=GUESTS, inventory_path=other)
+    assert other.read_text() == first.read_text()
+    assert {str(first), str(other)} <= set(json.loads((lab.root / "state.json").read_text())["inventories"])
+
+
 HOST_RESULT = re.compile(r"^(\S+) \| ([A-Z!]+) => ", re.M)
 
 
@@ -215,6 +225,8 @@ def test_down_leaves_nothing(lab):
     created_dirs = state["created_dirs"]
     inventory = Path(state["inventory"])
     assert inventory.exists()
+    inventories = [Path(p) for p in state["inventories"]]
+    assert len(inventories) >= 2  # this checkout's and the one the test above added
 
     lab_cli("down")
 
@@ -228,6 +240,7 @@ def test_down_leaves_nothing(lab):
     assert not (lab.root / "state.json").exists()
     assert not (lab.root / "hosts").exists()
     assert not inventory.exists()
+    assert [p for p in inventories if p.exists()] == []
     assert [d for d in created_dirs if os.path.exists(d)] == []
     lab_cli("down")  # idempotent
 

@@ -463,7 +463,7 @@ class Lab:
             st.save()
             t_hosts = time.monotonic() - t0
 
-            self._write_inventory(inventory_path)
+            self._write_inventory(inventory_path or inventory.default_path())
 
             # 5. demo guests
             started = []
@@ -500,12 +500,20 @@ class Lab:
                 storage.export(self.root, name)
 
     def _write_inventory(self, path: Path | None = None) -> None:
+        """(Re)write the inventory of every checkout that used this lab, plus `path` if given: a second
+        checkout (a fresh clone running the tests) reusing a lab started from the first gets its own."""
         st = self.state.load()
-        path = Path(path or st.data.get("inventory") or inventory.default_path())
-        st.data["inventory"] = str(path)
+        paths = [p for p in _inventories(st.data) if Path(p).parent.is_dir()]  # checkouts since deleted drop out
+        if path is not None and str(path) not in paths:
+            paths.append(str(path))
+        if not paths:
+            paths.append(str(inventory.default_path()))
+        st.data["inventory"] = paths[0]
+        st.data["inventories"] = paths
         st.save()
         shaped = {h: r["link_mbit"] for h, r in st.data["hosts"].items() if r.get("link_mbit")}
-        inventory.write_inventory(path, list(st.data["hosts"]), self.root, shaped)
+        for one in paths:
+            inventory.write_inventory(Path(one), list(st.data["hosts"]), self.root, shaped)
 
     # -----------------------------------------------------------------------------------------
     # down
@@ -618,8 +626,7 @@ class Lab:
             for d in reversed(st.data["created_dirs"]):
                 with contextlib.suppress(OSError):  # only if empty: never remove what others put there
                     os.rmdir(d)
-            inv = st.data.get("inventory")
-            if inv:
+            for inv in _inventories(st.data):
                 with contextlib.suppress(FileNotFoundError):
                     Path(inv).unlink()
             self.state.remove()
@@ -663,3 +670,11 @@ class Lab:
             for vm, state in doms.items():
                 out["vms"].setdefault(vm, {})[host] = state
         return out
+
+
+def _inventories(data: dict) -> list[str]:
+    """Inventory files the lab wrote (older state files recorded one, as "inventory")."""
+    paths = list(data.get("inventories") or [])
+    if data.get("inventory") and data["inventory"] not in paths:
+        paths.insert(0, data["inventory"])
+    return paths

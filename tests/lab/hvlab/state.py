@@ -104,7 +104,8 @@ def empty_state() -> dict[str, Any]:
         "hosts": {},  # name -> host record (see hosts.py)
         "storage": None,  # storage record (see storage.py)
         "vms": {},  # name -> VM spec as a dict (see vm.py)
-        "inventory": None,  # path of the inventory file the lab wrote
+        "inventory": None,  # the first inventory file the lab wrote
+        "inventories": [],  # every inventory file it wrote (one per checkout that ran up)
     }
 
 
