@@ -62,6 +62,7 @@ from ansible_collections.hvfleet.drain.plugins.module_utils.forecast import (
     guest_memory,
     simulate_drain,
 )
+from ansible_collections.hvfleet.drain.plugins.module_utils.migration import STAYED, Step
 from ansible_collections.hvfleet.drain.plugins.module_utils.placement import (
     HostCapacity,
     PlacementConfig,
@@ -1399,7 +1400,7 @@ class _Worker(threading.Thread):
             dst_conn = d.backend.connect(dst_host.uri)
             if d.cancelled:
                 raise HvfleetError(f"'{name}' was not started: the run was interrupted.")
-            res = d.backend.migrate(src_conn, dst_conn, name, dst_host.target_uri, spec, src_host.uri, self.control)
+            res = self._migrate(src_conn, dst_conn, dst_host, src_host, spec)
             res = summarize_result(res)
         except MigrationFailed as exc:
             res = summarize_result(exc.result)
@@ -1429,6 +1430,45 @@ class _Worker(threading.Thread):
             item = {"vm": name, "ok": bool(res.get("ok")), "message": f"{res.get('message')} (journal: {exc})",
                     "destination": dst_host.name, "kind": LIVE}
         self.done.put((name, item))
+
+
+    def _migrate(self, src_conn, dst_conn, dst_host, src_host, spec):
+        """The migration; once more if the first failed in libvirt and left the VM running where it was.
+
+        Seen on the lab: after the storage daemon restarted, each VM's next migration failed once at
+        switch-over (QEMU's NBD client had lost its connection) and the next attempt worked. The engine
+        has established that nothing moved (outcome `stayed`), so a second attempt is as safe as the first.
+        """
+        d = self.drainer
+
+        def attempt():
+            return d.backend.migrate(src_conn, dst_conn, self.plan["vm"], dst_host.target_uri, spec, src_host.uri,
+                                     self.control)
+
+        try:
+            return attempt()
+        except MigrationFailed as exc:
+            first = exc.result
+            if not worth_retrying(first) or self.control.aborted or d.cancelled:
+                raise
+        retry = Step(0.0, "retry", f"the first attempt failed in libvirt and left the VM running on the source "
+                                   f"({first.error or first.message}); trying once more")
+        try:
+            second = attempt()
+        except MigrationFailed as exc:
+            exc.result.steps.insert(0, retry)
+            raise
+        second.steps.insert(0, retry)
+        second.message = f"{second.message} (at the second attempt)"
+        return second
+
+
+def worth_retrying(result):
+    """A failed migration that left the VM running untouched on its source after an error from libvirt,
+    not after the engine's own abort or suspend (deadline, ladder, interruption): worth one more try."""
+    actions = [step.action for step in result.steps]
+    return (result.outcome == STAYED and not result.changed and "call_failed" in actions
+            and not any(action in ("abort", "suspend") for action in actions))
 
 
 class _ForecastView:

@@ -15,7 +15,7 @@ from ansible_collections.hvfleet.drain.plugins.module_utils.drain import (
     VmInfo,
 )
 from ansible_collections.hvfleet.drain.plugins.module_utils.errors import HvfleetError, MigrationFailed
-from ansible_collections.hvfleet.drain.plugins.module_utils.migration import MigrationResult
+from ansible_collections.hvfleet.drain.plugins.module_utils.migration import MigrationResult, Step
 from ansible_collections.hvfleet.drain.plugins.module_utils.placement import HostCapacity
 
 
@@ -61,6 +61,7 @@ class FakeBackend(Backend):
         self.cordoned = False
         self.cordon_calls = []
         self.fail = {}  # vm -> outcome ("stayed" / "error" / "postcopy_paused")
+        self.fail_in_libvirt = {}  # vm -> how many of its next migrations libvirt fails, the VM staying put
         self.calls = []  # (vm, from, to)
         self.concurrent = 0
         self.max_concurrent = 0
@@ -152,6 +153,15 @@ class FakeBackend(Backend):
             result = MigrationResult(name=name, source=source_uri, destination=dest_uri, mode_used=spec.mode,
                                      duration_s=self.migrate_delay, downtime_ms=20, bytes_sent=1000)
             outcome = self.fail.get(name)
+            with self._lock:
+                libvirt_fails = self.fail_in_libvirt.get(name, 0) > 0
+                if libvirt_fails:
+                    self.fail_in_libvirt[name] -= 1
+            if libvirt_fails:
+                outcome = "stayed"
+                result.error = "operation failed: job 'migration out' unexpectedly failed"
+                result.steps = [Step(0.5, "call_failed", "the migration call raised; looking at both hosts",
+                                     result.error)]
             if aborted.is_set():
                 outcome = "stayed"
             if outcome:

@@ -101,6 +101,34 @@ def test_max_failures_stops_new_starts_but_lets_running_finish(tmp_path):
     assert stayed["state"] == jr.STAYED
 
 
+def test_a_libvirt_failure_that_left_the_vm_in_place_is_tried_once_more(tmp_path):
+    """Lab: after the storage daemon restarted, each VM's next migration failed once in libvirt (the VM
+    stayed running on the source) and the next attempt worked. One retry, recorded; never a third."""
+    world = fleet(once=vm(memory=100), twice=vm(memory=200))
+    backend = FakeBackend(world)
+    backend.fail_in_libvirt = {"once": 1, "twice": 2}
+    drainer, backend, _events = make(tmp_path, world, backend=backend, max_parallel=1, max_failures=5)
+    result = drainer.drain()
+    assert [c[0] for c in backend.calls].count("once") == 2 and [c[0] for c in backend.calls].count("twice") == 2
+    by_vm = {r["vm"]: r for r in result.vms}
+    assert by_vm["once"]["state"] == jr.MOVED and world.hosts["hv1"].keys() == {"twice"}
+    assert "at the second attempt" in by_vm["once"]["message"]
+    assert by_vm["twice"]["state"] == jr.STAYED
+    journal = json.loads((tmp_path / jr.JOURNAL_NAME).read_text())["vms"]
+    for name in ("once", "twice"):
+        steps = journal[name]["result"]["steps"]
+        assert steps[0]["action"] == "retry" and "unexpectedly failed" in steps[0]["reason"], steps
+
+
+def test_an_engine_abort_is_not_retried(tmp_path):
+    world = fleet(v=vm(memory=100))
+    backend = FakeBackend(world)
+    backend.fail = {"v": "stayed"}  # the engine's own decision (no libvirt error): final
+    drainer, backend, _events = make(tmp_path, world, backend=backend, max_failures=5)
+    drainer.drain()
+    assert [c[0] for c in backend.calls] == ["v"]
+
+
 def test_more_failures_allowed_carries_on(tmp_path):
     world = fleet(**{f"v{i}": vm(memory=100 + i) for i in range(4)})
     backend = FakeBackend(world)
