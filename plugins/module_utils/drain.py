@@ -1431,7 +1431,6 @@ class _Worker(threading.Thread):
                     "destination": dst_host.name, "kind": LIVE}
         self.done.put((name, item))
 
-
     def _migrate(self, src_conn, dst_conn, dst_host, src_host, spec):
         """The migration; once more if the first failed in libvirt and left the VM running where it was.
 
