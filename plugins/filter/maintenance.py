@@ -16,6 +16,7 @@ from ansible_collections.hvfleet.drain.plugins.module_utils.rolling_admission im
     AnyWindow,
     DailyWindow,
     RollingConfigError,
+    parse_instant,
     parse_window,
 )
 
@@ -78,17 +79,10 @@ def _iso(moment):
 def _now(value):
     if value is None or value == "":
         return datetime.datetime.now(UTC)
-    if isinstance(value, datetime.datetime):
-        moment = value
-    else:
-        text = str(value).strip()
-        if text[-1:] in ("Z", "z"):
-            text = text[:-1] + "+00:00"
-        try:
-            moment = datetime.datetime.fromisoformat(text)
-        except ValueError:
-            raise AnsibleFilterError(f"maintenance_window: now={value!r} is not an ISO 8601 date-time") from None
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+    try:
+        return parse_instant(value if isinstance(value, datetime.datetime) else str(value), "now")
+    except RollingConfigError:
+        raise AnsibleFilterError(f"maintenance_window: now={value!r} is not an ISO 8601 date-time") from None
 
 
 def maintenance_window(spec, now=None):

@@ -93,7 +93,7 @@ class AnyWindow:
         return " or ".join(str(w) for w in self.windows)
 
 
-def _instant(value, what):
+def parse_instant(value, what):
     """An aware datetime from an ISO 8601 string, a datetime or a date (naive means UTC)."""
     if isinstance(value, datetime.datetime):
         moment = value
@@ -152,7 +152,7 @@ def parse_window(spec):
                 f"maintenance window mapping must have exactly start and end, got {sorted(spec)}.",
                 "for example {start: 2025-06-01T22:00:00Z, end: 2025-06-02T04:00:00Z}.",
             )
-        start, end = _instant(spec["start"], "start"), _instant(spec["end"], "end")
+        start, end = parse_instant(spec["start"], "start"), parse_instant(spec["end"], "end")
         if end <= start:
             raise RollingConfigError(
                 f"maintenance window ends ({end.isoformat()}) before it starts ({start.isoformat()}).",

@@ -353,7 +353,6 @@ plan_file:
 """
 
 import contextlib  # noqa: E402
-import datetime  # noqa: E402
 import getpass  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
@@ -380,6 +379,7 @@ from ansible_collections.hvfleet.drain.plugins.module_utils.errors import Hvflee
 from ansible_collections.hvfleet.drain.plugins.module_utils.journal import atomic_write_json  # noqa: E402
 from ansible_collections.hvfleet.drain.plugins.module_utils.placement import PlacementConfig  # noqa: E402
 from ansible_collections.hvfleet.drain.plugins.module_utils.redact import uri_passwords  # noqa: E402
+from ansible_collections.hvfleet.drain.plugins.module_utils.rolling_admission import parse_instant  # noqa: E402
 
 ARGUMENT_SPEC = dict(
     state=dict(type="str", choices=["drained", "restored"], default="drained"),
@@ -433,17 +433,11 @@ def window_end_epoch(text):
     """Seconds since the epoch of an ISO 8601 date-time (naive means UTC); None when not given."""
     if text is None or str(text).strip() == "":
         return None
-    value = str(text).strip()
-    if value[-1:] in ("Z", "z"):
-        value = value[:-1] + "+00:00"
     try:
-        moment = datetime.datetime.fromisoformat(value)
-    except ValueError:
+        return parse_instant(str(text), "end").timestamp()
+    except HvfleetError:
         raise HvfleetError(f"window_end {text!r} is not an ISO 8601 date-time.",
                            "write it like 2025-06-02T04:00:00Z.") from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=datetime.timezone.utc)  # noqa: UP017 - may run on Python < 3.11
-    return moment.timestamp()
 
 
 def _cordoned_in(facts):
