@@ -18,6 +18,7 @@ if os.geteuid() != 0:
     raise pytest.UsageError("the lab integration tests need root (namespaces, libvirtd): run scripts/test as root")
 
 from hvlab import Lab, VMSpec  # noqa: E402  (tests/conftest.py puts tests/lab on sys.path)
+from lab_helpers import reset_hosts  # noqa: E402
 
 _used = {"lab": False}
 
@@ -52,3 +53,11 @@ def make_vm(lab, request):
     yield make
     for name in made:
         lab.vm_rm(name)
+
+
+@pytest.fixture
+def clean_lab(lab):
+    """The lab with no drain journal, progress, maintenance state or upgrade marker on any host."""
+    reset_hosts(lab)
+    yield lab
+    reset_hosts(lab)

@@ -103,3 +103,29 @@ def assert_unbroken(lab, before):
             first_new = next(i for i, line in enumerate(text) if after.boot_id in line)
             print(f"console of {name} around the restart:\n" + "\n".join(text[max(0, first_new - 60):first_new + 2]))
         assert after.boot_id == hb.boot_id, f"{name} rebooted"
+
+
+def booted(lab, vm):
+    """Wait until the guest prints heartbeats; returns the heartbeat seen."""
+    return lab.wait_heartbeat_advances(vm, beyond=1, timeout=60)
+
+
+def assert_only_on(lab, vm, host, before):
+    """`vm` is defined and running on `host` alone, with the boot id of `before`, and still beating."""
+    from hvlab.vm import boot_ids
+
+    assert lab.locate(vm) == {host: "running"}, f"{vm} should run on {host} alone: {lab.locate(vm)}"
+    hb = lab.wait_heartbeat_advances(vm, beyond=lab.heartbeat(vm).last_n + 2, timeout=30)
+    assert boot_ids(hb) == [before.boot_id], f"{vm} rebooted: boot ids {boot_ids(hb)}"
+    assert hb.last_n > before.last_n
+
+
+HOST_STATE_DIR = "/var/lib/hvfleet"  # the collection's state directory on the lab hosts
+
+
+def reset_hosts(lab):
+    """Remove what drains, maintenance and the lab's fake upgrade left in every host's state directory."""
+    d = HOST_STATE_DIR
+    for host in lab.hosts():
+        lab.exec(host, ["sh", "-c", f"rm -f {d}/drain-journal*.json {d}/drain-progress.jsonl {d}/maintenance.json "
+                                    f"{d}/lab-upgrade.json"], check=False)

@@ -32,8 +32,7 @@ from ansible_collections.hvfleet.drain.plugins.module_utils.errors import (  # n
     MigrationFailed,
 )
 from ansible_collections.hvfleet.drain.plugins.module_utils.spec import MigrationSpec  # noqa: E402
-from hvlab.vm import boot_ids  # noqa: E402
-from lab_helpers import ansible, timed  # noqa: E402
+from lab_helpers import ansible, assert_only_on, booted, timed  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 HOT = {"memory": 256, "dirty_mb": 128, "dirty_rate": 0}  # dirties its 128 MiB flat out (~15-45 MiB/s under TCG)
@@ -43,19 +42,6 @@ RECOVERY_S = 60  # the engine's post-copy recovery deadline in these tests
 
 
 # ---- helpers ------------------------------------------------------------------------------------
-
-
-def booted(lab, vm):
-    """Wait until the guest prints heartbeats; returns the heartbeat seen."""
-    return lab.wait_heartbeat_advances(vm, beyond=1, timeout=60)
-
-
-def assert_only_on(lab, vm, host, before):
-    """`vm` is defined and running on `host` alone, with the boot id of `before`, and still beating."""
-    assert lab.locate(vm) == {host: "running"}, f"{vm} should run on {host} alone: {lab.locate(vm)}"
-    hb = lab.wait_heartbeat_advances(vm, beyond=lab.heartbeat(vm).last_n + 2, timeout=30)
-    assert boot_ids(hb) == [before.boot_id], f"{vm} rebooted: boot ids {boot_ids(hb)}"
-    assert hb.last_n > before.last_n
 
 
 def guest_write_rate_mib_s(lab, vm, span=4):

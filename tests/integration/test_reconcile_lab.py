@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 from hvlab.vm import boot_ids
+from lab_helpers import HOST_STATE_DIR as STATE
 
 pytestmark = pytest.mark.lab
 
 REPO = Path(__file__).resolve().parents[2]
-STATE = "/var/lib/hvfleet"
 
 
 def reconcile(tmp_path, hosts=None, group=None, *args):
@@ -42,19 +42,6 @@ def reconcile(tmp_path, hosts=None, group=None, *args):
 def flat(out):
     """The output with every run of whitespace made one space (the YAML callback wraps long messages)."""
     return re.sub(r"\s+", " ", out)
-
-
-def reset_hosts(lab):
-    for host in lab.hosts():
-        lab.exec(host, ["sh", "-c", f"rm -f {STATE}/drain-journal*.json {STATE}/drain-progress.jsonl "
-                                    f"{STATE}/maintenance.json"], check=False)
-
-
-@pytest.fixture
-def clean_lab(lab):
-    reset_hosts(lab)
-    yield lab
-    reset_hosts(lab)
 
 
 def maintenance(lab, host):

@@ -16,12 +16,12 @@ from pathlib import Path
 
 import pytest
 from hvlab.vm import boot_ids
+from lab_helpers import HOST_STATE_DIR as STATE
 
 pytestmark = pytest.mark.lab
 
 REPO = Path(__file__).resolve().parents[2]
 TASKS = REPO / "tests" / "integration" / "playbooks" / "tasks"
-STATE = "/var/lib/hvfleet"
 
 
 def run_playbook(*args):
@@ -32,19 +32,6 @@ def run_playbook(*args):
     res = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=900, check=False)
     print(res.stdout, res.stderr, sep="", end="")
     return res.returncode, res.stdout + res.stderr, time.monotonic() - t0
-
-
-def reset_hosts(lab):
-    for host in lab.hosts():
-        lab.exec(host, ["sh", "-c", f"rm -f {STATE}/drain-journal*.json {STATE}/drain-progress.jsonl "
-                                    f"{STATE}/maintenance.json {STATE}/lab-upgrade.json"], check=False)
-
-
-@pytest.fixture
-def clean_lab(lab):
-    reset_hosts(lab)
-    yield lab
-    reset_hosts(lab)
 
 
 def libvirtd_pids(lab):

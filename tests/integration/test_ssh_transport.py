@@ -25,23 +25,12 @@ from ansible_collections.hvfleet.drain.plugins.module_utils.errors import (  # n
     MigrationFailed,
 )
 from ansible_collections.hvfleet.drain.plugins.module_utils.spec import MigrationSpec  # noqa: E402
-from hvlab.vm import boot_ids  # noqa: E402
+from lab_helpers import assert_only_on, booted  # noqa: E402
 
 
 def ssh_uri(lab, host, addr=None):
     """qemu+ssh URI of a lab host: root with the lab key, host key not checked (lab-only)."""
     return f"qemu+ssh://root@{addr or lab.addr(host)}/system?keyfile={lab.ssh_key}&no_verify=1"
-
-
-def booted(lab, vm):
-    return lab.wait_heartbeat_advances(vm, beyond=1, timeout=60)
-
-
-def assert_only_on(lab, vm, host, before):
-    assert lab.locate(vm) == {host: "running"}, f"{vm} should run on {host} alone: {lab.locate(vm)}"
-    hb = lab.wait_heartbeat_advances(vm, beyond=lab.heartbeat(vm).last_n + 2, timeout=30)
-    assert boot_ids(hb) == [before.boot_id], f"{vm} rebooted: boot ids {boot_ids(hb)}"
-    assert hb.last_n > before.last_n
 
 
 def wait_until(predicate, timeout, what):
