@@ -25,18 +25,18 @@ import os
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO / ".collections"), str(REPO / "tests" / "lab")]
+sys.path[:0] = [str(REPO / ".collections"), str(REPO / "tests" / "lab"), str(Path(__file__).resolve().parent)]
 
 from ansible_collections.hvfleet.drain.plugins.module_utils import connection, migration  # noqa: E402
 from ansible_collections.hvfleet.drain.plugins.module_utils.errors import MigrationFailed  # noqa: E402
 from ansible_collections.hvfleet.drain.plugins.module_utils.spec import MigrationSpec  # noqa: E402
+from heartbeat_gaps import Gaps  # noqa: E402
 from hvlab import Lab, VMSpec  # noqa: E402
-from hvlab.vm import HB_RE, boot_ids  # noqa: E402
+from hvlab.vm import boot_ids  # noqa: E402
 
 MIB = 2**20
 
@@ -63,38 +63,6 @@ def virsh_move(lab, vm, src, dst):
     subprocess.run(["virsh", "-c", lab.uri(src), "migrate", "--live", "--p2p", "--persistent", "--undefinesource",
                     vm, lab.uri(dst), f"tcp://{lab.addr(dst)}"], check=True, capture_output=True, text=True)
     return time.monotonic() - t0
-
-
-class ConsoleGaps(threading.Thread):
-    """Timestamps heartbeat lines as they arrive on the VM's console; reports the longest gap."""
-
-    def __init__(self, path, name):
-        super().__init__(daemon=True)
-        self.path, self.name = Path(path), name
-        self.arrivals = []
-        self.stop_evt = threading.Event()
-        self.offset = self.path.stat().st_size
-        self.start()
-
-    def run(self):
-        buf = b""
-        while not self.stop_evt.is_set():
-            with open(self.path, "rb") as f:
-                f.seek(self.offset)
-                data = f.read()
-            if data:
-                self.offset += len(data)
-                buf += data
-                *lines, buf = buf.split(b"\n")
-                now = time.monotonic()
-                self.arrivals += [now for ln in lines if HB_RE.search(ln.decode(errors="replace"))]
-            time.sleep(0.005)
-
-    def longest_gap_ms(self):
-        self.stop_evt.set()
-        self.join(5)
-        gaps = [b - a for a, b in zip(self.arrivals, self.arrivals[1:], strict=False)]
-        return round(max(gaps) * 1000) if gaps else None
 
 
 def idle_comparison(lab, runs):
@@ -145,13 +113,14 @@ def hot_comparison(lab, mbit, hot_runs, series_out=None):
             lab.vm_start(VMSpec(name=vm, memory=256, dirty_mb=128, hb_ms=50), host="hv1")
             try:
                 boot = lab.wait_heartbeat_advances(vm, beyond=20).boot_id
-                gaps = ConsoleGaps(lab.console_path(vm), vm)
+                gaps = Gaps(lab.console_path(vm), vm)
                 lab.shape("hv1", mbit)
                 try:
                     seconds, result = engine_move(lab, vm, "hv1", "hv2", stats_interval_s=0.5, **spec_kw)
                 finally:
                     lab.unshape("hv1")
                 hb = lab.wait_heartbeat_advances(vm, beyond=lab.heartbeat(vm).last_n + 5)
+                gaps.stop()
                 gap = gaps.longest_gap_ms()
                 ids = boot_ids(hb)
                 restarted = ids != [boot]
