@@ -57,10 +57,10 @@ sys.path[:0] = [str(REPO / ".collections"), str(REPO / "tests" / "lab"), str(Pat
 
 import drain_report  # noqa: E402
 import libvirt  # noqa: E402
-from ansible_collections.hvfleet.drain.plugins.module_utils import connection  # noqa: E402
-from ansible_collections.hvfleet.drain.plugins.module_utils.drain import DrainConfig, Drainer, Host  # noqa: E402
-from ansible_collections.hvfleet.drain.plugins.module_utils.drain_backend import LibvirtBackend  # noqa: E402
-from ansible_collections.hvfleet.drain.plugins.module_utils.placement import PlacementConfig  # noqa: E402
+from ansible_collections.hvfleet.drain.plugins.module_utils.common import connection  # noqa: E402
+from ansible_collections.hvfleet.drain.plugins.module_utils.drain.drainer import DrainConfig, Drainer, Host  # noqa: E402
+from ansible_collections.hvfleet.drain.plugins.module_utils.drain.libvirt_backend import LibvirtBackend  # noqa: E402
+from ansible_collections.hvfleet.drain.plugins.module_utils.planning.placement import PlacementConfig  # noqa: E402
 from heartbeat_gaps import Gaps  # noqa: E402
 from hvlab import Lab, VMSpec  # noqa: E402
 from hvlab.vm import HB_RE, boot_ids  # noqa: E402

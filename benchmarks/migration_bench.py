@@ -31,9 +31,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / ".collections"), str(REPO / "tests" / "lab"), str(Path(__file__).resolve().parent)]
 
-from ansible_collections.hvfleet.drain.plugins.module_utils import connection, migration  # noqa: E402
-from ansible_collections.hvfleet.drain.plugins.module_utils.errors import MigrationFailed  # noqa: E402
-from ansible_collections.hvfleet.drain.plugins.module_utils.spec import MigrationSpec  # noqa: E402
+from ansible_collections.hvfleet.drain.plugins.module_utils.common import connection  # noqa: E402
+from ansible_collections.hvfleet.drain.plugins.module_utils.common.errors import MigrationFailed  # noqa: E402
+from ansible_collections.hvfleet.drain.plugins.module_utils.engine import migration  # noqa: E402
+from ansible_collections.hvfleet.drain.plugins.module_utils.engine.spec import MigrationSpec  # noqa: E402
 from heartbeat_gaps import Gaps  # noqa: E402
 from hvlab import Lab, VMSpec  # noqa: E402
 from hvlab.vm import boot_ids  # noqa: E402

@@ -13,7 +13,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, ".collections"))
 
-from ansible_collections.hvfleet.drain.plugins.module_utils.placement import (  # noqa: E402
+from ansible_collections.hvfleet.drain.plugins.module_utils.planning.placement import (  # noqa: E402
     HostCapacity,
     PlacementConfig,
     VmDemand,

@@ -25,7 +25,7 @@ requirements:
 
 from ansible import constants as C  # noqa: E402
 from ansible.plugins.callback import CallbackBase  # noqa: E402
-from ansible_collections.hvfleet.drain.plugins.module_utils.units import MIB, fmt_duration, fmt_mib  # noqa: E402
+from ansible_collections.hvfleet.drain.plugins.module_utils.common.units import MIB, fmt_duration, fmt_mib  # noqa: E402
 
 TONE_COLORS = {"ok": C.COLOR_OK, "error": C.COLOR_ERROR, "warn": C.COLOR_WARN, "start": C.COLOR_CHANGED,
                "progress": None, "info": None}

@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime
 
 from ansible.errors import AnsibleFilterError
-from ansible_collections.hvfleet.drain.plugins.module_utils.rolling_admission import (
+from ansible_collections.hvfleet.drain.plugins.module_utils.fleet.rolling_admission import (
     AbsoluteWindow,
     AnyWindow,
     DailyWindow,

@@ -18,7 +18,7 @@ import datetime
 import html
 import math
 
-from ansible_collections.hvfleet.drain.plugins.module_utils.units import MIB, fmt_duration
+from ansible_collections.hvfleet.drain.plugins.module_utils.common.units import MIB, fmt_duration
 
 COLORS = {"ok": "#2e8b57", "failed": "#c0392b", "definition": "#8c8c8c", "predicted": "#9ecae1",
           "planned": "#9ecae1", "axis": "#555555", "grid": "#e3e3e3", "text": "#222222"}

@@ -310,11 +310,11 @@ try:
 except ImportError:
     LIBVIRT_IMPORT_ERROR = traceback.format_exc()
 
-from ansible_collections.hvfleet.drain.plugins.module_utils.connection import close_quietly, connect_all  # noqa: E402
-from ansible_collections.hvfleet.drain.plugins.module_utils.errors import HvfleetError, MigrationFailed  # noqa: E402
-from ansible_collections.hvfleet.drain.plugins.module_utils.migration import Migration  # noqa: E402
-from ansible_collections.hvfleet.drain.plugins.module_utils.redact import uri_passwords  # noqa: E402
-from ansible_collections.hvfleet.drain.plugins.module_utils.spec import MigrationSpec, migrate_uri_for  # noqa: E402
+from ansible_collections.hvfleet.drain.plugins.module_utils.common.connection import close_quietly, connect_all  # noqa: E402
+from ansible_collections.hvfleet.drain.plugins.module_utils.common.errors import HvfleetError, MigrationFailed  # noqa: E402
+from ansible_collections.hvfleet.drain.plugins.module_utils.common.redact import uri_passwords  # noqa: E402
+from ansible_collections.hvfleet.drain.plugins.module_utils.engine.migration import Migration  # noqa: E402
+from ansible_collections.hvfleet.drain.plugins.module_utils.engine.spec import MigrationSpec, migrate_uri_for  # noqa: E402
 
 ARGUMENT_SPEC = dict(
     name=dict(type="str", required=True),

@@ -157,7 +157,7 @@ progress_path:
 import functools  # noqa: E402
 
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402
-from ansible_collections.hvfleet.drain.plugins.module_utils.progress import follow, job_state, mark  # noqa: E402
+from ansible_collections.hvfleet.drain.plugins.module_utils.drain.progress import follow, job_state, mark  # noqa: E402
 
 ARGUMENT_SPEC = dict(
     state_dir=dict(type="path", default="/var/lib/hvfleet"),

@@ -369,17 +369,17 @@ try:
 except ImportError:
     LIBVIRT_IMPORT_ERROR = traceback.format_exc()
 
-from ansible_collections.hvfleet.drain.plugins.module_utils.drain import (  # noqa: E402
+from ansible_collections.hvfleet.drain.plugins.module_utils.common.errors import HvfleetError  # noqa: E402
+from ansible_collections.hvfleet.drain.plugins.module_utils.common.redact import uri_passwords  # noqa: E402
+from ansible_collections.hvfleet.drain.plugins.module_utils.drain.drainer import (  # noqa: E402
     DrainConfig,
     Drainer,
     Host,
 )
-from ansible_collections.hvfleet.drain.plugins.module_utils.drain_backend import LibvirtBackend  # noqa: E402
-from ansible_collections.hvfleet.drain.plugins.module_utils.errors import HvfleetError  # noqa: E402
-from ansible_collections.hvfleet.drain.plugins.module_utils.journal import atomic_write_json  # noqa: E402
-from ansible_collections.hvfleet.drain.plugins.module_utils.placement import PlacementConfig  # noqa: E402
-from ansible_collections.hvfleet.drain.plugins.module_utils.redact import uri_passwords  # noqa: E402
-from ansible_collections.hvfleet.drain.plugins.module_utils.rolling_admission import parse_instant  # noqa: E402
+from ansible_collections.hvfleet.drain.plugins.module_utils.drain.journal import atomic_write_json  # noqa: E402
+from ansible_collections.hvfleet.drain.plugins.module_utils.drain.libvirt_backend import LibvirtBackend  # noqa: E402
+from ansible_collections.hvfleet.drain.plugins.module_utils.fleet.rolling_admission import parse_instant  # noqa: E402
+from ansible_collections.hvfleet.drain.plugins.module_utils.planning.placement import PlacementConfig  # noqa: E402
 
 ARGUMENT_SPEC = dict(
     state=dict(type="str", choices=["drained", "restored"], default="drained"),

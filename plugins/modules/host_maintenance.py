@@ -84,8 +84,8 @@ import getpass  # noqa: E402
 import os  # noqa: E402
 
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402
-from ansible_collections.hvfleet.drain.plugins.module_utils import maintenance  # noqa: E402
-from ansible_collections.hvfleet.drain.plugins.module_utils.errors import HvfleetError  # noqa: E402
+from ansible_collections.hvfleet.drain.plugins.module_utils.common.errors import HvfleetError  # noqa: E402
+from ansible_collections.hvfleet.drain.plugins.module_utils.fleet import maintenance  # noqa: E402
 
 ARGUMENT_SPEC = dict(
     state=dict(type="str", choices=["cordoned", "active"], required=True),

@@ -115,16 +115,16 @@ try:
 except ImportError:
     LIBVIRT_IMPORT_ERROR = traceback.format_exc()
 
-from ansible_collections.hvfleet.drain.plugins.module_utils import policy as policy_mod  # noqa: E402
-from ansible_collections.hvfleet.drain.plugins.module_utils.connection import close_quietly, connect  # noqa: E402
-from ansible_collections.hvfleet.drain.plugins.module_utils.errors import HvfleetError  # noqa: E402
-from ansible_collections.hvfleet.drain.plugins.module_utils.facts import (  # noqa: E402
+from ansible_collections.hvfleet.drain.plugins.module_utils.common.connection import close_quietly, connect  # noqa: E402
+from ansible_collections.hvfleet.drain.plugins.module_utils.common.errors import HvfleetError  # noqa: E402
+from ansible_collections.hvfleet.drain.plugins.module_utils.planning import policy as policy_mod  # noqa: E402
+from ansible_collections.hvfleet.drain.plugins.module_utils.planning.facts import (  # noqa: E402
     FactsError,
     domain_facts,
     host_facts,
     is_local_uri,
 )
-from ansible_collections.hvfleet.drain.plugins.module_utils.preflight import LocalProbe, disk_sharing  # noqa: E402
+from ansible_collections.hvfleet.drain.plugins.module_utils.planning.preflight import LocalProbe, disk_sharing  # noqa: E402
 
 ARGUMENT_SPEC = dict(
     uri=dict(type="str", default="qemu:///system"),

@@ -202,27 +202,27 @@ try:
 except ImportError:
     LIBVIRT_IMPORT_ERROR = traceback.format_exc()
 
-from ansible_collections.hvfleet.drain.plugins.module_utils import forecast as fc  # noqa: E402
-from ansible_collections.hvfleet.drain.plugins.module_utils import policy as policy_mod  # noqa: E402
-from ansible_collections.hvfleet.drain.plugins.module_utils import preflight  # noqa: E402
-from ansible_collections.hvfleet.drain.plugins.module_utils.connection import (  # noqa: E402
+from ansible_collections.hvfleet.drain.plugins.module_utils.common.connection import (  # noqa: E402
     check_uri,
     close_quietly,
     connect,
 )
-from ansible_collections.hvfleet.drain.plugins.module_utils.errors import (  # noqa: E402
+from ansible_collections.hvfleet.drain.plugins.module_utils.common.errors import (  # noqa: E402
     DomainNotFound,
     HvfleetError,
     InvalidSpec,
 )
-from ansible_collections.hvfleet.drain.plugins.module_utils.facts import (  # noqa: E402
+from ansible_collections.hvfleet.drain.plugins.module_utils.fleet.maintenance import ACTIVE, CORDONED  # noqa: E402
+from ansible_collections.hvfleet.drain.plugins.module_utils.planning import forecast as fc  # noqa: E402
+from ansible_collections.hvfleet.drain.plugins.module_utils.planning import policy as policy_mod  # noqa: E402
+from ansible_collections.hvfleet.drain.plugins.module_utils.planning import preflight  # noqa: E402
+from ansible_collections.hvfleet.drain.plugins.module_utils.planning.facts import (  # noqa: E402
     FactsError,
     domain_facts,
     host_facts,
     is_local_uri,
     measure_dirty_rates,
 )
-from ansible_collections.hvfleet.drain.plugins.module_utils.maintenance import ACTIVE, CORDONED  # noqa: E402
 
 ARGUMENT_SPEC = dict(
     uri=dict(type="str", default="qemu:///system"),

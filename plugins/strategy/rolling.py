@@ -154,7 +154,7 @@ from ansible.module_utils.parsing.convert_bool import boolean  # noqa: E402
 from ansible.plugins.strategy.free import StrategyModule as FreeStrategyModule  # noqa: E402
 from ansible.template import Templar  # noqa: E402
 from ansible.utils.display import Display  # noqa: E402
-from ansible_collections.hvfleet.drain.plugins.module_utils import rolling_admission as RA  # noqa: E402
+from ansible_collections.hvfleet.drain.plugins.module_utils.fleet import rolling_admission as RA  # noqa: E402
 
 display = Display()
 

@@ -2,8 +2,10 @@
 post-copy for a VM that dirties memory faster than the shaped link; predicted vs actual is printed."""
 
 import pytest
-from ansible_collections.hvfleet.drain.plugins.module_utils import connection, facts, forecast, migration, policy
-from ansible_collections.hvfleet.drain.plugins.module_utils.policy_spec import spec_for
+from ansible_collections.hvfleet.drain.plugins.module_utils.common import connection
+from ansible_collections.hvfleet.drain.plugins.module_utils.engine import migration
+from ansible_collections.hvfleet.drain.plugins.module_utils.planning import facts, forecast, policy
+from ansible_collections.hvfleet.drain.plugins.module_utils.planning.policy_spec import spec_for
 
 pytestmark = pytest.mark.lab
 

@@ -42,11 +42,11 @@ pytestmark = [pytest.mark.lab, pytest.mark.fault]
 libvirt = pytest.importorskip("libvirt")
 
 import test_domain_migration as dm  # noqa: E402  (same directory; prepend import mode)
-from ansible_collections.hvfleet.drain.plugins.module_utils import connection  # noqa: E402
-from ansible_collections.hvfleet.drain.plugins.module_utils import journal as jr  # noqa: E402
-from ansible_collections.hvfleet.drain.plugins.module_utils.drain import DrainConfig, Drainer, Host  # noqa: E402
-from ansible_collections.hvfleet.drain.plugins.module_utils.drain_backend import LibvirtBackend  # noqa: E402
-from ansible_collections.hvfleet.drain.plugins.module_utils.placement import PlacementConfig  # noqa: E402
+from ansible_collections.hvfleet.drain.plugins.module_utils.common import connection  # noqa: E402
+from ansible_collections.hvfleet.drain.plugins.module_utils.drain import journal as jr  # noqa: E402
+from ansible_collections.hvfleet.drain.plugins.module_utils.drain.drainer import DrainConfig, Drainer, Host  # noqa: E402
+from ansible_collections.hvfleet.drain.plugins.module_utils.drain.libvirt_backend import LibvirtBackend  # noqa: E402
+from ansible_collections.hvfleet.drain.plugins.module_utils.planning.placement import PlacementConfig  # noqa: E402
 from hvlab import faults  # noqa: E402
 from hvlab.vm import boot_ids  # noqa: E402
 

@@ -17,8 +17,8 @@ pytestmark = pytest.mark.lab
 
 libvirt = pytest.importorskip("libvirt")
 
-from ansible_collections.hvfleet.drain.plugins.module_utils.migration import Migration  # noqa: E402
-from ansible_collections.hvfleet.drain.plugins.module_utils.spec import MigrationSpec  # noqa: E402
+from ansible_collections.hvfleet.drain.plugins.module_utils.engine.migration import Migration  # noqa: E402
+from ansible_collections.hvfleet.drain.plugins.module_utils.engine.spec import MigrationSpec  # noqa: E402
 from hvlab.vm import boot_ids  # noqa: E402
 from lab_helpers import ansible, timed  # noqa: E402
 

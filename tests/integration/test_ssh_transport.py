@@ -19,12 +19,13 @@ pytestmark = pytest.mark.lab
 
 libvirt = pytest.importorskip("libvirt")
 
-from ansible_collections.hvfleet.drain.plugins.module_utils import connection, migration  # noqa: E402
-from ansible_collections.hvfleet.drain.plugins.module_utils.errors import (  # noqa: E402
+from ansible_collections.hvfleet.drain.plugins.module_utils.common import connection  # noqa: E402
+from ansible_collections.hvfleet.drain.plugins.module_utils.common.errors import (  # noqa: E402
     LibvirtConnectionError,
     MigrationFailed,
 )
-from ansible_collections.hvfleet.drain.plugins.module_utils.spec import MigrationSpec  # noqa: E402
+from ansible_collections.hvfleet.drain.plugins.module_utils.engine import migration  # noqa: E402
+from ansible_collections.hvfleet.drain.plugins.module_utils.engine.spec import MigrationSpec  # noqa: E402
 from lab_helpers import assert_only_on, booted  # noqa: E402
 
 

@@ -3,7 +3,7 @@
 from pathlib import Path
 
 import yaml
-from ansible_collections.hvfleet.drain.plugins.module_utils import policy
+from ansible_collections.hvfleet.drain.plugins.module_utils.planning import policy
 
 EXAMPLE = Path(__file__).resolve().parents[3] / "inventories" / "example"
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import threading
 import time
 
-from ansible_collections.hvfleet.drain.plugins.module_utils import reconcile
-from ansible_collections.hvfleet.drain.plugins.module_utils.drain import (
+from ansible_collections.hvfleet.drain.plugins.module_utils.common.errors import HvfleetError, MigrationFailed
+from ansible_collections.hvfleet.drain.plugins.module_utils.drain.drainer import (
     Backend,
     CheckResult,
     DrainConfig,
@@ -14,9 +14,9 @@ from ansible_collections.hvfleet.drain.plugins.module_utils.drain import (
     Host,
     VmInfo,
 )
-from ansible_collections.hvfleet.drain.plugins.module_utils.errors import HvfleetError, MigrationFailed
-from ansible_collections.hvfleet.drain.plugins.module_utils.migration import MigrationResult, Step
-from ansible_collections.hvfleet.drain.plugins.module_utils.placement import HostCapacity
+from ansible_collections.hvfleet.drain.plugins.module_utils.engine import reconcile
+from ansible_collections.hvfleet.drain.plugins.module_utils.engine.migration import MigrationResult, Step
+from ansible_collections.hvfleet.drain.plugins.module_utils.planning.placement import HostCapacity
 
 
 def vm(memory=512, vcpus=1, active=True, persistent=True, labels=None, dirty=1024 * 1024, local_disk=False,

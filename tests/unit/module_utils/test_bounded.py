@@ -7,7 +7,7 @@ import threading
 import time
 
 import pytest
-from ansible_collections.hvfleet.drain.plugins.module_utils import bounded
+from ansible_collections.hvfleet.drain.plugins.module_utils.common import bounded
 
 
 def test_returns_the_value_and_passes_arguments():

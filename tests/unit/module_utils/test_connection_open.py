@@ -6,8 +6,8 @@ from __future__ import annotations
 import threading
 
 import pytest
-from ansible_collections.hvfleet.drain.plugins.module_utils import connection
-from ansible_collections.hvfleet.drain.plugins.module_utils.errors import LibvirtConnectionError
+from ansible_collections.hvfleet.drain.plugins.module_utils.common import connection
+from ansible_collections.hvfleet.drain.plugins.module_utils.common.errors import LibvirtConnectionError
 
 libvirt = pytest.importorskip("libvirt")
 

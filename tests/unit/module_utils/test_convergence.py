@@ -13,9 +13,9 @@ from __future__ import annotations
 import math
 
 import pytest
-from ansible_collections.hvfleet.drain.plugins.module_utils import convergence as cv
-from ansible_collections.hvfleet.drain.plugins.module_utils.monitor import JobSample
-from ansible_collections.hvfleet.drain.plugins.module_utils.spec import MigrationSpec
+from ansible_collections.hvfleet.drain.plugins.module_utils.engine import convergence as cv
+from ansible_collections.hvfleet.drain.plugins.module_utils.engine.monitor import JobSample
+from ansible_collections.hvfleet.drain.plugins.module_utils.engine.spec import MigrationSpec
 
 MIB = 1024 * 1024
 

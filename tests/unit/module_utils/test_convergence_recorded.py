@@ -14,9 +14,9 @@ import json
 from pathlib import Path
 
 import pytest
-from ansible_collections.hvfleet.drain.plugins.module_utils import convergence as cv
-from ansible_collections.hvfleet.drain.plugins.module_utils.monitor import JobSample
-from ansible_collections.hvfleet.drain.plugins.module_utils.spec import MigrationSpec
+from ansible_collections.hvfleet.drain.plugins.module_utils.engine import convergence as cv
+from ansible_collections.hvfleet.drain.plugins.module_utils.engine.monitor import JobSample
+from ansible_collections.hvfleet.drain.plugins.module_utils.engine.spec import MigrationSpec
 
 DATA = Path(__file__).resolve().parent / "data"
 

@@ -7,10 +7,10 @@ import os
 import threading
 
 import pytest
-from ansible_collections.hvfleet.drain.plugins.module_utils import journal as jr
-from ansible_collections.hvfleet.drain.plugins.module_utils.drain import DrainError
-from ansible_collections.hvfleet.drain.plugins.module_utils.drain_lock import DrainLock, DrainLocked
-from ansible_collections.hvfleet.drain.plugins.module_utils.placement import PlacementConfig
+from ansible_collections.hvfleet.drain.plugins.module_utils.drain import journal as jr
+from ansible_collections.hvfleet.drain.plugins.module_utils.drain.drainer import DrainError
+from ansible_collections.hvfleet.drain.plugins.module_utils.drain.lock import DrainLock, DrainLocked
+from ansible_collections.hvfleet.drain.plugins.module_utils.planning.placement import PlacementConfig
 from drain_fakes import FakeBackend, World, fleet, make, vm
 
 MIB = 1024 * 1024
@@ -386,8 +386,8 @@ def test_restore_failure_keeps_the_host_cordoned(tmp_path):
 
 
 def test_progress_payload_from_a_job_sample():
-    from ansible_collections.hvfleet.drain.plugins.module_utils.drain import progress_from_sample
-    from ansible_collections.hvfleet.drain.plugins.module_utils.monitor import JobSample
+    from ansible_collections.hvfleet.drain.plugins.module_utils.drain.drainer import progress_from_sample
+    from ansible_collections.hvfleet.drain.plugins.module_utils.engine.monitor import JobSample
 
     sample = JobSample(t=12.34, phase="precopy", data_total=1000 * MIB, data_remaining=250 * MIB,
                        bandwidth_bps=50 * MIB, iteration=1)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from ansible_collections.hvfleet.drain.plugins.module_utils import journal as jr
+from ansible_collections.hvfleet.drain.plugins.module_utils.drain import journal as jr
 from drain_fakes import FakeBackend, fleet, make, vm
 
 

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import pytest
 import test_migration as tm  # the engine's fakes (same directory; prepend import mode)
-from ansible_collections.hvfleet.drain.plugins.module_utils import connection
-from ansible_collections.hvfleet.drain.plugins.module_utils import reconcile as rc
-from ansible_collections.hvfleet.drain.plugins.module_utils.errors import MigrationFailed
-from ansible_collections.hvfleet.drain.plugins.module_utils.spec import MigrationSpec
+from ansible_collections.hvfleet.drain.plugins.module_utils.common import connection
+from ansible_collections.hvfleet.drain.plugins.module_utils.common.errors import MigrationFailed
+from ansible_collections.hvfleet.drain.plugins.module_utils.engine import reconcile as rc
+from ansible_collections.hvfleet.drain.plugins.module_utils.engine.spec import MigrationSpec
 
 DST_URI = tm.DST_URI
 

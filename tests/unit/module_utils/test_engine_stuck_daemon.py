@@ -14,10 +14,10 @@ import time
 
 import pytest
 import test_migration as tm  # the engine's fakes (same directory; prepend import mode)
-from ansible_collections.hvfleet.drain.plugins.module_utils import migration
-from ansible_collections.hvfleet.drain.plugins.module_utils import reconcile as rc
-from ansible_collections.hvfleet.drain.plugins.module_utils.errors import MigrationFailed
-from ansible_collections.hvfleet.drain.plugins.module_utils.spec import MigrationSpec
+from ansible_collections.hvfleet.drain.plugins.module_utils.common.errors import MigrationFailed
+from ansible_collections.hvfleet.drain.plugins.module_utils.engine import migration
+from ansible_collections.hvfleet.drain.plugins.module_utils.engine import reconcile as rc
+from ansible_collections.hvfleet.drain.plugins.module_utils.engine.spec import MigrationSpec
 
 
 class StuckDom(tm.Dom):

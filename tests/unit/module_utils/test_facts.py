@@ -1,9 +1,9 @@
 """Domain and host facts: the pure XML parser, mounts, bridges, and host_facts over a fake libvirt."""
 
 import pytest
-from ansible_collections.hvfleet.drain.plugins.module_utils import facts as F
-from ansible_collections.hvfleet.drain.plugins.module_utils import maintenance
-from ansible_collections.hvfleet.drain.plugins.module_utils.policy import LABEL_NAMESPACE
+from ansible_collections.hvfleet.drain.plugins.module_utils.fleet import maintenance
+from ansible_collections.hvfleet.drain.plugins.module_utils.planning import facts as F
+from ansible_collections.hvfleet.drain.plugins.module_utils.planning.policy import LABEL_NAMESPACE
 from hvlab.vm import VMSpec, domain_xml
 
 RICH_XML = f"""

@@ -1,8 +1,8 @@
 """The `auto` mode model: pre-copy iterations, post-copy, the decision rule, and drain totals."""
 
 import pytest
-from ansible_collections.hvfleet.drain.plugins.module_utils import forecast as F
-from ansible_collections.hvfleet.drain.plugins.module_utils.errors import HvfleetError
+from ansible_collections.hvfleet.drain.plugins.module_utils.common.errors import HvfleetError
+from ansible_collections.hvfleet.drain.plugins.module_utils.planning import forecast as F
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 

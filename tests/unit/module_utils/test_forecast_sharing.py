@@ -1,9 +1,9 @@
 """The drain forecast as a simulation: lanes from the scheduler, one link shared by what runs."""
 
 import pytest
-from ansible_collections.hvfleet.drain.plugins.module_utils import forecast as F
-from ansible_collections.hvfleet.drain.plugins.module_utils.scheduler import Limits
-from ansible_collections.hvfleet.drain.plugins.module_utils.scheduler import Migration as Move
+from ansible_collections.hvfleet.drain.plugins.module_utils.planning import forecast as F
+from ansible_collections.hvfleet.drain.plugins.module_utils.planning.scheduler import Limits
+from ansible_collections.hvfleet.drain.plugins.module_utils.planning.scheduler import Migration as Move
 
 LINK = 100.0  # bytes/s: small round numbers, checkable by hand
 TWO_LANES = Limits(max_outbound=2, max_inbound=1, max_total=2)
@@ -140,7 +140,7 @@ def test_drain_plan_moves_a_vm_the_lane_split_refused(tmp_path):
     """200 Mbit/s (23.8 MiB/s), two lanes: at half the link (11.9 MiB/s) a 384 MiB guest dirtying 100 MiB/s
     needs ~65 s by post-copy (> its 60 s deadline) and is refused; it ranks last, starts when the two small
     guests are done and gets the whole link (~33 s): planned, by post-copy, not a blocker."""
-    from ansible_collections.hvfleet.drain.plugins.module_utils.drain import DrainConfig, Drainer, Host
+    from ansible_collections.hvfleet.drain.plugins.module_utils.drain.drainer import DrainConfig, Drainer, Host
     from drain_fakes import FakeBackend, World, hosts, vm
 
     world = World(["hv1", "hv2", "hv3"])

@@ -22,18 +22,18 @@ import pytest
 import test_migration as tm  # the engine's fakes (same directory; prepend import mode)
 from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
 from ansible_collections.hvfleet.drain.plugins.filter.report import plan_lines, report_rows, timeline_svg
-from ansible_collections.hvfleet.drain.plugins.module_utils import connection, redact
-from ansible_collections.hvfleet.drain.plugins.module_utils import journal as jr
-from ansible_collections.hvfleet.drain.plugins.module_utils import policy as P
-from ansible_collections.hvfleet.drain.plugins.module_utils.drain import DrainConfig, Drainer, DrainError, Host
-from ansible_collections.hvfleet.drain.plugins.module_utils.errors import (
+from ansible_collections.hvfleet.drain.plugins.module_utils.common import connection, redact
+from ansible_collections.hvfleet.drain.plugins.module_utils.common.errors import (
     DomainNotFound,
     HvfleetError,
     MigrationFailed,
 )
-from ansible_collections.hvfleet.drain.plugins.module_utils.migration import Migration
-from ansible_collections.hvfleet.drain.plugins.module_utils.policy_spec import spec_for
-from ansible_collections.hvfleet.drain.plugins.module_utils.spec import MigrationSpec, migrate_uri_for
+from ansible_collections.hvfleet.drain.plugins.module_utils.drain import journal as jr
+from ansible_collections.hvfleet.drain.plugins.module_utils.drain.drainer import DrainConfig, Drainer, DrainError, Host
+from ansible_collections.hvfleet.drain.plugins.module_utils.engine.migration import Migration
+from ansible_collections.hvfleet.drain.plugins.module_utils.engine.spec import MigrationSpec, migrate_uri_for
+from ansible_collections.hvfleet.drain.plugins.module_utils.planning import policy as P
+from ansible_collections.hvfleet.drain.plugins.module_utils.planning.policy_spec import spec_for
 from ansible_collections.hvfleet.drain.plugins.modules import domain_migration, host_drain
 from drain_fakes import FakeBackend, World, hosts, vm
 from hypothesis import HealthCheck, given, settings

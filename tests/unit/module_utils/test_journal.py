@@ -8,8 +8,8 @@ import os
 import time
 
 import pytest
-from ansible_collections.hvfleet.drain.plugins.module_utils import journal as jr
-from ansible_collections.hvfleet.drain.plugins.module_utils.drain_lock import LOCK_NAME, DrainLock, DrainLocked
+from ansible_collections.hvfleet.drain.plugins.module_utils.drain import journal as jr
+from ansible_collections.hvfleet.drain.plugins.module_utils.drain.lock import LOCK_NAME, DrainLock, DrainLocked
 
 
 def test_new_journal_is_empty_and_not_written(tmp_path):

@@ -5,7 +5,7 @@ import os
 import threading
 
 import pytest
-from ansible_collections.hvfleet.drain.plugins.module_utils import maintenance as M
+from ansible_collections.hvfleet.drain.plugins.module_utils.fleet import maintenance as M
 
 
 def test_no_file_means_active(tmp_path):

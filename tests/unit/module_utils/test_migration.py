@@ -13,16 +13,16 @@ import threading
 import time
 
 import pytest
-from ansible_collections.hvfleet.drain.plugins.module_utils import reconcile as rc
-from ansible_collections.hvfleet.drain.plugins.module_utils import spec as specmod
-from ansible_collections.hvfleet.drain.plugins.module_utils.errors import (
+from ansible_collections.hvfleet.drain.plugins.module_utils.common.errors import (
     DomainNotFound,
     InvalidSpec,
     MigrationFailed,
     UnsafeState,
 )
-from ansible_collections.hvfleet.drain.plugins.module_utils.migration import Migration, migrate, plan
-from ansible_collections.hvfleet.drain.plugins.module_utils.spec import MigrationSpec
+from ansible_collections.hvfleet.drain.plugins.module_utils.engine import reconcile as rc
+from ansible_collections.hvfleet.drain.plugins.module_utils.engine import spec as specmod
+from ansible_collections.hvfleet.drain.plugins.module_utils.engine.migration import Migration, migrate, plan
+from ansible_collections.hvfleet.drain.plugins.module_utils.engine.spec import MigrationSpec
 
 MIB = 1024 * 1024
 SRC_URI, DST_URI = "qemu:///system", "qemu+tcp://10.254.0.12/system"
@@ -434,7 +434,7 @@ def test_migrate_function_raises_migration_failed_with_the_result(hosts):
 
 
 def test_job_stats_become_samples_in_bytes_and_seconds():
-    from ansible_collections.hvfleet.drain.plugins.module_utils.monitor import sample_from_stats
+    from ansible_collections.hvfleet.drain.plugins.module_utils.engine.monitor import sample_from_stats
 
     raw = stats(3, 64 * MIB, bps=40 * MIB, dirty=80 * MIB)
     raw.update({"time_elapsed": 4500, "auto_converge_throttle": 30})

@@ -6,8 +6,8 @@ from dataclasses import replace
 from fnmatch import fnmatchcase
 
 import pytest
-from ansible_collections.hvfleet.drain.plugins.module_utils.errors import HvfleetError
-from ansible_collections.hvfleet.drain.plugins.module_utils.placement import (
+from ansible_collections.hvfleet.drain.plugins.module_utils.common.errors import HvfleetError
+from ansible_collections.hvfleet.drain.plugins.module_utils.planning.placement import (
     HostCapacity,
     PlacementConfig,
     PlacementError,

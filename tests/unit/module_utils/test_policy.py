@@ -8,13 +8,13 @@ import os
 import jsonschema
 import pytest
 import yaml
-from ansible_collections.hvfleet.drain.plugins.module_utils import policy as P
-from ansible_collections.hvfleet.drain.plugins.module_utils.policy_schema import DEFAULT_SETTINGS, SCHEMA
+from ansible_collections.hvfleet.drain.plugins.module_utils.planning import policy as P
+from ansible_collections.hvfleet.drain.plugins.module_utils.planning.policy_schema import DEFAULT_SETTINGS, SCHEMA
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-SCHEMA_JSON = os.path.join(HERE, "..", "..", "..", "plugins", "module_utils", "policy_schema.json")
+SCHEMA_JSON = os.path.join(HERE, "..", "..", "..", "plugins", "module_utils", "planning", "policy_schema.json")
 
 POLICIES = [
     {"name": "db-postcopy", "selector": {"labels": {"app": "db"}, "memory_mib": {"min": 2048}},

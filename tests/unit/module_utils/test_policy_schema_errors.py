@@ -1,8 +1,8 @@
 """Malformed policies: every error names the file, the policy, the JSON path and what was expected."""
 
 import pytest
-from ansible_collections.hvfleet.drain.plugins.module_utils import policy as P
-from ansible_collections.hvfleet.drain.plugins.module_utils.errors import HvfleetError
+from ansible_collections.hvfleet.drain.plugins.module_utils.common.errors import HvfleetError
+from ansible_collections.hvfleet.drain.plugins.module_utils.planning import policy as P
 
 GOOD = {"name": "web", "selector": {"domains": ["web-*"]}}
 

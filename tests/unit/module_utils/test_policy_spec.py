@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import pytest
-from ansible_collections.hvfleet.drain.plugins.module_utils.errors import InvalidSpec
-from ansible_collections.hvfleet.drain.plugins.module_utils.forecast import forecast_for_settings
-from ansible_collections.hvfleet.drain.plugins.module_utils.policy import select_policy
-from ansible_collections.hvfleet.drain.plugins.module_utils.policy_spec import effective_mode, spec_for
-from ansible_collections.hvfleet.drain.plugins.module_utils.spec import VIR_MIGRATE_NON_SHARED_DISK
+from ansible_collections.hvfleet.drain.plugins.module_utils.common.errors import InvalidSpec
+from ansible_collections.hvfleet.drain.plugins.module_utils.engine.spec import VIR_MIGRATE_NON_SHARED_DISK
+from ansible_collections.hvfleet.drain.plugins.module_utils.planning.forecast import forecast_for_settings
+from ansible_collections.hvfleet.drain.plugins.module_utils.planning.policy import select_policy
+from ansible_collections.hvfleet.drain.plugins.module_utils.planning.policy_spec import effective_mode, spec_for
 
 MIB = 1024 * 1024
 

@@ -4,9 +4,9 @@ import dataclasses
 import socket
 
 import pytest
-from ansible_collections.hvfleet.drain.plugins.module_utils import preflight as P
-from ansible_collections.hvfleet.drain.plugins.module_utils.facts import HostFacts, parse_domain_xml
-from ansible_collections.hvfleet.drain.plugins.module_utils.policy_schema import DEFAULT_SETTINGS
+from ansible_collections.hvfleet.drain.plugins.module_utils.planning import preflight as P
+from ansible_collections.hvfleet.drain.plugins.module_utils.planning.facts import HostFacts, parse_domain_xml
+from ansible_collections.hvfleet.drain.plugins.module_utils.planning.policy_schema import DEFAULT_SETTINGS
 
 
 class NotFound(Exception):

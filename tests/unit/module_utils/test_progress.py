@@ -2,8 +2,8 @@
 
 import json
 
-from ansible_collections.hvfleet.drain.plugins.module_utils.journal import PROGRESS_NAME, Journal
-from ansible_collections.hvfleet.drain.plugins.module_utils.progress import follow, job_state, read_new
+from ansible_collections.hvfleet.drain.plugins.module_utils.drain.journal import PROGRESS_NAME, Journal
+from ansible_collections.hvfleet.drain.plugins.module_utils.drain.progress import follow, job_state, read_new
 
 
 class FakeClock:
@@ -138,7 +138,7 @@ def test_follow_reads_what_the_journal_writes(tmp_path):
 
 
 def test_mark_returns_no_events_and_a_since_that_skips_them(tmp_path):
-    from ansible_collections.hvfleet.drain.plugins.module_utils.progress import mark
+    from ansible_collections.hvfleet.drain.plugins.module_utils.drain.progress import mark
 
     journal = Journal(str(tmp_path), "hv1")
     journal.begin_run("drain")

@@ -4,8 +4,8 @@
 from __future__ import annotations
 
 import pytest
-from ansible_collections.hvfleet.drain.plugins.module_utils import reconcile as rc
-from ansible_collections.hvfleet.drain.plugins.module_utils.reconcile import SideView
+from ansible_collections.hvfleet.drain.plugins.module_utils.engine import reconcile as rc
+from ansible_collections.hvfleet.drain.plugins.module_utils.engine.reconcile import SideView
 
 SRC, DST = "qemu:///system", "qemu+tcp://10.254.0.12/system"
 

@@ -4,7 +4,7 @@ import datetime
 import random
 
 import pytest
-from ansible_collections.hvfleet.drain.plugins.module_utils import rolling_admission as RA
+from ansible_collections.hvfleet.drain.plugins.module_utils.fleet import rolling_admission as RA
 from hypothesis import given, settings
 from hypothesis import strategies as st
 

@@ -1,8 +1,8 @@
 """Scheduler: per-source, per-destination, total and bandwidth limits; priority; determinism."""
 
 import pytest
-from ansible_collections.hvfleet.drain.plugins.module_utils.errors import HvfleetError
-from ansible_collections.hvfleet.drain.plugins.module_utils.scheduler import (
+from ansible_collections.hvfleet.drain.plugins.module_utils.common.errors import HvfleetError
+from ansible_collections.hvfleet.drain.plugins.module_utils.planning.scheduler import (
     Limits,
     Migration,
     ScheduleError,

@@ -4,9 +4,9 @@
 from __future__ import annotations
 
 import pytest
-from ansible_collections.hvfleet.drain.plugins.module_utils import spec as specmod
-from ansible_collections.hvfleet.drain.plugins.module_utils.errors import InvalidSpec
-from ansible_collections.hvfleet.drain.plugins.module_utils.spec import MigrationSpec
+from ansible_collections.hvfleet.drain.plugins.module_utils.common.errors import InvalidSpec
+from ansible_collections.hvfleet.drain.plugins.module_utils.engine import spec as specmod
+from ansible_collections.hvfleet.drain.plugins.module_utils.engine.spec import MigrationSpec
 from hypothesis import given
 from hypothesis import strategies as st
 

@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parents[3]
 
 WRITER = r'''
 import sys, time
-from ansible_collections.hvfleet.drain.plugins.module_utils.journal import Journal
+from ansible_collections.hvfleet.drain.plugins.module_utils.drain.journal import Journal
 journal = Journal(sys.argv[1], "hv1")
 journal.begin_run("drain")
 journal.event("run_started", vms=2, blocked=0, forecast_total_s=6, max_parallel=1, resumed=False)

@@ -13,18 +13,20 @@ from __future__ import annotations
 import contextlib
 import threading
 
-from ansible_collections.hvfleet.drain.plugins.module_utils import bounded, maintenance, preflight
-from ansible_collections.hvfleet.drain.plugins.module_utils import facts as hvfacts
-from ansible_collections.hvfleet.drain.plugins.module_utils.connection import close_quietly, connect
-from ansible_collections.hvfleet.drain.plugins.module_utils.drain import (
+from ansible_collections.hvfleet.drain.plugins.module_utils.common import bounded
+from ansible_collections.hvfleet.drain.plugins.module_utils.common.connection import close_quietly, connect
+from ansible_collections.hvfleet.drain.plugins.module_utils.common.errors import HvfleetError
+from ansible_collections.hvfleet.drain.plugins.module_utils.drain.drainer import (
     Backend,
     CheckResult,
     VmInfo,
     progress_from_sample,
 )
-from ansible_collections.hvfleet.drain.plugins.module_utils.errors import HvfleetError
-from ansible_collections.hvfleet.drain.plugins.module_utils.migration import Migration
-from ansible_collections.hvfleet.drain.plugins.module_utils.placement import HostCapacity
+from ansible_collections.hvfleet.drain.plugins.module_utils.engine.migration import Migration
+from ansible_collections.hvfleet.drain.plugins.module_utils.fleet import maintenance
+from ansible_collections.hvfleet.drain.plugins.module_utils.planning import facts as hvfacts
+from ansible_collections.hvfleet.drain.plugins.module_utils.planning import preflight
+from ansible_collections.hvfleet.drain.plugins.module_utils.planning.placement import HostCapacity
 
 VIR_DOMAIN_XML_SECURE = 1
 VIR_DOMAIN_XML_INACTIVE = 2

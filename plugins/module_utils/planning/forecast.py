@@ -41,8 +41,8 @@ import heapq
 import math
 from collections.abc import Mapping
 
-from ansible_collections.hvfleet.drain.plugins.module_utils.errors import HvfleetError
-from ansible_collections.hvfleet.drain.plugins.module_utils.scheduler import Scheduler
+from ansible_collections.hvfleet.drain.plugins.module_utils.common.errors import HvfleetError
+from ansible_collections.hvfleet.drain.plugins.module_utils.planning.scheduler import Scheduler
 
 MIB = 1024 ** 2
 GIB = 1024 ** 3

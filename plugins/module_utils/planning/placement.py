@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from typing import NamedTuple, Optional
 
-from ansible_collections.hvfleet.drain.plugins.module_utils.errors import HvfleetError
+from ansible_collections.hvfleet.drain.plugins.module_utils.common.errors import HvfleetError
 
 # Above this share of the fleet, a VM's candidate list (eligible/pinned hosts) is not worth a
 # linear scan: the shared max-heap finds the best host faster. Both paths pick the same host.

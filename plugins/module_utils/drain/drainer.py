@@ -47,11 +47,13 @@ import threading
 import time
 import xml.etree.ElementTree as ET
 
-from ansible_collections.hvfleet.drain.plugins.module_utils import journal as jr
-from ansible_collections.hvfleet.drain.plugins.module_utils import reconcile
-from ansible_collections.hvfleet.drain.plugins.module_utils.drain_lock import DrainLock
-from ansible_collections.hvfleet.drain.plugins.module_utils.errors import HvfleetError, MigrationFailed
-from ansible_collections.hvfleet.drain.plugins.module_utils.forecast import (
+from ansible_collections.hvfleet.drain.plugins.module_utils.common.errors import HvfleetError, MigrationFailed
+from ansible_collections.hvfleet.drain.plugins.module_utils.drain import journal as jr
+from ansible_collections.hvfleet.drain.plugins.module_utils.drain.lock import DrainLock
+from ansible_collections.hvfleet.drain.plugins.module_utils.engine import reconcile
+from ansible_collections.hvfleet.drain.plugins.module_utils.engine.migration import STAYED, Step
+from ansible_collections.hvfleet.drain.plugins.module_utils.engine.spec import migrate_uri_for
+from ansible_collections.hvfleet.drain.plugins.module_utils.planning.forecast import (
     MIB,
     REFUSE,
     Forecast,
@@ -62,19 +64,17 @@ from ansible_collections.hvfleet.drain.plugins.module_utils.forecast import (
     guest_memory,
     simulate_drain,
 )
-from ansible_collections.hvfleet.drain.plugins.module_utils.migration import STAYED, Step
-from ansible_collections.hvfleet.drain.plugins.module_utils.placement import (
+from ansible_collections.hvfleet.drain.plugins.module_utils.planning.placement import (
     HostCapacity,
     PlacementConfig,
     VmDemand,
     plan_placement,
     recheck,
 )
-from ansible_collections.hvfleet.drain.plugins.module_utils.policy import load_policies, select_policy
-from ansible_collections.hvfleet.drain.plugins.module_utils.policy_spec import effective_mode, spec_for
-from ansible_collections.hvfleet.drain.plugins.module_utils.scheduler import Limits, Scheduler
-from ansible_collections.hvfleet.drain.plugins.module_utils.scheduler import Migration as Move
-from ansible_collections.hvfleet.drain.plugins.module_utils.spec import migrate_uri_for
+from ansible_collections.hvfleet.drain.plugins.module_utils.planning.policy import load_policies, select_policy
+from ansible_collections.hvfleet.drain.plugins.module_utils.planning.policy_spec import effective_mode, spec_for
+from ansible_collections.hvfleet.drain.plugins.module_utils.planning.scheduler import Limits, Scheduler
+from ansible_collections.hvfleet.drain.plugins.module_utils.planning.scheduler import Migration as Move
 
 LIVE = "live"
 DEFINITION = "definition"
@@ -1496,7 +1496,7 @@ def progress_from_sample(sample, started_at=None):
 
 
 def labels_of(xml):
-    from ansible_collections.hvfleet.drain.plugins.module_utils.policy import LABEL_NAMESPACE
+    from ansible_collections.hvfleet.drain.plugins.module_utils.planning.policy import LABEL_NAMESPACE
 
     labels = {}
     try:

@@ -26,7 +26,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Optional
 
-from ansible_collections.hvfleet.drain.plugins.module_utils.errors import HvfleetError
+from ansible_collections.hvfleet.drain.plugins.module_utils.common.errors import HvfleetError
 
 UTC = datetime.timezone.utc  # noqa: UP017 - module_utils also run on Python < 3.11
 UNDEFINED_DOMAIN = "<undefined>"

@@ -24,7 +24,7 @@ import dataclasses
 import math
 from urllib.parse import urlsplit
 
-from ansible_collections.hvfleet.drain.plugins.module_utils.errors import InvalidSpec
+from ansible_collections.hvfleet.drain.plugins.module_utils.common.errors import InvalidSpec
 
 # virDomainMigrateFlags (libvirt-domain.h)
 VIR_MIGRATE_LIVE = 1 << 0

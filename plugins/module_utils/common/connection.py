@@ -18,8 +18,8 @@ try:
 except ImportError:  # pragma: no cover - the module reports it with missing_required_lib
     libvirt = None
 
-from ansible_collections.hvfleet.drain.plugins.module_utils import bounded
-from ansible_collections.hvfleet.drain.plugins.module_utils.errors import LibvirtConnectionError
+from ansible_collections.hvfleet.drain.plugins.module_utils.common import bounded
+from ansible_collections.hvfleet.drain.plugins.module_utils.common.errors import LibvirtConnectionError
 
 DEFAULT_CONNECT_TIMEOUT_S = 30.0
 KEEPALIVE_INTERVAL_S = 5

@@ -16,14 +16,15 @@ import shlex
 import threading
 import time
 
-from ansible_collections.hvfleet.drain.plugins.module_utils import bounded, connection, convergence, reconcile
-from ansible_collections.hvfleet.drain.plugins.module_utils.errors import (
+from ansible_collections.hvfleet.drain.plugins.module_utils.common import bounded, connection
+from ansible_collections.hvfleet.drain.plugins.module_utils.common.errors import (
     DomainNotFound,
     InvalidSpec,
     MigrationFailed,
     UnsafeState,
 )
-from ansible_collections.hvfleet.drain.plugins.module_utils.monitor import JobMonitor, sample_from_stats
+from ansible_collections.hvfleet.drain.plugins.module_utils.engine import convergence, reconcile
+from ansible_collections.hvfleet.drain.plugins.module_utils.engine.monitor import JobMonitor, sample_from_stats
 
 VIR_DOMAIN_JOB_STATS_COMPLETED = 1
 VIR_DOMAIN_JOB_STATS_KEEP_COMPLETED = 2  # reading them must not take them away from the operator

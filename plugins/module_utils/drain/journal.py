@@ -63,8 +63,8 @@ import os
 import threading
 import time
 
-from ansible_collections.hvfleet.drain.plugins.module_utils.errors import HvfleetError
-from ansible_collections.hvfleet.drain.plugins.module_utils.redact import scrub
+from ansible_collections.hvfleet.drain.plugins.module_utils.common.errors import HvfleetError
+from ansible_collections.hvfleet.drain.plugins.module_utils.common.redact import scrub
 
 JOURNAL_NAME = "drain-journal.json"
 PROGRESS_NAME = "drain-progress.jsonl"

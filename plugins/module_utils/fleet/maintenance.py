@@ -19,7 +19,7 @@ import json
 import os
 import tempfile
 
-from ansible_collections.hvfleet.drain.plugins.module_utils.errors import HvfleetError
+from ansible_collections.hvfleet.drain.plugins.module_utils.common.errors import HvfleetError
 
 DEFAULT_DIR = "/var/lib/hvfleet"
 FILE_NAME = "maintenance.json"

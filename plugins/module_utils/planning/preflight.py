@@ -39,7 +39,7 @@ import socket
 import xml.etree.ElementTree as ET
 from urllib.parse import urlsplit
 
-from ansible_collections.hvfleet.drain.plugins.module_utils.facts import (
+from ansible_collections.hvfleet.drain.plugins.module_utils.planning.facts import (
     SHARED_FS_TYPES,
     SHARED_POOL_TYPES,
     HostFacts,

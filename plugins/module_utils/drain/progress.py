@@ -20,7 +20,7 @@ import json
 import os
 import time
 
-from ansible_collections.hvfleet.drain.plugins.module_utils.journal import PROGRESS_NAME, now_iso, read_events
+from ansible_collections.hvfleet.drain.plugins.module_utils.drain.journal import PROGRESS_NAME, now_iso, read_events
 
 # events that end a long poll at once; vm_progress samples are batched until `wait` runs out
 PROMPT_EVENTS = ("run_started", "run_finished", "vm_started", "vm_finished", "note")

@@ -18,9 +18,9 @@ import time
 import xml.etree.ElementTree as ET
 from urllib.parse import urlsplit
 
-from ansible_collections.hvfleet.drain.plugins.module_utils import maintenance
-from ansible_collections.hvfleet.drain.plugins.module_utils.errors import HvfleetError
-from ansible_collections.hvfleet.drain.plugins.module_utils.policy import LABEL_NAMESPACE
+from ansible_collections.hvfleet.drain.plugins.module_utils.common.errors import HvfleetError
+from ansible_collections.hvfleet.drain.plugins.module_utils.fleet import maintenance
+from ansible_collections.hvfleet.drain.plugins.module_utils.planning.policy import LABEL_NAMESPACE
 
 MIB = 1024 * 1024
 

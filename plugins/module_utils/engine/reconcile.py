@@ -31,7 +31,7 @@ import contextlib
 import dataclasses
 import time
 
-from ansible_collections.hvfleet.drain.plugins.module_utils import bounded
+from ansible_collections.hvfleet.drain.plugins.module_utils.common import bounded
 
 VIR_ERR_NO_DOMAIN = 42
 OBSERVE_CALL_TIMEOUT_S = 10.0  # a daemon that does not answer a state query in this time is busy or stuck

@@ -24,7 +24,7 @@ try:
 except ImportError:  # pragma: no cover - hypervisors are Linux
     fcntl = None
 
-from ansible_collections.hvfleet.drain.plugins.module_utils.errors import HvfleetError
+from ansible_collections.hvfleet.drain.plugins.module_utils.common.errors import HvfleetError
 
 LOCK_NAME = "drain.lock"
 

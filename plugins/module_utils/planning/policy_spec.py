@@ -15,8 +15,8 @@ The one place where the policy vocabulary meets the engine's:
 
 from __future__ import annotations
 
-from ansible_collections.hvfleet.drain.plugins.module_utils.errors import InvalidSpec
-from ansible_collections.hvfleet.drain.plugins.module_utils.spec import MigrationSpec
+from ansible_collections.hvfleet.drain.plugins.module_utils.common.errors import InvalidSpec
+from ansible_collections.hvfleet.drain.plugins.module_utils.engine.spec import MigrationSpec
 
 STORAGE = {"shared_only": None, "copy_all": "all", "copy_incremental": "incremental"}
 

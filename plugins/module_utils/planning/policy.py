@@ -34,9 +34,9 @@ import math
 import os
 import re
 
-from ansible_collections.hvfleet.drain.plugins.module_utils.errors import HvfleetError
-from ansible_collections.hvfleet.drain.plugins.module_utils.policy_schema import DEFAULT_SETTINGS, SCHEMA
-from ansible_collections.hvfleet.drain.plugins.module_utils.spec import MAX_BANDWIDTH_MIB
+from ansible_collections.hvfleet.drain.plugins.module_utils.common.errors import HvfleetError
+from ansible_collections.hvfleet.drain.plugins.module_utils.engine.spec import MAX_BANDWIDTH_MIB
+from ansible_collections.hvfleet.drain.plugins.module_utils.planning.policy_schema import DEFAULT_SETTINGS, SCHEMA
 
 try:
     import jsonschema
