@@ -150,10 +150,6 @@ class DomainFacts:  # pylint: disable=too-many-instance-attributes
     def running(self):
         return self.state in ("running", "paused", "blocked")
 
-    @property
-    def hostdevs(self):
-        return self.local_devices
-
     def to_dict(self):
         data = dataclasses.asdict(self)
         data["disks"] = [d.to_dict() for d in self.disks]
@@ -453,15 +449,6 @@ def local_bridges(sysfs="/sys"):
         if os.path.isdir(os.path.join(base, name, "bridge")):
             bridges[name] = _read_int(os.path.join(base, name, "mtu"))
     return bridges
-
-
-def local_interface_mtus(sysfs="/sys"):
-    base = os.path.join(sysfs, "class", "net")
-    try:
-        names = os.listdir(base)
-    except OSError:
-        return {}
-    return {name: _read_int(os.path.join(base, name, "mtu")) for name in sorted(names)}
 
 
 def _read_int(path):

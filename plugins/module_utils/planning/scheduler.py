@@ -157,11 +157,6 @@ class Scheduler:
             share = self.limits.per_migration_bps if share is None else min(share, self.limits.per_migration_bps)
         return share
 
-    def bandwidths(self, running):
-        """VM -> bytes/s for every running migration (see bandwidth_for)."""
-        running = sorted(self._known(running, "running"))
-        return {vm: self.bandwidth_for(vm, running) for vm in running}
-
 
 def _longest_first(mig):
     """Sort key: longer predicted first; unknown durations after known ones."""
