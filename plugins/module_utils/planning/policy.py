@@ -35,6 +35,7 @@ import os
 import re
 
 from ansible_collections.hvfleet.drain.plugins.module_utils.common.errors import HvfleetError
+from ansible_collections.hvfleet.drain.plugins.module_utils.common.vocabulary import Compression, Mode, OnTimeout
 from ansible_collections.hvfleet.drain.plugins.module_utils.engine.spec import MAX_BANDWIDTH_MIB
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning.policy_schema import DEFAULT_SETTINGS, SCHEMA
 
@@ -53,7 +54,7 @@ INVENTORY_SOURCE = f"inventory variable {VARIABLE}"
 LABEL_NAMESPACE = "https://hvfleet.github.io/drain/xmlns/1"
 BUILTIN_NAME = "builtin-default"
 _WILDCARDS = frozenset("*?[")
-_POSTCOPY_MODES = ("postcopy", "postcopy_after_precopy")
+POSTCOPY_MODES = (Mode.POSTCOPY, Mode.POSTCOPY_AFTER_PRECOPY)  # the modes that always use post-copy
 
 
 @dataclasses.dataclass(frozen=True)
@@ -452,10 +453,10 @@ def _settings_problems(declared, add):
     settings.update(declared)
     mode = settings["mode"]
     allow = settings["allow_postcopy"]
-    if not allow and mode in _POSTCOPY_MODES:
+    if not allow and mode in POSTCOPY_MODES:
         add(["settings", "mode"], f"mode {mode} uses post-copy but allow_postcopy is false",
             "mode precopy or auto while allow_postcopy is false (or allow_postcopy: true)")
-    if not allow and settings["on_timeout"] == "postcopy":
+    if not allow and settings["on_timeout"] == OnTimeout.POSTCOPY:
         add(["settings", "on_timeout"], "on_timeout postcopy but allow_postcopy is false",
             "on_timeout abort or suspend while allow_postcopy is false (or allow_postcopy: true)")
     if settings["max_downtime_cap_ms"] < settings["max_downtime_ms"]:
@@ -470,19 +471,20 @@ def _settings_problems(declared, add):
         if isinstance(settings.get(field), int) and settings[field] > MAX_BANDWIDTH_MIB:
             add(["settings", field], f"got {settings[field]}", f"at most {MAX_BANDWIDTH_MIB} MiB/s")
     parallel = settings["parallel_connections"]
-    if settings["compression"] == "zstd" and not parallel:
+    if settings["compression"] == Compression.ZSTD and not parallel:
         add(["settings", "compression"], "zstd compression works only with parallel migration",
             "parallel_connections set (e.g. 4), or compression xbzrle / none")
-    if settings["compression"] == "xbzrle" and parallel:
+    if settings["compression"] == Compression.XBZRLE and parallel:
         add(["settings", "compression"], "xbzrle compression does not work with parallel migration",
             "compression zstd or none with parallel_connections, or no parallel_connections")
-    may_postcopy = allow and (mode in _POSTCOPY_MODES or mode == "auto" or settings["on_timeout"] == "postcopy")
+    may_postcopy = allow and (mode in POSTCOPY_MODES or mode == Mode.AUTO
+                              or settings["on_timeout"] == OnTimeout.POSTCOPY)
     if parallel and may_postcopy:
         add(["settings", "parallel_connections"], f"parallel migration cannot be combined with post-copy, which "
             f"mode {mode} / on_timeout {settings['on_timeout']} may use", "no parallel_connections, or "
             "allow_postcopy: false (mode precopy or auto)")
     for field in ("auto_converge_initial", "auto_converge_increment"):
-        if field in declared and mode != "auto" and not settings["auto_converge"]:
+        if field in declared and mode != Mode.AUTO and not settings["auto_converge"]:
             add(["settings", field], f"{field} is set but auto_converge is off", "auto_converge: true "
                 "(or mode auto, which may turn it on), or no " + field)
     destinations = settings.get("destinations") or {}

@@ -14,6 +14,13 @@ from __future__ import annotations
 
 import copy
 
+from ansible_collections.hvfleet.drain.plugins.module_utils.common.vocabulary import (
+    Compression,
+    Mode,
+    OnTimeout,
+    Storage,
+)
+
 QEMU_MAX_DOWNTIME_MS = 2000000  # QEMU refuses larger downtime limits
 
 _GLOB_LIST = {
@@ -100,8 +107,8 @@ SCHEMA = {
             "additionalProperties": False,
             "properties": {
                 "mode": {
-                    "enum": ["precopy", "postcopy", "postcopy_after_precopy", "auto"],
-                    "default": "auto",
+                    "enum": Mode.values(),
+                    "default": Mode.AUTO,
                     "description": "auto: chosen per VM from its measured dirty rate and the link bandwidth.",
                 },
                 "allow_postcopy": {
@@ -154,8 +161,8 @@ SCHEMA = {
                     "description": "Throttle step in percent; unset: QEMU's 10.",
                 },
                 "compression": {
-                    "enum": ["none", "xbzrle", "zstd"],
-                    "default": "none",
+                    "enum": Compression.values(),
+                    "default": Compression.NONE,
                     "description": "xbzrle: single connection only; zstd: needs parallel_connections.",
                 },
                 "parallel_connections": {
@@ -171,13 +178,13 @@ SCHEMA = {
                     "description": "Deadline per GiB of guest RAM before on_timeout applies.",
                 },
                 "on_timeout": {
-                    "enum": ["abort", "suspend", "postcopy"],
-                    "default": "abort",
+                    "enum": OnTimeout.values(),
+                    "default": OnTimeout.ABORT,
                     "description": "What happens at the deadline.",
                 },
                 "storage": {
-                    "enum": ["shared_only", "copy_all", "copy_incremental"],
-                    "default": "shared_only",
+                    "enum": Storage.values(),
+                    "default": Storage.SHARED_ONLY,
                     "description": "shared_only refuses VMs with disks the destination cannot reach.",
                 },
                 "drain_order": {

@@ -16,23 +16,31 @@ The one place where the policy vocabulary meets the engine's:
 from __future__ import annotations
 
 from ansible_collections.hvfleet.drain.plugins.module_utils.common.errors import InvalidSpec
+from ansible_collections.hvfleet.drain.plugins.module_utils.common.vocabulary import (
+    Compression,
+    ForecastVerdict,
+    Mode,
+    OnTimeout,
+    Storage,
+)
 from ansible_collections.hvfleet.drain.plugins.module_utils.engine.spec import MigrationSpec
 
-STORAGE = {"shared_only": None, "copy_all": "all", "copy_incremental": "incremental"}
+# a policy's `storage` -> the engine's `copy_storage` (libvirt's NON_SHARED_DISK / NON_SHARED_INC)
+STORAGE = {Storage.SHARED_ONLY: None, Storage.COPY_ALL: "all", Storage.COPY_INCREMENTAL: "incremental"}
 
 
 def effective_mode(settings, forecast=None):
     """(mode, auto_converge, explanation) the migration will use."""
-    mode = settings.get("mode", "auto")
+    mode = settings.get("mode", Mode.AUTO)
     auto_converge = bool(settings.get("auto_converge"))
-    if mode != "auto":
+    if mode != Mode.AUTO:
         why = f"mode {mode} set by the policy"
         if forecast is not None and forecast.reason:
             why += f"; forecast: {forecast.reason}"
         return mode, auto_converge, why
     if forecast is None:
-        return "precopy", auto_converge, "mode auto without a forecast (no dirty rate or link bandwidth): pre-copy"
-    if forecast.mode == "refuse":
+        return Mode.PRECOPY, auto_converge, "mode auto without a forecast (no dirty rate or link bandwidth): pre-copy"
+    if forecast.mode == ForecastVerdict.REFUSE:
         raise InvalidSpec(f"the forecast refuses to migrate: {forecast.reason}",
                           "give the VM a policy that allows post-copy or auto-converge, raise max_downtime_cap_ms "
                           "or the completion timeout, or move it at a quieter time.")
@@ -43,12 +51,12 @@ def spec_for(settings, forecast=None, migrate_uri=None, bandwidth_mib=None, pers
              tls_destination=None, **overrides):
     """The MigrationSpec for one VM; raises InvalidSpec (with a hint) when the settings cannot work."""
     mode, auto_converge, _why = effective_mode(settings, forecast)
-    storage = settings.get("storage", "shared_only")
+    storage = settings.get("storage", Storage.SHARED_ONLY)
     if storage not in STORAGE:
         raise InvalidSpec(f"storage={storage!r} is not one of: {', '.join(STORAGE)}.",
                           f"set storage to one of {', '.join(STORAGE)}.")
     compression = settings.get("compression")
-    if compression in (None, "none"):
+    if compression in (None, Compression.NONE):
         compression = None
     limits = [b for b in (settings.get("bandwidth_mib"), bandwidth_mib) if b]
     kwargs = dict(
@@ -70,7 +78,7 @@ def spec_for(settings, forecast=None, migrate_uri=None, bandwidth_mib=None, pers
         tls_destination=tls_destination if settings.get("tls") else None,
         copy_storage=STORAGE[storage],
         completion_timeout_per_gib_s=float(settings.get("completion_timeout_per_gib_s", 150)),
-        on_timeout=settings.get("on_timeout", "abort"),
+        on_timeout=settings.get("on_timeout", OnTimeout.ABORT),
     )
     kwargs.update(overrides)
     return MigrationSpec(**kwargs)

@@ -39,6 +39,12 @@ import socket
 import xml.etree.ElementTree as ET
 from urllib.parse import urlsplit
 
+from ansible_collections.hvfleet.drain.plugins.module_utils.common.vocabulary import (
+    ForecastVerdict,
+    Mode,
+    OnTimeout,
+    Storage,
+)
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning.facts import (
     SHARED_FS_TYPES,
     SHARED_POOL_TYPES,
@@ -47,6 +53,8 @@ from ansible_collections.hvfleet.drain.plugins.module_utils.planning.facts impor
     read_mounts,
     version_text,
 )
+from ansible_collections.hvfleet.drain.plugins.module_utils.planning.policy import POSTCOPY_MODES
+from ansible_collections.hvfleet.drain.plugins.module_utils.planning.policy_spec import STORAGE
 
 PASS = "pass"
 WARN = "warn"
@@ -54,8 +62,6 @@ FAIL = "fail"
 _RANK = {PASS: 0, WARN: 1, FAIL: 2}
 DEFAULT_HEADROOM_MIB = 1024
 PROBE_TIMEOUT_S = 2.0
-POSTCOPY_MODES = ("postcopy", "postcopy_after_precopy")
-COPY_STORAGE = {"copy_all": "all", "copy_incremental": "incremental"}
 URI_PORTS = {"qemu+tcp": 16509, "qemu+tls": 16514, "qemu+ssh": 22, "qemu+libssh": 22, "qemu+libssh2": 22}
 
 # the order blockers are listed in: the cause an operator must fix first comes first
@@ -274,7 +280,7 @@ class _Checker:  # pylint: disable=too-many-instance-attributes
         self.destination_error = destination_error
         self.dest_name = destination.name if destination is not None else "?"
         self.checks = []
-        self.copy_storage = COPY_STORAGE.get(self.settings.get("storage"))
+        self.copy_storage = STORAGE.get(self.settings.get("storage"))
         self.copy_disks = []
         self.shared_writable = []
 
@@ -472,7 +478,7 @@ class _Checker:  # pylint: disable=too-many-instance-attributes
             return
         self.add("storage.disk", FAIL,
                  f"{vm}: {what} is not on shared storage ({why}); {dest} cannot reach it and the policy "
-                 f"({self.settings.get('storage', 'shared_only')}) does not copy storage.",
+                 f"({self.settings.get('storage', Storage.SHARED_ONLY)}) does not copy storage.",
                  SHARED_FIX + ".", device=disk.target)
 
     def _copied_disk(self, disk, sharing, why, where, where_why, pool_at_dir):
@@ -663,12 +669,12 @@ class _Checker:  # pylint: disable=too-many-instance-attributes
         reasons = []
         if self.mode in POSTCOPY_MODES:
             reasons.append(f"mode {self.mode}")
-        elif self.mode == "auto" and settings.get("allow_postcopy", True):
+        elif self.mode == Mode.AUTO and settings.get("allow_postcopy", True):
             reasons.append("mode auto without a forecast, which may choose post-copy")
-        if settings.get("allow_postcopy", True) and settings.get("on_timeout") == "postcopy":
+        if settings.get("allow_postcopy", True) and settings.get("on_timeout") == OnTimeout.POSTCOPY:
             reasons.append("on_timeout postcopy")
         if not reasons:
-            self.add("postcopy.support", PASS, f"{vm} will not use post-copy (mode {self.mode or 'precopy'}).")
+            self.add("postcopy.support", PASS, f"{vm} will not use post-copy (mode {self.mode or Mode.PRECOPY}).")
             return
         why = " and ".join(reasons)
         support = self.destination.postcopy
@@ -689,7 +695,7 @@ class _Checker:  # pylint: disable=too-many-instance-attributes
                      f"{support['reason']}.")
 
     def forecast(self):
-        if self.mode == "refuse":
+        if self.mode == ForecastVerdict.REFUSE:
             self.add("forecast.mode", FAIL, f"{self.domain.name}: the forecast refuses to migrate it: "
                      f"{self.forecast_reason or 'no mode converges in time'}.",
                      "raise the bandwidth or max_downtime_cap_ms, allow post-copy or auto-converge in its policy, "

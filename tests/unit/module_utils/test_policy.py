@@ -8,6 +8,12 @@ import os
 import jsonschema
 import pytest
 import yaml
+from ansible_collections.hvfleet.drain.plugins.module_utils.common.vocabulary import (
+    Compression,
+    Mode,
+    OnTimeout,
+    Storage,
+)
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning import policy as P
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning.policy_schema import DEFAULT_SETTINGS, SCHEMA
 from hypothesis import given, settings
@@ -58,6 +64,17 @@ def test_default_settings_are_the_careful_operators():
     assert DEFAULT_SETTINGS["tls"] is False
     assert DEFAULT_SETTINGS["bandwidth_mib"] is None
     assert DEFAULT_SETTINGS["destinations"] == {"pin": [], "avoid": []}
+
+
+@pytest.mark.parametrize("key, words", [("mode", Mode), ("compression", Compression), ("on_timeout", OnTimeout),
+                                        ("storage", Storage)])
+def test_the_schema_speaks_the_one_vocabulary(key, words):
+    """The choices a policy may name are the vocabulary's words, in its order, so they cannot drift apart."""
+    prop = SCHEMA["$defs"]["settings"]["properties"][key]
+    assert prop["enum"] == [word.value for word in words]
+    assert prop["default"] in list(words) and isinstance(DEFAULT_SETTINGS[key], words)
+    with open(SCHEMA_JSON, encoding="utf-8") as handle:
+        assert json.load(handle)["$defs"]["settings"]["properties"][key]["enum"] == words.values()
 
 
 def test_every_object_in_the_schema_forbids_unknown_keys():
