@@ -7,7 +7,11 @@ inside an AnsiballZ zip on a hypervisor. `policy_schema.json` next to this file 
 schema for editors and operators; a unit test keeps the two equal.
 
 Every object sets additionalProperties false: a typo in a policy is an error, not a silently
-ignored key. Defaults are a careful operator's; `DEFAULT_SETTINGS` is derived from them.
+ignored key. Every number has a minimum and a maximum: what an experienced KVM operator could mean,
+and no more. A value outside is a typo (or YAML's .inf), and letting it through only moves the error
+into the middle of a drain, after the host was cordoned (1e300 s/GiB overflowed the deadline there;
+0.5 s/GiB passed here and was refused by the engine). Defaults are a careful operator's;
+`DEFAULT_SETTINGS` is derived from them.
 """
 
 from __future__ import annotations
@@ -20,8 +24,14 @@ from ansible_collections.hvfleet.drain.plugins.module_utils.common.vocabulary im
     OnTimeout,
     Storage,
 )
+from ansible_collections.hvfleet.drain.plugins.module_utils.engine.spec import MAX_BANDWIDTH_MIB, QEMU_MAX_DOWNTIME_MS
 
-QEMU_MAX_DOWNTIME_MS = 2000000  # QEMU refuses larger downtime limits
+MAX_RANK = 10_000  # priority and drain_order: -10000..10000 orders any fleet, with room between ranks
+MAX_MEMORY_MIB = 64 * 1024 * 1024  # 64 TiB: more than the largest x86 host holds, so above any real VM
+MIN_TIMEOUT_PER_GIB_S = 1  # the engine (MigrationSpec) refuses less; 1 s/GiB already means ~1 GiB/s
+MAX_TIMEOUT_PER_GIB_S = 24 * 3600  # a day per GiB: slower than that is not a live migration any more
+MAX_THROTTLE_PCT = 99  # QEMU's cpu-throttle-initial / -increment: 1..99
+MAX_PARALLEL_CONNECTIONS = 255  # QEMU's multifd-channels
 
 _GLOB_LIST = {
     "type": "array",
@@ -53,6 +63,8 @@ SCHEMA = {
                 "selector": {"$ref": "#/$defs/selector"},
                 "priority": {
                     "type": "integer",
+                    "minimum": -MAX_RANK,
+                    "maximum": MAX_RANK,
                     "default": 0,
                     "description": "Breaks ties between equally specific matches: higher wins.",
                 },
@@ -96,8 +108,8 @@ SCHEMA = {
                     "minProperties": 1,
                     "description": "Inclusive range of the domain's memory in MiB; a missing bound is open.",
                     "properties": {
-                        "min": {"type": "integer", "minimum": 0},
-                        "max": {"type": "integer", "minimum": 0},
+                        "min": {"type": "integer", "minimum": 0, "maximum": MAX_MEMORY_MIB},
+                        "max": {"type": "integer", "minimum": 0, "maximum": MAX_MEMORY_MIB},
                     },
                 },
             },
@@ -133,11 +145,13 @@ SCHEMA = {
                 "bandwidth_mib": {
                     "type": "integer",
                     "minimum": 1,
+                    "maximum": MAX_BANDWIDTH_MIB,
                     "description": "Pre-copy bandwidth limit in MiB/s; unset: unlimited.",
                 },
                 "postcopy_bandwidth_mib": {
                     "type": "integer",
                     "minimum": 1,
+                    "maximum": MAX_BANDWIDTH_MIB,
                     "description": "Post-copy bandwidth limit in MiB/s; unset: unlimited.",
                 },
                 "auto_converge": {
@@ -151,13 +165,13 @@ SCHEMA = {
                 "auto_converge_initial": {
                     "type": "integer",
                     "minimum": 1,
-                    "maximum": 99,
+                    "maximum": MAX_THROTTLE_PCT,
                     "description": "First throttle in percent; unset: QEMU's 20.",
                 },
                 "auto_converge_increment": {
                     "type": "integer",
                     "minimum": 1,
-                    "maximum": 99,
+                    "maximum": MAX_THROTTLE_PCT,
                     "description": "Throttle step in percent; unset: QEMU's 10.",
                 },
                 "compression": {
@@ -168,12 +182,13 @@ SCHEMA = {
                 "parallel_connections": {
                     "type": "integer",
                     "minimum": 1,
-                    "maximum": 255,
+                    "maximum": MAX_PARALLEL_CONNECTIONS,
                     "description": "Parallel (multifd) migration with this many connections; unset: one stream.",
                 },
                 "completion_timeout_per_gib_s": {
                     "type": "number",
-                    "exclusiveMinimum": 0,
+                    "minimum": MIN_TIMEOUT_PER_GIB_S,
+                    "maximum": MAX_TIMEOUT_PER_GIB_S,
                     "default": 150,
                     "description": "Deadline per GiB of guest RAM before on_timeout applies.",
                 },
@@ -189,6 +204,8 @@ SCHEMA = {
                 },
                 "drain_order": {
                     "type": "integer",
+                    "minimum": -MAX_RANK,
+                    "maximum": MAX_RANK,
                     "default": 0,
                     "description": "Order within a drain: lower first.",
                 },

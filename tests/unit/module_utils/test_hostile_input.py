@@ -33,6 +33,7 @@ from ansible_collections.hvfleet.drain.plugins.module_utils.drain.drainer import
 from ansible_collections.hvfleet.drain.plugins.module_utils.engine.migration import Migration
 from ansible_collections.hvfleet.drain.plugins.module_utils.engine.spec import MigrationSpec, migrate_uri_for
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning import policy as P
+from ansible_collections.hvfleet.drain.plugins.module_utils.planning.policy_schema import MAX_MEMORY_MIB
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning.policy_spec import spec_for
 from ansible_collections.hvfleet.drain.plugins.modules import domain_migration, host_drain
 from drain_fakes import FakeBackend, World, hosts, vm
@@ -102,7 +103,7 @@ def assert_policies_usable_or_refused(data):
             spec = spec_for(match.settings, None, migrate_uri="tcp://10.0.0.2")
         except HvfleetError:
             continue
-        assert math.isfinite(spec.deadline_s(2**30))
+        assert math.isfinite(spec.deadline_s(2**30)) and math.isfinite(spec.deadline_s(MAX_MEMORY_MIB * 2**20))
     return policies
 
 
@@ -124,9 +125,10 @@ def test_a_good_policy_with_one_field_made_hostile_is_loaded_or_refused_clearly(
 @pytest.mark.parametrize("field, value", [
     ("completion_timeout_per_gib_s", float("nan")), ("completion_timeout_per_gib_s", float("inf")),
     ("bandwidth_mib", 2**80), ("postcopy_bandwidth_mib", 2**80)])
-def test_numbers_the_schema_lets_through_are_refused_by_the_loader(field, value):
+def test_numbers_that_once_passed_the_schema_are_refused_by_the_loader(field, value):
     """Regression: NaN / infinity (YAML .nan / .inf) and huge bandwidths passed the schema and crashed
-    later (ValueError / OverflowError building the spec, or an overflow in libvirt)."""
+    later (ValueError / OverflowError building the spec, or an overflow in libvirt). The schema's bounds
+    catch all but NaN, which passes every JSON Schema bound: the loader checks that itself."""
     with pytest.raises(P.PolicyError) as info:
         P.load_policies([{"name": "d", "default": True, "settings": {field: value}}])
     assert f"$[0].settings.{field}" in str(info.value)
@@ -286,6 +288,20 @@ def test_a_destination_named_twice_is_refused_before_anything_changes(tmp_path):
     with pytest.raises(DrainError, match="listed twice"):
         Drainer(FakeBackend(world), src, [dests[0], dests[1], dests[0]], DrainConfig(), state_dir=tmp_path)
     assert not os.listdir(tmp_path)
+
+
+@pytest.mark.parametrize("timeout", [1e300, 1e308, 0.5])
+def test_a_completion_timeout_out_of_range_is_refused_before_anything_changes(tmp_path, timeout):
+    """Regression (repro r4_huge_timeout): 1e300 s/GiB passed the schema, and math.ceil(inf) raised
+    OverflowError with the host already cordoned and the journal written; 0.5 s/GiB passed it too and
+    the engine refused every VM, also after the cordon. Now the Drainer is never built."""
+    world = fleet("web1")
+    policies = [{"name": "p", "default": True, "settings": {"completion_timeout_per_gib_s": timeout}}]
+    with pytest.raises(P.PolicyError) as info:
+        drainer(tmp_path, world, policies=policies)
+    assert "policy 'p', $[0].settings.completion_timeout_per_gib_s: got " in str(info.value)
+    assert "a number from 1 to 86400" in str(info.value)
+    assert not os.listdir(tmp_path) and sorted(world.hosts["hv1"]) == ["web1"]
 
 
 def test_host_drain_module_refuses_a_duplicate_destination_with_one_message(tmp_path):

@@ -63,10 +63,10 @@ def test_typo_in_the_selector_and_at_the_top_level():
 def test_wrong_types_say_what_was_expected():
     _error, found = problems_of([dict(GOOD, settings={"bandwidth_mib": "100", "max_downtime_ms": 0,
                                                       "completion_timeout_per_gib_s": 0})])
-    assert found["$[0].settings.bandwidth_mib"].expected == "an integer >= 1"
+    assert found["$[0].settings.bandwidth_mib"].expected == "an integer from 1 to 8796093022207"
     assert found["$[0].settings.bandwidth_mib"].problem == "got '100'"
-    assert found["$[0].settings.max_downtime_ms"].expected == "a value >= 1"
-    assert found["$[0].settings.completion_timeout_per_gib_s"].expected == "a value > 0"
+    assert found["$[0].settings.max_downtime_ms"].expected == "an integer from 1 to 2000000"
+    assert found["$[0].settings.completion_timeout_per_gib_s"].expected == "a number from 1 to 86400"
 
 
 def test_label_values_must_be_strings_with_a_yaml_hint():
