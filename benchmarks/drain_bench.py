@@ -58,8 +58,10 @@ sys.path[:0] = [str(REPO / ".collections"), str(REPO / "tests" / "lab"), str(Pat
 import drain_report  # noqa: E402
 import libvirt  # noqa: E402
 from ansible_collections.hvfleet.drain.plugins.module_utils.common import connection  # noqa: E402
-from ansible_collections.hvfleet.drain.plugins.module_utils.drain.drainer import DrainConfig, Drainer, Host  # noqa: E402
+from ansible_collections.hvfleet.drain.plugins.module_utils.drain.drainer import Drainer  # noqa: E402
 from ansible_collections.hvfleet.drain.plugins.module_utils.drain.libvirt_backend import LibvirtBackend  # noqa: E402
+from ansible_collections.hvfleet.drain.plugins.module_utils.drain.model import DrainConfig  # noqa: E402
+from ansible_collections.hvfleet.drain.plugins.module_utils.planning.model import Host  # noqa: E402
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning.placement import PlacementConfig  # noqa: E402
 from heartbeat_gaps import Gaps  # noqa: E402
 from hvlab import Lab, VMSpec  # noqa: E402

@@ -371,14 +371,12 @@ except ImportError:
 
 from ansible_collections.hvfleet.drain.plugins.module_utils.common.errors import HvfleetError  # noqa: E402
 from ansible_collections.hvfleet.drain.plugins.module_utils.common.redact import uri_passwords  # noqa: E402
-from ansible_collections.hvfleet.drain.plugins.module_utils.drain.drainer import (  # noqa: E402
-    DrainConfig,
-    Drainer,
-    Host,
-)
+from ansible_collections.hvfleet.drain.plugins.module_utils.drain.drainer import Drainer  # noqa: E402
 from ansible_collections.hvfleet.drain.plugins.module_utils.drain.journal import atomic_write_json  # noqa: E402
 from ansible_collections.hvfleet.drain.plugins.module_utils.drain.libvirt_backend import LibvirtBackend  # noqa: E402
+from ansible_collections.hvfleet.drain.plugins.module_utils.drain.model import DrainConfig  # noqa: E402
 from ansible_collections.hvfleet.drain.plugins.module_utils.fleet.rolling_admission import parse_instant  # noqa: E402
+from ansible_collections.hvfleet.drain.plugins.module_utils.planning.model import Host  # noqa: E402
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning.placement import PlacementConfig  # noqa: E402
 
 ARGUMENT_SPEC = dict(
@@ -440,11 +438,6 @@ def window_end_epoch(text):
                            "write it like 2025-06-02T04:00:00Z.") from None
 
 
-def _cordoned_in(facts):
-    cordon = (facts or {}).get("cordon") or {}
-    return cordon.get("state") == "cordoned"
-
-
 class HostDrainModule:
     """Maps module parameters onto drain.Drainer and its DrainResult onto Ansible's result."""
 
@@ -459,8 +452,7 @@ class HostDrainModule:
                       "qemu:///system", peer_uri=src.get("peer_uri"), migration_address=src.get("migration_address"),
                       link_mbit=src.get("link_mbit"))
         destinations = [Host(name=d["name"], uri=d["uri"], migration_address=d.get("migration_address"),
-                             link_mbit=d.get("link_mbit"), facts=d.get("facts"),
-                             cordoned=bool(d.get("cordoned")) or _cordoned_in(d.get("facts")))
+                             link_mbit=d.get("link_mbit"), facts=d.get("facts"), cordoned=bool(d.get("cordoned")))
                         for d in p["destinations"]]
         config = DrainConfig(
             policies=p["policies"] or [],
@@ -550,14 +542,17 @@ class HostDrainModule:
 
     @staticmethod
     def _trap_signals(drainer):
-        """Ctrl-C / kill / hang-up: start nothing new, abort pre-copy, journal, report."""
+        """Ctrl-C / kill: start nothing new, abort pre-copy, journal, report (cancel never blocks).
+        A hang-up is not a cancel: a dropped SSH session must not stop a drain that goes on on the host."""
 
         def handler(_signum, _frame):
             drainer.cancel()
 
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(ValueError, OSError):
                 signal.signal(sig, handler)
+        with contextlib.suppress(ValueError, OSError):
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)
 
 
 def main():

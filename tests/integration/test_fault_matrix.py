@@ -44,8 +44,10 @@ libvirt = pytest.importorskip("libvirt")
 import test_domain_migration as dm  # noqa: E402  (same directory; prepend import mode)
 from ansible_collections.hvfleet.drain.plugins.module_utils.common import connection  # noqa: E402
 from ansible_collections.hvfleet.drain.plugins.module_utils.drain import journal as jr  # noqa: E402
-from ansible_collections.hvfleet.drain.plugins.module_utils.drain.drainer import DrainConfig, Drainer, Host  # noqa: E402
+from ansible_collections.hvfleet.drain.plugins.module_utils.drain.drainer import Drainer  # noqa: E402
 from ansible_collections.hvfleet.drain.plugins.module_utils.drain.libvirt_backend import LibvirtBackend  # noqa: E402
+from ansible_collections.hvfleet.drain.plugins.module_utils.drain.model import DrainConfig  # noqa: E402
+from ansible_collections.hvfleet.drain.plugins.module_utils.planning.model import Host  # noqa: E402
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning.placement import PlacementConfig  # noqa: E402
 from hvlab import faults  # noqa: E402
 from hvlab.vm import boot_ids  # noqa: E402

@@ -13,7 +13,7 @@ from __future__ import annotations
 import enum
 
 
-class Word(str, enum.Enum):
+class Word(str, enum.Enum):  # noqa: UP042 - enum.StrEnum needs Python 3.11; hypervisors may run older
     """A str enum that prints as its value on every Python version."""
 
     def __str__(self) -> str:
@@ -98,6 +98,7 @@ class VmState(Word):
     PAUSED_POSTCOPY = "paused_postcopy"
     BLOCKED = "blocked"
     RETURNING = "returning"
+    RETURN_PAUSED_POSTCOPY = "return_paused_postcopy"  # a post-copy back home was interrupted
     HOME = "home"
 
 

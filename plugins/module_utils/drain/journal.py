@@ -63,37 +63,39 @@ import os
 import threading
 import time
 
-from ansible_collections.hvfleet.drain.plugins.module_utils.common.errors import HvfleetError
 from ansible_collections.hvfleet.drain.plugins.module_utils.common.redact import scrub
+from ansible_collections.hvfleet.drain.plugins.module_utils.common.vocabulary import CycleState, Kind, VmState
+from ansible_collections.hvfleet.drain.plugins.module_utils.drain.states import (
+    NEEDS_DESTINATION,
+    JournalError,
+    check_transition,
+)
 
 JOURNAL_NAME = "drain-journal.json"
 PROGRESS_NAME = "drain-progress.jsonl"
 VERSION = 1
 
-# VM states
-PLANNED = "planned"
-MIGRATING = "migrating"
-MOVED = "moved"
-STAYED = "stayed"
-FAILED = "failed"
-PAUSED_POSTCOPY = "paused_postcopy"
-BLOCKED = "blocked"
-RETURNING = "returning"
-HOME = "home"
-VM_STATES = (PLANNED, MIGRATING, MOVED, STAYED, FAILED, PAUSED_POSTCOPY, BLOCKED, RETURNING, HOME)
+# VM and cycle states (common/vocabulary.py; transitions in drain/states.py)
+PLANNED = VmState.PLANNED
+MIGRATING = VmState.MIGRATING
+MOVED = VmState.MOVED
+STAYED = VmState.STAYED
+FAILED = VmState.FAILED
+PAUSED_POSTCOPY = VmState.PAUSED_POSTCOPY
+BLOCKED = VmState.BLOCKED
+RETURNING = VmState.RETURNING
+RETURN_PAUSED_POSTCOPY = VmState.RETURN_PAUSED_POSTCOPY
+HOME = VmState.HOME
+VM_STATES = tuple(VmState)
 
-# journal (cycle) states
-DRAINING = "draining"
-DRAINED = "drained"
-DRAIN_FAILED = "failed"
-INTERRUPTED = "interrupted"
-RESTORING = "restoring"
-RESTORED = "restored"
+DRAINING = CycleState.DRAINING
+DRAINED = CycleState.DRAINED
+DRAIN_FAILED = CycleState.FAILED
+INTERRUPTED = CycleState.INTERRUPTED
+RESTORING = CycleState.RESTORING
+RESTORED = CycleState.RESTORED
 UNFINISHED = (DRAINING, RESTORING)  # a run was in progress: if nobody holds the lock, it was interrupted
-
-
-class JournalError(HvfleetError):
-    """The journal cannot be read or written."""
+FINISHED_STATES = (HOME,)
 
 
 UTC = datetime.timezone.utc  # noqa: UP017 - module_utils also run on Python < 3.11
@@ -129,6 +131,33 @@ def atomic_write_json(path, data):
         pass
     finally:
         os.close(dir_fd)
+
+
+def validate(data: dict, path: str) -> None:
+    """Refuse a journal whose entries a run could not act on safely, before anything changes."""
+    hint = (f"inspect {path}: fix or remove the entry named (its VM is then found by looking at the hosts), "
+            "or move the file aside to start a new maintenance cycle.")
+    state = data.get("state")
+    if state is not None and state not in CycleState.values():
+        raise JournalError(f"{path}: state {state!r} is not one of {', '.join(CycleState.values())}.", hint)
+    for name, entry in data["vms"].items():
+        where = f"{path}: the entry of '{name}'"
+        if not isinstance(entry, dict):
+            raise JournalError(f"{where} is not a mapping.", hint)
+        vm_state = entry.get("state")
+        if vm_state not in VmState.values():
+            raise JournalError(f"{where} has state {vm_state!r}, not one of {', '.join(VmState.values())}.", hint)
+        if entry.get("kind") is not None and entry.get("kind") not in Kind.values():
+            raise JournalError(f"{where} has kind {entry.get('kind')!r}, not one of {', '.join(Kind.values())}.",
+                               hint)
+        for key in ("origin", "origin_uri"):
+            if entry.get(key) is not None and not isinstance(entry.get(key), str):
+                raise JournalError(f"{where}: {key} {entry.get(key)!r} is not a string.", hint)
+        if vm_state in NEEDS_DESTINATION and (not isinstance(entry.get("destination"), str)
+                                              or not entry.get("destination")):
+            raise JournalError(f"{where} is {vm_state} but names no destination.", hint)
+        if not isinstance(entry.get("history", []), list) or not isinstance(entry.get("attempts", 0), int):
+            raise JournalError(f"{where}: history or attempts is malformed.", hint)
 
 
 class Journal:  # pylint: disable=too-many-instance-attributes
@@ -172,6 +201,7 @@ class Journal:  # pylint: disable=too-many-instance-attributes
         if not isinstance(data, dict) or data.get("version") != VERSION or not isinstance(data.get("vms"), dict):
             raise JournalError(f"{path} is not a drain journal of version {VERSION}.",
                                "move it aside to start a new maintenance cycle.")
+        validate(data, path)
         return cls(state_dir, host, data=data, persist=persist)
 
     @property
@@ -253,7 +283,7 @@ class Journal:  # pylint: disable=too-many-instance-attributes
             new.setdefault("origin", self.host)
             new["history"] = list(old.get("history", []))
             new["attempts"] = old.get("attempts", 0)
-            state = new.get("state") or PLANNED
+            state = check_transition(name, old.get("state"), new.get("state") or PLANNED)
             new["state"] = state
             new["history"].append({"at": now_iso(), "state": state, "note": note or "planned"})
             self.data["vms"][name] = new
@@ -264,10 +294,11 @@ class Journal:  # pylint: disable=too-many-instance-attributes
         """Change one VM's entry (state change recorded in its history) and save."""
         with self._lock:
             entry = self.data["vms"][name]
+            if state is not None:
+                check_transition(name, entry.get("state"), state)  # refused before anything is changed
             entry.update(fields)
             if state is not None:
-                if state not in VM_STATES:
-                    raise JournalError(f"unknown VM state {state!r}")
+                state = check_transition(name, entry.get("state"), state)
                 if state in (MIGRATING, RETURNING):
                     entry["attempts"] = entry.get("attempts", 0) + 1
                     entry["started"] = now_iso()
@@ -317,22 +348,36 @@ class Journal:  # pylint: disable=too-many-instance-attributes
 
 
 def read_events(state_dir, offset=0):
-    """Progress events from byte `offset` on; returns (events, new_offset). For pollers and tests."""
+    """Progress events from byte `offset` on; returns (events, new_offset). For pollers and tests.
+
+    A new run empties the file and may have written more than `offset` bytes by the next poll: an
+    offset that no longer falls on the start of a line, or a line there that is not an event, means
+    the file was rewritten, and it is read again from the start."""
     path = os.path.join(os.fspath(state_dir), PROGRESS_NAME)
     try:
-        with open(path, encoding="utf-8") as handle:
-            if os.fstat(handle.fileno()).st_size < offset:
-                offset = 0  # a new run emptied the file
+        with open(path, "rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            if offset > size or (offset and not _line_starts_at(handle, offset)):
+                offset = 0
             handle.seek(offset)
-            text = handle.read()
+            data = handle.read()
     except OSError:
         return [], offset
-    end = text.rfind("\n") + 1  # a line still being written is read next time
+    end = data.rfind(b"\n") + 1  # a line still being written is read next time
     events = []
-    for line in text[:end].splitlines():
-        if line.strip():
-            try:
-                events.append(json.loads(line))
-            except ValueError:
-                continue
-    return events, offset + len(text[:end].encode("utf-8"))
+    for line in data[:end].splitlines():
+        if not line.strip():
+            continue
+        try:
+            event = json.loads(line.decode("utf-8"))
+        except ValueError:
+            if offset:  # not an event boundary of this file: it was rewritten
+                return read_events(state_dir, 0)
+            continue
+        events.append(event)
+    return events, offset + end
+
+
+def _line_starts_at(handle, offset):
+    handle.seek(offset - 1)
+    return handle.read(1) == b"\n"

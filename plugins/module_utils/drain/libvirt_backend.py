@@ -16,16 +16,13 @@ import threading
 from ansible_collections.hvfleet.drain.plugins.module_utils.common import bounded
 from ansible_collections.hvfleet.drain.plugins.module_utils.common.connection import close_quietly, connect
 from ansible_collections.hvfleet.drain.plugins.module_utils.common.errors import HvfleetError
-from ansible_collections.hvfleet.drain.plugins.module_utils.drain.drainer import (
-    Backend,
-    CheckResult,
-    VmInfo,
-    progress_from_sample,
-)
+from ansible_collections.hvfleet.drain.plugins.module_utils.drain.backend import Backend
+from ansible_collections.hvfleet.drain.plugins.module_utils.drain.report import progress_from_sample
 from ansible_collections.hvfleet.drain.plugins.module_utils.engine.migration import Migration
 from ansible_collections.hvfleet.drain.plugins.module_utils.fleet import maintenance
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning import facts as hvfacts
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning import preflight
+from ansible_collections.hvfleet.drain.plugins.module_utils.planning.model import CheckResult, VmInfo
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning.placement import HostCapacity
 
 VIR_DOMAIN_XML_SECURE = 1

@@ -6,16 +6,13 @@ import threading
 import time
 
 from ansible_collections.hvfleet.drain.plugins.module_utils.common.errors import HvfleetError, MigrationFailed
-from ansible_collections.hvfleet.drain.plugins.module_utils.drain.drainer import (
-    Backend,
-    CheckResult,
-    DrainConfig,
-    Drainer,
-    Host,
-    VmInfo,
-)
+from ansible_collections.hvfleet.drain.plugins.module_utils.drain.backend import Backend
+from ansible_collections.hvfleet.drain.plugins.module_utils.drain.drainer import Drainer
+from ansible_collections.hvfleet.drain.plugins.module_utils.drain.model import DrainConfig
 from ansible_collections.hvfleet.drain.plugins.module_utils.engine import reconcile
 from ansible_collections.hvfleet.drain.plugins.module_utils.engine.migration import MigrationResult, Step
+from ansible_collections.hvfleet.drain.plugins.module_utils.engine.monitor import JobSample
+from ansible_collections.hvfleet.drain.plugins.module_utils.planning.model import CheckResult, Host, VmInfo
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning.placement import HostCapacity
 
 
@@ -70,6 +67,8 @@ class FakeBackend(Backend):
         self.before_migrate = None  # hook(vm, from, to)
         self.unreachable = set()
         self.abort_calls = []
+        self.dropped = []
+        self.paused = []
         self.connects = 0
         self._lock = threading.Lock()
 
@@ -140,15 +139,13 @@ class FakeBackend(Backend):
             self.max_concurrent = max(self.max_concurrent, self.concurrent)
             self._inbound[dst] = self._inbound.get(dst, 0) + 1
             self.max_inbound_seen[dst] = max(self.max_inbound_seen.get(dst, 0), self._inbound[dst])
-        aborted = threading.Event()
-        control.attach(sample=lambda: {"phase": "precopy", "percent": 50.0, "eta_s": 1.0, "iteration": 1,
-                                       "remaining_bytes": 1, "bandwidth_bps": 1.0, "elapsed_s": 0.1},
-                       abort=aborted.set, postcopy=lambda: False)
+        control.publish(JobSample(t=0.1, phase="precopy", memory_total=2, memory_processed=1, memory_remaining=1,
+                                  iteration=1, bandwidth_bps=1.0))
         try:
             if self.before_migrate:
                 self.before_migrate(name, src, dst)
             deadline = time.monotonic() + self.migrate_delay
-            while time.monotonic() < deadline and not aborted.is_set():
+            while time.monotonic() < deadline and not control.aborted:
                 time.sleep(0.01)
             result = MigrationResult(name=name, source=source_uri, destination=dest_uri, mode_used=spec.mode,
                                      duration_s=self.migrate_delay, downtime_ms=20, bytes_sent=1000)
@@ -162,13 +159,17 @@ class FakeBackend(Backend):
                 result.error = "operation failed: job 'migration out' unexpectedly failed"
                 result.steps = [Step(0.5, "call_failed", "the migration call raised; looking at both hosts",
                                      result.error)]
-            if aborted.is_set():
+            if control.aborted:
                 outcome = "stayed"
             if outcome:
                 result.outcome = outcome
                 result.message = f"'{name}' did not move ({outcome})"
-                if outcome == "postcopy_paused":
+                if outcome == "postcopy_paused":  # as libvirt leaves it: the guest lives on the destination
                     result.recovery = "resume the post-copy"
+                    with self.world.lock:
+                        data = self.world.hosts[src][name]
+                        data.update(state="paused", postcopy="source")
+                        self.world.hosts[dst][name] = dict(data, state="running", postcopy="destination")
                 raise MigrationFailed(result)
             with self.world.lock:
                 data = self.world.hosts[src].pop(name)
@@ -186,6 +187,25 @@ class FakeBackend(Backend):
         with self.world.lock:
             data = self.world.hosts[src_conn.host].pop(name)
             self.world.hosts[dst_conn.host][name] = data
+
+    def drop_leftover_definition(self, src_conn, dst_conn, name):
+        with self.world.lock:
+            here = self.world.hosts[src_conn.host].get(name)
+            there = self.world.hosts[dst_conn.host].get(name)
+            if here is None or here["active"]:
+                raise HvfleetError(f"'{name}' on {src_conn.host} is not a shut-off leftover", "look at it")
+            if there is None or not there["active"] or not there["persistent"]:
+                raise HvfleetError(f"'{name}' is not running persistently on {dst_conn.host}", "look at it")
+            del self.world.hosts[src_conn.host][name]
+            self.dropped.append((name, src_conn.host))
+
+    def pause(self, conn, name):
+        with self.world.lock:
+            d = self.world.hosts[conn.host].get(name)
+            if d is None or d["state"] != "running":
+                raise HvfleetError(f"'{name}' is not running on {conn.host}", "look at it")
+            d["state"] = "paused"
+            self.paused.append((name, conn.host))
 
     def abort_job(self, conn, name):
         self.abort_calls.append(name)

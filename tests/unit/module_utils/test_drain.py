@@ -8,8 +8,8 @@ import threading
 
 import pytest
 from ansible_collections.hvfleet.drain.plugins.module_utils.drain import journal as jr
-from ansible_collections.hvfleet.drain.plugins.module_utils.drain.drainer import DrainError
 from ansible_collections.hvfleet.drain.plugins.module_utils.drain.lock import DrainLock, DrainLocked
+from ansible_collections.hvfleet.drain.plugins.module_utils.drain.model import DrainError
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning.placement import PlacementConfig
 from drain_fakes import FakeBackend, World, fleet, make, vm
 
@@ -206,7 +206,7 @@ def test_resume_records_moved_vms_and_never_migrates_them_again(tmp_path):
     assert result.resumed and result.state == jr.DRAINED
     assert sorted(c[0] for c in backend.calls) == ["b", "c"]  # a is not migrated again
     found = {r["vm"]: r["found"] for r in result.reconciled}
-    assert found == {"a": "moved", "b": "stayed"}
+    assert found == {"a": "moved", "b": "on_source"}
     journal = json.loads((tmp_path / jr.JOURNAL_NAME).read_text())
     assert journal["vms"]["a"]["state"] == "moved" and journal["vms"]["a"]["attempts"] == 1
     assert journal["vms"]["b"]["attempts"] == 2
@@ -386,7 +386,7 @@ def test_restore_failure_keeps_the_host_cordoned(tmp_path):
 
 
 def test_progress_payload_from_a_job_sample():
-    from ansible_collections.hvfleet.drain.plugins.module_utils.drain.drainer import progress_from_sample
+    from ansible_collections.hvfleet.drain.plugins.module_utils.drain.report import progress_from_sample
     from ansible_collections.hvfleet.drain.plugins.module_utils.engine.monitor import JobSample
 
     sample = JobSample(t=12.34, phase="precopy", data_total=1000 * MIB, data_remaining=250 * MIB,

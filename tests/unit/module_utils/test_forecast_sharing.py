@@ -140,7 +140,9 @@ def test_drain_plan_moves_a_vm_the_lane_split_refused(tmp_path):
     """200 Mbit/s (23.8 MiB/s), two lanes: at half the link (11.9 MiB/s) a 384 MiB guest dirtying 100 MiB/s
     needs ~65 s by post-copy (> its 60 s deadline) and is refused; it ranks last, starts when the two small
     guests are done and gets the whole link (~33 s): planned, by post-copy, not a blocker."""
-    from ansible_collections.hvfleet.drain.plugins.module_utils.drain.drainer import DrainConfig, Drainer, Host
+    from ansible_collections.hvfleet.drain.plugins.module_utils.drain.drainer import Drainer
+    from ansible_collections.hvfleet.drain.plugins.module_utils.drain.model import DrainConfig
+    from ansible_collections.hvfleet.drain.plugins.module_utils.planning.model import Host
     from drain_fakes import FakeBackend, World, hosts, vm
 
     world = World(["hv1", "hv2", "hv3"])

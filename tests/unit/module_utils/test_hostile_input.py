@@ -29,10 +29,12 @@ from ansible_collections.hvfleet.drain.plugins.module_utils.common.errors import
     MigrationFailed,
 )
 from ansible_collections.hvfleet.drain.plugins.module_utils.drain import journal as jr
-from ansible_collections.hvfleet.drain.plugins.module_utils.drain.drainer import DrainConfig, Drainer, DrainError, Host
+from ansible_collections.hvfleet.drain.plugins.module_utils.drain.drainer import Drainer
+from ansible_collections.hvfleet.drain.plugins.module_utils.drain.model import DrainConfig, DrainError
 from ansible_collections.hvfleet.drain.plugins.module_utils.engine.migration import Migration
 from ansible_collections.hvfleet.drain.plugins.module_utils.engine.spec import MigrationSpec, migrate_uri_for
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning import policy as P
+from ansible_collections.hvfleet.drain.plugins.module_utils.planning.model import Host
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning.policy_schema import MAX_MEMORY_MIB
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning.policy_spec import spec_for
 from ansible_collections.hvfleet.drain.plugins.modules import domain_migration, host_drain

@@ -1,0 +1,74 @@
+# Copyright: hvfleet maintainers
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""What a drain needs from the world outside this process (libvirt, the cordon file, the checks).
+
+The orchestration talks to nothing else, so it is unit-tested with a fake fleet and the real backend
+(drain/libvirt_backend.py) stays thin. Every method may raise HvfleetError; none may block without
+bound (the real backend bounds its libvirt calls).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from ansible_collections.hvfleet.drain.plugins.module_utils.engine import reconcile
+from ansible_collections.hvfleet.drain.plugins.module_utils.planning.model import CheckResult, Host, VmInfo
+from ansible_collections.hvfleet.drain.plugins.module_utils.planning.placement import HostCapacity
+
+
+class Backend:
+    """The outside world of a drain; see LibvirtBackend for the real one."""
+
+    def connect(self, uri: str) -> Any:
+        raise NotImplementedError
+
+    def close(self, conn: Any) -> None:
+        raise NotImplementedError
+
+    def list_vms(self, conn: Any, host: Host, measure: bool = True) -> list[VmInfo]:
+        """The domains to move: active ones, and persistent inactive ones."""
+        raise NotImplementedError
+
+    def capacity(self, conn: Any, host: Host, anti_affinity_labels: tuple = ()) -> HostCapacity:
+        """The capacity of `host` now (its cordon read live on the host when it can be)."""
+        raise NotImplementedError
+
+    def prechecks(self, src_conn: Any, dst_conn: Any, vm: VmInfo, source: Host, destination: Host,
+                  settings: dict) -> list[CheckResult]:
+        """The prerequisite checks for moving `vm` from `source` to `destination` under `settings`."""
+        raise NotImplementedError
+
+    def observe(self, conn: Any, name: str, uri: str) -> reconcile.SideView:
+        return reconcile.observe(conn, name, uri)
+
+    def migrate(self, src_conn: Any, dst_conn: Any, name: str, dest_uri: str, spec: Any, source_uri: str,
+                control: Any) -> Any:
+        """Run one live migration; returns a MigrationResult or raises MigrationFailed. `control`
+        (engine/control.py MigrationControl) carries aborts and bandwidth changes from the drain."""
+        raise NotImplementedError
+
+    def move_definition(self, src_conn: Any, dst_conn: Any, name: str) -> None:
+        """Define the inactive domain on the destination, then undefine it on the source; on failure the
+        domain stays defined on exactly one of them."""
+        raise NotImplementedError
+
+    def drop_leftover_definition(self, src_conn: Any, dst_conn: Any, name: str) -> None:
+        """Undefine the shut-off definition a finished migration left on the source - only when the
+        destination holds the domain, running or paused, and persistent."""
+        raise NotImplementedError
+
+    def pause(self, conn: Any, name: str) -> None:
+        """Pause a running copy (one of two found running)."""
+        raise NotImplementedError
+
+    def abort_job(self, conn: Any, name: str) -> None:
+        raise NotImplementedError
+
+    def read_cordon(self, state_dir: str) -> bool:
+        """True when the host running this code is cordoned."""
+        raise NotImplementedError
+
+    def set_cordon(self, state_dir: str, cordoned: bool, reason: Optional[str] = None,
+                   by: Optional[str] = None) -> bool:
+        """Cordon or uncordon the host running this code; returns changed."""
+        raise NotImplementedError

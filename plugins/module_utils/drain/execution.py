@@ -1,0 +1,401 @@
+# Copyright: hvfleet maintainers
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Run the planned moves: live migrations concurrently under the scheduler's limits, then definitions.
+
+Each live migration runs in its own thread with its own connections and a MigrationControl through
+which the run cancels it and changes its bandwidth share. Every start and end is journalled; after
+any failure the VM is looked up on both hosts (whereabouts) before its journal state is decided, so
+the journal says where the VM is, not what the error said.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import queue
+import threading
+from typing import Any, Optional
+
+from ansible_collections.hvfleet.drain.plugins.module_utils.common.errors import HvfleetError, MigrationFailed
+from ansible_collections.hvfleet.drain.plugins.module_utils.common.vocabulary import Action, Outcome, VmState
+from ansible_collections.hvfleet.drain.plugins.module_utils.drain.context import Connections, RunContext
+from ansible_collections.hvfleet.drain.plugins.module_utils.drain.model import DrainResult
+from ansible_collections.hvfleet.drain.plugins.module_utils.drain.planner import anti_affinity, schedule_move
+from ansible_collections.hvfleet.drain.plugins.module_utils.drain.report import summarize_result, vm_result
+from ansible_collections.hvfleet.drain.plugins.module_utils.drain.whereabouts import Placement, judge, locate
+from ansible_collections.hvfleet.drain.plugins.module_utils.engine.control import MigrationControl
+from ansible_collections.hvfleet.drain.plugins.module_utils.engine.migration import STAYED, Step
+from ansible_collections.hvfleet.drain.plugins.module_utils.planning.forecast import MIB
+from ansible_collections.hvfleet.drain.plugins.module_utils.planning.model import Host
+from ansible_collections.hvfleet.drain.plugins.module_utils.planning.placement import VmDemand, recheck
+from ansible_collections.hvfleet.drain.plugins.module_utils.planning.policy_spec import spec_for
+from ansible_collections.hvfleet.drain.plugins.module_utils.planning.scheduler import Scheduler
+from ansible_collections.hvfleet.drain.plugins.module_utils.planning.vm_plan import Blocker, PlanItem
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+    """One planned move in a direction: away from the drained host, or back home."""
+
+    item: PlanItem
+    src: Host
+    dst: Host
+    action: Action
+
+    @property
+    def vm(self) -> str:
+        return self.item.vm
+
+    @property
+    def returning(self) -> bool:
+        return self.action == Action.RESTORE
+
+
+@dataclasses.dataclass
+class Outcomes:
+    attempted: int = 0
+    failures: int = 0
+    stopped: bool = False
+    window_closed: bool = False
+    not_started: list = dataclasses.field(default_factory=list)
+
+
+def execute(ctx: RunContext, jobs: list[Job], result: DrainResult) -> Outcomes:
+    """Run the live jobs concurrently, then the definition moves; fills result.vms and result.not_started."""
+    out = Outcomes()
+    live = [j for j in jobs if j.item.live]
+    definitions = [j for j in jobs if not j.item.live]
+    finished = _run_live(ctx, live, result, out)
+    out.not_started.extend(j.vm for j in live if j.vm not in finished)
+    for job in definitions:
+        if ctx.window_closed():
+            out.window_closed = True
+        if _stopping(ctx, out) or out.window_closed:
+            out.not_started.append(job.vm)
+            continue
+        out.attempted += 1
+        item = move_definition(ctx, job)
+        result.vms.append(item)
+        if not item.get("ok"):
+            out.failures += 1
+    for name in out.not_started:
+        why = not_started_reason(ctx, out)
+        ctx.note(f"{name}: {why}")
+        if ctx.journal is not None and ctx.journal.vm(name) is not None:
+            ctx.journal.update_vm(name, note=why, error=why)
+    result.not_started = list(out.not_started)
+    return out
+
+
+def not_started_reason(ctx: RunContext, out: Outcomes) -> str:
+    if ctx.cancelled:
+        return "interrupted before it started"
+    if out.failures > ctx.config.max_failures:
+        return f"not started: more than max_failures ({ctx.config.max_failures}) migrations failed"
+    return "not started: the maintenance window closed"
+
+
+def _stopping(ctx: RunContext, out: Outcomes) -> bool:
+    return ctx.cancelled or out.failures > ctx.config.max_failures
+
+
+def _run_live(ctx: RunContext, jobs: list[Job], result: DrainResult, out: Outcomes) -> set:
+    # pylint: disable=too-many-branches
+    by_vm = {j.vm: j for j in jobs}
+    sched = Scheduler([schedule_move(j.item)._replace(source=j.src.name, destination=j.dst.name)
+                       for j in jobs], ctx.config.limits()) if jobs else None
+    running: dict[str, Worker] = {}
+    finished: set = set()
+    done: queue.Queue = queue.Queue()
+    stop_progress = threading.Event()
+    ticker = threading.Thread(target=_progress_loop, args=(ctx, running, stop_progress), daemon=True,
+                              name="drain-progress")
+    ticker.start()
+    try:
+        while sched is not None:
+            if ctx.window_closed() and not out.window_closed:
+                out.window_closed = True
+                ctx.note("the maintenance window closed: no new migration starts (running ones finish)")
+            if out.failures > ctx.config.max_failures and not out.stopped and not ctx.cancelled:
+                out.stopped = True
+                ctx.note(f"{out.failures} failure(s) > max_failures {ctx.config.max_failures}: no new migration "
+                         "starts")
+            if not _stopping(ctx, out) and not out.window_closed:
+                for mig in sched.ready(set(running), finished):
+                    job = by_vm[mig.vm]
+                    ok, why = _recheck(ctx, job)
+                    if not ok:
+                        finished.add(job.vm)
+                        _record_not_moved(ctx, job, why)
+                        result.block(Blocker(job.vm, "destination_changed", why,
+                                             "run again: the VM is re-placed with fresh facts."))
+                        continue
+                    worker = Worker(ctx, job, sched.bandwidth_for(job.vm, set(running) | {job.vm}), done)
+                    running[job.vm] = worker
+                    out.attempted += 1
+                    worker.start()
+                    _rebalance(sched, running)
+            if not running:
+                break
+            try:
+                name, item = done.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            running.pop(name).join(5)
+            finished.add(name)
+            result.vms.append(item)
+            if not item.get("ok"):
+                out.failures += 1
+            _rebalance(sched, running)
+    finally:
+        stop_progress.set()
+        for worker in list(running.values()):  # an exception escaped: let running migrations be journalled
+            worker.join()
+    return finished
+
+
+def _record_not_moved(ctx: RunContext, job: Job, why: str) -> None:
+    assert ctx.journal is not None
+    if job.returning:
+        ctx.journal.update_vm(job.vm, note=why, restore_error=why)
+    else:
+        ctx.journal.update_vm(job.vm, VmState.BLOCKED, note=why, error=why)
+
+
+def _recheck(ctx: RunContext, job: Job) -> tuple[bool, str]:
+    """Fresh facts of the destination right before starting; False with the reason when it no longer fits."""
+    dest = job.dst
+    conn = None
+    try:
+        conn = ctx.backend.connect(dest.uri)
+        cap = ctx.backend.capacity(conn, dest, ctx.config.anti_affinity_labels)
+    except HvfleetError as exc:
+        return False, f"{dest.name} cannot be checked right before the migration: {exc.message}"
+    finally:
+        if conn is not None:
+            ctx.backend.close(conn)
+    cordoned = (cap.cordoned or dest.cordoned_now) and not job.returning
+    cap = dataclasses.replace(cap, name=dest.name, cordoned=cordoned)
+    demand = VmDemand(job.vm, job.item.memory_mib, job.item.vcpus, anti_affinity=anti_affinity(ctx, job.item.labels))
+    ok, why = recheck(demand, cap, ctx.config.placement)
+    if not ok:
+        ctx.note(f"{job.vm}: destination re-check failed: {why}")
+    return ok, why
+
+
+def _rebalance(sched: Scheduler, running: dict) -> None:
+    """Give every running migration its share of the budget whenever the running set changed; the
+    control applies it once the job exists (and again on each change)."""
+    for name, worker in list(running.items()):
+        share = sched.bandwidth_for(name, set(running))
+        if share:
+            worker.set_bandwidth(share)
+
+
+def _progress_loop(ctx: RunContext, running: dict, stop: threading.Event) -> None:
+    last: dict[str, Any] = {}
+    while not stop.wait(ctx.config.progress_interval_s):
+        for name, worker in list(running.items()):
+            sample = worker.control.sample()
+            if sample is None:
+                continue
+            key = (sample.get("iteration"), sample.get("percent"))
+            if last.get(name) == key:
+                continue
+            last[name] = key
+            ctx.event("vm_progress", vm=name, destination=worker.job.dst.name, **sample)
+
+
+# ---- journalling one move ----------------------------------------------------------------------
+
+
+def journal_start(ctx: RunContext, job: Job) -> None:
+    assert ctx.journal is not None
+    state = VmState.RETURNING if job.returning else VmState.MIGRATING
+    ctx.journal.update_vm(job.vm, state, note=f"to {job.dst.name}")
+
+
+def settle_state(ctx: RunContext, job: Job, res: dict) -> tuple[VmState, dict]:
+    """The journal state after a move: from the outcome when it moved; from where the VM is otherwise."""
+    if res.get("ok"):
+        return (VmState.HOME if job.returning else VmState.MOVED), res
+    with Connections(ctx.backend) as conns:
+        where = locate(ctx.backend, conns, job.vm, [job.src, job.dst])
+    postcopy = res.get("outcome") == Outcome.POSTCOPY_PAUSED or res.get("mode_used") == "postcopy"
+    verdict = judge(where, job.src.name, job.dst.name, postcopy_started=postcopy)
+    res = dict(res, whereabouts=where.describe())
+    if verdict.placement == Placement.MOVED and verdict.host == job.dst.name:
+        res.update(ok=True, outcome=str(Outcome.MOVED), message=f"{res.get('message')}; yet '{job.vm}' is now on "
+                   f"{job.dst.name} only ({verdict.reason})")
+        return (VmState.HOME if job.returning else VmState.MOVED), res
+    if verdict.placement in (Placement.POSTCOPY_INTERRUPTED, Placement.POSTCOPY_STREAMING):
+        return (VmState.RETURN_PAUSED_POSTCOPY if job.returning else VmState.PAUSED_POSTCOPY), res
+    if verdict.placement == Placement.ON_SOURCE:
+        if job.returning:
+            return VmState.MOVED, res
+        return (VmState.STAYED if res.get("outcome") == Outcome.STAYED else VmState.FAILED), res
+    res.setdefault("recovery", None)
+    res["recovery"] = (res.get("recovery") or "") + (f" Where it is: {where.describe()}.").strip()
+    return VmState.FAILED, res
+
+
+def journal_finish(ctx: RunContext, job: Job, res: dict) -> dict:
+    assert ctx.journal is not None
+    state, res = settle_state(ctx, job, res)
+    if job.returning:
+        entry = ctx.journal.update_vm(job.vm, state, note=res.get("message"), restore_result=res,
+                                      restore_error=None if res.get("ok") else res.get("message"))
+        item = vm_result(dict(entry, result=res))
+        item.update(source=job.src.name, destination=job.dst.name)
+    else:
+        entry = ctx.journal.update_vm(job.vm, state, note=res.get("message"), result=res,
+                                      error=None if res.get("ok") else res.get("message"),
+                                      recovery=res.get("recovery"))
+        item = vm_result(entry)
+    ctx.event("vm_finished", vm=job.vm, destination=job.dst.name, ok=item["ok"], state=str(state),
+              outcome=res.get("outcome"), mode=res.get("mode_used"), duration_s=res.get("duration_s"),
+              downtime_ms=res.get("downtime_ms"), bytes_sent=res.get("bytes_sent"), message=res.get("message"),
+              recovery=res.get("recovery"))
+    return item
+
+
+def move_definition(ctx: RunContext, job: Job) -> dict:
+    """Move a shut-off VM's definition; the backend leaves it defined on exactly one host."""
+    journal_start(ctx, job)
+    ctx.event("vm_started", vm=job.vm, destination=job.dst.name, mode="definition", auto_converge=False,
+              policy=job.item.policy, predicted_duration_s=None, predicted_downtime_ms=None, bandwidth_mib=None)
+    start = ctx.clock()
+    src_conn = dst_conn = None
+    try:
+        src_conn = ctx.backend.connect(job.src.uri)
+        dst_conn = ctx.backend.connect(job.dst.uri)
+        ctx.backend.move_definition(src_conn, dst_conn, job.vm)
+        res = {"outcome": str(Outcome.MOVED), "ok": True, "mode_used": "definition",
+               "message": f"definition of '{job.vm}' moved from {job.src.name} to {job.dst.name}"}
+    except HvfleetError as exc:
+        res = {"outcome": str(Outcome.FAILED), "ok": False, "mode_used": "definition", "message": exc.message,
+               "recovery": exc.hint}
+    finally:
+        ctx.backend.close(src_conn)
+        ctx.backend.close(dst_conn)
+    res["duration_s"] = round(ctx.clock() - start, 3)
+    return journal_finish(ctx, job, res)
+
+
+class Worker(threading.Thread):
+    """One live migration in its own thread with its own connections; reports to the run's queue."""
+
+    def __init__(self, ctx: RunContext, job: Job, bandwidth_bps: Optional[float], done: queue.Queue):
+        super().__init__(name=f"drain {job.vm}", daemon=True)
+        self.ctx = ctx
+        self.job = job
+        self.done = done
+        self.control = MigrationControl()
+        self.bandwidth_bps = bandwidth_bps
+        if bandwidth_bps:
+            self.control.set_bandwidth(max(1, int(bandwidth_bps // MIB)))
+
+    def set_bandwidth(self, bps: float) -> None:
+        if bps != self.bandwidth_bps:
+            self.bandwidth_bps = bps
+            self.control.set_bandwidth(max(1, int(bps // MIB)))
+
+    def run(self) -> None:
+        ctx, job = self.ctx, self.job
+        start = ctx.clock()
+        try:
+            res = self._run()
+        except Exception as exc:  # pylint: disable=broad-except
+            res = {"outcome": str(Outcome.ERROR), "ok": False, "mode_used": "none",
+                   "message": f"unexpected error: {exc}", "recovery": "inspect both hosts before acting.",
+                   "steps": []}
+        if res.get("duration_s") is None:
+            res["duration_s"] = round(ctx.clock() - start, 3)
+        if self.control.aborted and not res.get("ok"):
+            res["message"] = f"{res.get('message')} (aborted: the run was interrupted)"
+        try:
+            item = journal_finish(ctx, job, res)
+        except Exception as exc:  # pylint: disable=broad-except
+            item = {"vm": job.vm, "ok": bool(res.get("ok")), "message": f"{res.get('message')} (journal: {exc})",
+                    "destination": job.dst.name, "kind": "live"}
+        self.done.put((job.vm, item))
+
+    def _run(self) -> dict:
+        ctx, job = self.ctx, self.job
+        if not ctx.register(job.vm, self.control):
+            self._started_event()
+            return {"outcome": str(Outcome.STAYED), "ok": False, "mode_used": "none", "steps": [],
+                    "message": f"'{job.vm}' was not started: the run was interrupted."}
+        src_conn = dst_conn = None
+        try:
+            journal_start(ctx, job)
+            self._started_event()
+            share = max(1, int(self.bandwidth_bps // MIB)) if self.bandwidth_bps else None
+            spec = spec_for(job.item.settings, _RecordedMode(job.item), migrate_uri=job.dst.migrate_uri,
+                            bandwidth_mib=share, persistent=job.item.persistent)
+            src_conn = ctx.backend.connect(job.src.uri)
+            dst_conn = ctx.backend.connect(job.dst.uri)
+            return summarize_result(self._migrate(src_conn, dst_conn, spec))
+        except MigrationFailed as exc:
+            return summarize_result(exc.result)
+        except HvfleetError as exc:
+            return {"outcome": str(Outcome.ERROR), "ok": False, "mode_used": "none", "message": exc.message,
+                    "recovery": exc.hint, "steps": []}
+        finally:
+            ctx.unregister(job.vm)
+            ctx.backend.close(src_conn)
+            ctx.backend.close(dst_conn)
+
+    def _started_event(self) -> None:
+        item = self.job.item
+        share = max(1, int(self.bandwidth_bps // MIB)) if self.bandwidth_bps else None
+        self.ctx.event("vm_started", vm=item.vm, destination=self.job.dst.name, mode=item.mode,
+                       auto_converge=item.auto_converge, policy=item.policy, policy_reason=item.policy_reason,
+                       mode_reason=item.mode_reason, predicted_duration_s=item.predicted_duration_s,
+                       predicted_downtime_ms=item.predicted_downtime_ms, bandwidth_mib=share)
+
+    def _migrate(self, src_conn: Any, dst_conn: Any, spec: Any) -> Any:
+        """The migration; once more if the first failed in libvirt and left the VM running where it was.
+
+        Seen on the lab: after the storage daemon restarted, each VM's next migration failed once at
+        switch-over (QEMU's NBD client had lost its connection) and the next attempt worked. The engine
+        has established that nothing moved (outcome `stayed`), so a second attempt is as safe as the first.
+        """
+        ctx, job = self.ctx, self.job
+
+        def attempt() -> Any:
+            return ctx.backend.migrate(src_conn, dst_conn, job.vm, job.dst.target_uri, spec, job.src.uri,
+                                       self.control)
+
+        try:
+            return attempt()
+        except MigrationFailed as exc:
+            first = exc.result
+            if not worth_retrying(first) or self.control.aborted or ctx.cancelled:
+                raise
+        retry = Step(0.0, "retry", f"the first attempt failed in libvirt and left the VM running on the source "
+                                   f"({first.error or first.message}); trying once more")
+        try:
+            second = attempt()
+        except MigrationFailed as exc:
+            exc.result.steps.insert(0, retry)
+            raise
+        second.steps.insert(0, retry)
+        second.message = f"{second.message} (at the second attempt)"
+        return second
+
+
+def worth_retrying(result: Any) -> bool:
+    """A failed migration that left the VM running untouched on its source after an error from libvirt,
+    not after the engine's own abort or suspend (deadline, ladder, interruption): worth one more try."""
+    actions = [step.action for step in result.steps]
+    return (result.outcome == STAYED and not result.changed and "call_failed" in actions
+            and not any(action in ("abort", "suspend") for action in actions))
+
+
+class _RecordedMode:
+    """The plan's recorded mode as a forecast-like object for policy_spec (the plan is authoritative)."""
+
+    def __init__(self, item: PlanItem):
+        self.mode = item.mode or "precopy"
+        self.auto_converge = bool(item.auto_converge)
+        self.reason = item.mode_reason or ""
