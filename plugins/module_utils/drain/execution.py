@@ -129,11 +129,11 @@ def _run_live(ctx: RunContext, jobs: list[Job], result: DrainResult, out: Outcom
                         result.block(Blocker(job.vm, "destination_changed", why,
                                              "run again: the VM is re-placed with fresh facts."))
                         continue
-                    worker = Worker(ctx, job, sched.bandwidth_for(job.vm, set(running) | {job.vm}), done)
+                    worker = Worker(ctx, job, done)
                     running[job.vm] = worker
+                    _rebalance(sched, running)  # the others give up their share before this one starts
                     out.attempted += 1
                     worker.start()
-                    _rebalance(sched, running)
             if not running:
                 break
             try:
@@ -284,15 +284,13 @@ def move_definition(ctx: RunContext, job: Job) -> dict:
 class Worker(threading.Thread):
     """One live migration in its own thread with its own connections; reports to the run's queue."""
 
-    def __init__(self, ctx: RunContext, job: Job, bandwidth_bps: Optional[float], done: queue.Queue):
+    def __init__(self, ctx: RunContext, job: Job, done: queue.Queue):
         super().__init__(name=f"drain {job.vm}", daemon=True)
         self.ctx = ctx
         self.job = job
         self.done = done
         self.control = MigrationControl()
-        self.bandwidth_bps = bandwidth_bps
-        if bandwidth_bps:
-            self.control.set_bandwidth(max(1, int(bandwidth_bps // MIB)))
+        self.bandwidth_bps: Optional[float] = None  # its share of the budget, when there is one
 
     def set_bandwidth(self, bps: float) -> None:
         if bps != self.bandwidth_bps:

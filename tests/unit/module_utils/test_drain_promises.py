@@ -204,3 +204,43 @@ def test_the_journal_refuses_to_replan_an_interrupted_postcopy(tmp_path):
     with pytest.raises(jr.JournalError):
         journal.put_vm("p", {"kind": "live", "destination": "hv3", "mode": "precopy", "state": "planned"})
     assert journal.vm("p")["state"] == "paused_postcopy" and journal.vm("p")["destination"] == "hv2"
+
+
+def test_the_bandwidth_budget_holds_while_migrations_start_and_end(tmp_path):
+    class Watching(FakeBackend):
+        def __init__(self, world):
+            super().__init__(world)
+            self.active = {}
+            self.peak = 0
+            self.last = {}
+
+        def migrate(self, src_conn, dst_conn, name, dest_uri, spec, source_uri, control):
+            with self._lock:
+                self.active[name] = control
+                self.peak = max(self.peak, sum(c.bandwidth_mib or 0 for c in self.active.values()))
+            try:
+                return super().migrate(src_conn, dst_conn, name, dest_uri, spec, source_uri, control)
+            finally:
+                with self._lock:
+                    self.last[name] = control.bandwidth_mib
+                    del self.active[name]
+
+    world = fleet(a=vm(memory=1024), b=vm(memory=1024))
+    backend = Watching(world)
+    backend.migrate_delay = 0.3
+    drainer, backend, _events = make(tmp_path, world, backend=backend, bandwidth_mib=100, max_parallel=2,
+                                     max_inbound=2)
+    first = {}
+    original = backend.before_migrate
+
+    def slow_second(name, _src, _dst):
+        first.setdefault("vm", name)
+        if name != first["vm"]:
+            backend.migrate_delay = 0.6  # the second outlives the first and gets the whole budget back
+
+    backend.before_migrate = slow_second
+    result = drainer.drain()
+    assert original is None and result.state == jr.DRAINED
+    assert backend.max_concurrent == 2 and backend.peak == 100  # two at once: 50 + 50, never more
+    second = next(n for n in ("a", "b") if n != first["vm"])
+    assert backend.last[second] == 100
