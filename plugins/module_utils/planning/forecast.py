@@ -42,18 +42,19 @@ import math
 from collections.abc import Mapping
 
 from ansible_collections.hvfleet.drain.plugins.module_utils.common.errors import HvfleetError
+from ansible_collections.hvfleet.drain.plugins.module_utils.common.vocabulary import ForecastVerdict, Mode, OnTimeout
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning.scheduler import Scheduler
 
 MIB = 1024 ** 2
 GIB = 1024 ** 3
 
-PRECOPY = "precopy"
-POSTCOPY = "postcopy"
-POSTCOPY_AFTER_PRECOPY = "postcopy_after_precopy"
-AUTO = "auto"
-REFUSE = "refuse"
-MODES = (PRECOPY, POSTCOPY, POSTCOPY_AFTER_PRECOPY, AUTO)
-ON_TIMEOUT = ("abort", "suspend", "postcopy")
+PRECOPY = Mode.PRECOPY
+POSTCOPY = Mode.POSTCOPY
+POSTCOPY_AFTER_PRECOPY = Mode.POSTCOPY_AFTER_PRECOPY
+AUTO = Mode.AUTO
+REFUSE = ForecastVerdict.REFUSE
+MODES = tuple(Mode)
+ON_TIMEOUT = tuple(OnTimeout)
 
 
 class ForecastError(HvfleetError):
@@ -330,16 +331,16 @@ def _explicit_precopy(inp):
     run = _precopy(inp, inp.auto_converge)
     if run.converged:
         return _precopy_forecast(inp, run, PRECOPY, inp.auto_converge, f"{_head(inp)}: {_converged_text(run, inp)}")
-    action = inp.on_timeout if (inp.on_timeout != "postcopy" or inp.allow_postcopy) else "abort"
+    action = inp.on_timeout if (inp.on_timeout != OnTimeout.POSTCOPY or inp.allow_postcopy) else OnTimeout.ABORT
     miss = f"{_head(inp)}: {_miss_text(run, inp)}"
-    if action == "suspend":
+    if action == OnTimeout.SUSPEND:
         pause = run.remaining_bytes / inp.bw
         return Forecast(PRECOPY, inp.auto_converge,
                         f"{miss}; on_timeout suspend -> pause {pause:.1f} s at the deadline",
                         round(run.elapsed_s + pause, 3), round(pause * 1000 + inp.params.precopy_switchover_ms, 1),
                         int(run.bytes_sent + run.remaining_bytes), run.iterations, True, inp.deadline,
                         run.throttle_pct)
-    if action == "postcopy":
+    if action == OnTimeout.POSTCOPY:
         duration, pause_ms, sent = _switch(inp, run)
         return Forecast(PRECOPY, inp.auto_converge, f"{miss}; on_timeout postcopy -> post-copy at the deadline",
                         round(duration, 3), pause_ms, int(sent), run.iterations, True, inp.deadline, run.throttle_pct)
@@ -403,7 +404,7 @@ def _auto(inp):
 
 def forecast(ram_bytes, dirty_rate, bandwidth, *, mode=AUTO, allow_postcopy=True,  # pylint: disable=too-many-locals
              max_downtime_ms=500, max_downtime_cap_ms=2000, deadline_s=None, completion_timeout_per_gib_s=150.0,
-             on_timeout="abort", auto_converge=False, auto_converge_initial=None, auto_converge_increment=None,
+             on_timeout=OnTimeout.ABORT, auto_converge=False, auto_converge_initial=None, auto_converge_increment=None,
              postcopy_bandwidth=None, transferable_ratio=1.0, dirty_working_set=None, params=None):
     """Forecast one migration; for `auto`, choose its mode. Rates and bandwidths in bytes/s."""
     params = params or DEFAULT_PARAMS
@@ -449,7 +450,7 @@ def forecast_for_settings(settings, ram_bytes, dirty_rate, link_bandwidth, *, tr
         max_downtime_ms=settings.get("max_downtime_ms", 500),
         max_downtime_cap_ms=settings.get("max_downtime_cap_ms", 2000),
         completion_timeout_per_gib_s=settings.get("completion_timeout_per_gib_s", 150),
-        on_timeout=settings.get("on_timeout", "abort"), auto_converge=settings.get("auto_converge", False),
+        on_timeout=settings.get("on_timeout", OnTimeout.ABORT), auto_converge=settings.get("auto_converge", False),
         auto_converge_initial=settings.get("auto_converge_initial"),
         auto_converge_increment=settings.get("auto_converge_increment"),
         postcopy_bandwidth=pc_bw, transferable_ratio=transferable_ratio, dirty_working_set=dirty_working_set,
