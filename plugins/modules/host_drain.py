@@ -26,7 +26,9 @@ description:
     callback plugin.
   - On failure, the VMs that could not move are reported with their reason, the others carry on until more than
     O(max_failures) migrations failed, the host stays cordoned, and every VM is running somewhere or in a state
-    that the C(recovery) of its entry in RV(vms) names. The task then fails with a summary.
+    that the C(recovery) of its entry in RV(vms) names. After any error the VM is looked up on both hosts before its
+    journal state is written. A VM that is not in exactly one place is listed in RV(recoverable) with where it is
+    and what to do; a second running copy is paused. The task then fails with a summary.
   - O(state=restored) brings the VMs the journal recorded as moved away back to this host, with the same checks,
     forecast, concurrency and reporting, then uncordons the host and archives the journal.
   - Idempotent. A drained host (cordoned, no running or persistent domains) is reported unchanged; so is a restored
@@ -346,6 +348,27 @@ not_started:
   returned: always
   type: list
   elements: str
+recoverable:
+  description:
+    - VMs that are not provably in exactly one place (running on two hosts, seen on none, a leftover definition that
+      could not be removed, a host that cannot be seen). Nothing more is done with them until a person acts.
+  returned: always
+  type: list
+  elements: dict
+  contains:
+    vm:
+      description: The VM.
+      type: str
+    where:
+      description: Where each copy or definition of it was found, and in what state.
+      type: str
+    fix:
+      description: What to do about it.
+      type: str
+  sample:
+    - vm: db1
+      where: "running on both hosts and it cannot be told which copy is current; paused: hv1, hv2"
+      fix: decide which copy is current, destroy the other, resume the one kept, then run again.
 plan_file:
   description: Where the plan was written.
   returned: when O(plan_file) is set
