@@ -11,18 +11,22 @@ thread that is abandoned when it does not answer in time.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 
 class NoAnswer(Exception):
     """The call did not return within its deadline (it may still finish in the background)."""
 
 
-def call(fn, *args, timeout_s, what="call"):
+def call(fn: Callable[..., T], *args: Any, timeout_s: float, what: str = "call") -> T:
     """fn(*args) if it returns or raises within `timeout_s` seconds, else raise NoAnswer."""
-    box = {}
+    box: dict[str, Any] = {}
     done = threading.Event()
 
-    def run():
+    def run() -> None:
         try:
             box["value"] = fn(*args)
         except BaseException as exc:  # pylint: disable=broad-except
@@ -35,4 +39,4 @@ def call(fn, *args, timeout_s, what="call"):
         raise NoAnswer(f"{what}: no answer within {timeout_s:g} s")
     if "error" in box:
         raise box["error"]
-    return box.get("value")
+    return box["value"]  # set: run() finished without an error

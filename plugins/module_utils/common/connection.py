@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from urllib.parse import parse_qsl, urlsplit, urlunsplit
+from collections.abc import Iterable, Iterator
+from typing import Any
+from urllib.parse import SplitResult, parse_qsl, urlsplit, urlunsplit
 
 try:
     import libvirt
@@ -29,14 +31,17 @@ CLOSE_TIMEOUT_S = 5.0
 KNOWN_SCHEMES = ("qemu", "qemu+ssh", "qemu+tls", "qemu+tcp", "qemu+unix", "qemu+libssh", "qemu+libssh2", "test")
 
 _event_lock = threading.Lock()
-_event_thread = None
+_event_thread: threading.Thread | None = None
+
+# A libvirt virConnect (the binding has no type information).
+Connection = Any
 
 
-def _ignore_libvirt_error(_ctx, _err):
+def _ignore_libvirt_error(_ctx: object, _err: object) -> None:
     """libvirt prints every error to stderr by default; we raise them instead."""
 
 
-def ensure_event_loop():
+def ensure_event_loop() -> None:
     """Register libvirt's default event implementation once and run it in a daemon thread.
 
     Keepalive only works with an event loop; it must exist before connections open.
@@ -50,7 +55,7 @@ def ensure_event_loop():
         libvirt.registerErrorHandler(_ignore_libvirt_error, None)
         libvirt.virEventRegisterDefaultImpl()
 
-        def run():
+        def run() -> None:
             while True:
                 libvirt.virEventRunDefaultImpl()
 
@@ -58,7 +63,7 @@ def ensure_event_loop():
         _event_thread.start()
 
 
-def check_uri(uri):
+def check_uri(uri: object) -> SplitResult:
     """Reject strings that are not libvirt URIs before libvirt gives a vaguer error."""
     if not uri or not isinstance(uri, str):
         raise LibvirtConnectionError(uri, "Empty libvirt URI.", "give a URI such as qemu:///system.")
@@ -86,7 +91,7 @@ def check_uri(uri):
     return parts
 
 
-def effective_uri(uri):
+def effective_uri(uri: str) -> str:
     """Return the URI actually opened: SSH URIs get no_tty=1 so a password prompt fails fast."""
     parts = check_uri(uri)
     if parts.scheme == "qemu+ssh" and "no_tty" not in dict(parse_qsl(parts.query)):
@@ -96,7 +101,7 @@ def effective_uri(uri):
     return uri
 
 
-def explain(uri, message):
+def explain(uri: str, message: str | None) -> str:
     """Name the most likely fix for a libvirt connection error message."""
     text = (message or "").lower()
     scheme = urlsplit(uri).scheme
@@ -128,18 +133,19 @@ def explain(uri, message):
     return "check that the libvirt daemon runs on that host and that the URI is right."
 
 
-def connect(uri, timeout_s=DEFAULT_CONNECT_TIMEOUT_S, username=None, password=None, readonly=False):
+def connect(uri: str, timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S, username: str | None = None,
+            password: str | None = None, readonly: bool = False) -> Connection:
     """Open `uri` within `timeout_s` seconds with keepalive on; raise LibvirtConnectionError."""
     if libvirt is None:
         raise LibvirtConnectionError(uri, "The libvirt Python binding is not installed.",
                                      "install python3-libvirt (Debian) or libvirt-python (pip).")
     target = effective_uri(uri)
     ensure_event_loop()
-    box = {}
+    box: dict[str, Any] = {}
     done = threading.Event()
     abandoned = threading.Event()
 
-    def opener():
+    def opener() -> None:
         try:
             flags = libvirt.VIR_CONNECT_RO if readonly else 0
             if username is not None or password is not None:
@@ -175,7 +181,8 @@ def connect(uri, timeout_s=DEFAULT_CONNECT_TIMEOUT_S, username=None, password=No
     return conn
 
 
-def connect_all(uris, timeout_s=DEFAULT_CONNECT_TIMEOUT_S, username=None, password=None, readonly=False):
+def connect_all(uris: Iterable[str], timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S, username: str | None = None,
+                password: str | None = None, readonly: bool = False) -> list[Connection]:
     """Open several connections at once (each as connect()); returns them in the order of `uris`.
 
     A migration needs three (source, destination, a second source connection for the blocking
@@ -183,9 +190,9 @@ def connect_all(uris, timeout_s=DEFAULT_CONNECT_TIMEOUT_S, username=None, passwo
     If any fails, the ones that opened are closed and the first failure (in `uris` order) raised.
     """
     uris = list(uris)
-    boxes = [{} for _uri in uris]
+    boxes: list[dict[str, Any]] = [{} for _uri in uris]
 
-    def opener(uri, box):
+    def opener(uri: str, box: dict[str, Any]) -> None:
         try:
             box["conn"] = connect(uri, timeout_s=timeout_s, username=username, password=password, readonly=readonly)
         except Exception as exc:  # pylint: disable=broad-except
@@ -206,7 +213,7 @@ def connect_all(uris, timeout_s=DEFAULT_CONNECT_TIMEOUT_S, username=None, passwo
     return [box["conn"] for box in boxes]
 
 
-def _credentials(creds, userdata):
+def _credentials(creds: list[list[Any]], userdata: tuple[str | None, str | None]) -> int:
     """Answer libvirt's SASL prompts from (username, password) without a terminal."""
     username, password = userdata
     for cred in creds:
@@ -219,7 +226,7 @@ def _credentials(creds, userdata):
     return 0
 
 
-def close_quietly(conn, timeout_s=CLOSE_TIMEOUT_S):
+def close_quietly(conn: Connection | None, timeout_s: float = CLOSE_TIMEOUT_S) -> None:
     """Close a connection, ignoring errors of an already-broken peer; never wait long for it
     (a call still stuck in a busy daemon can hold the close up)."""
     if conn is None:
@@ -229,7 +236,8 @@ def close_quietly(conn, timeout_s=CLOSE_TIMEOUT_S):
 
 
 @contextlib.contextmanager
-def connection(uri, timeout_s=DEFAULT_CONNECT_TIMEOUT_S, username=None, password=None, readonly=False):
+def connection(uri: str, timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S, username: str | None = None,
+               password: str | None = None, readonly: bool = False) -> Iterator[Connection]:
     """Context manager around connect() that always closes the connection."""
     conn = connect(uri, timeout_s=timeout_s, username=username, password=password, readonly=readonly)
     try:

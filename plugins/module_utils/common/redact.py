@@ -12,34 +12,37 @@ to Ansible's no_log values (`uri_passwords`) so it is masked in results and mess
 from __future__ import annotations
 
 import re
+from typing import TypeVar, cast
 from urllib.parse import urlsplit
+
+T = TypeVar("T")
 
 MASK = "***"
 # scheme://user:password@  - the password part is anything up to the '@' that is not a separator
 _USERINFO = re.compile(r"(?P<head>\b[A-Za-z][A-Za-z0-9+.-]*://[^\s/@:'\"<>]*):(?P<password>[^\s/@'\"<>]+)@")
 
 
-def scrub_text(text):
+def scrub_text(text: str) -> str:
     """The text with the password of every URI in it replaced by ***."""
     if not isinstance(text, str) or "@" not in text:
         return text
     return _USERINFO.sub(lambda m: f"{m.group('head')}:{MASK}@", text)
 
 
-def scrub(value):
+def scrub(value: T) -> T:
     """A copy of `value` (str, or lists / tuples / dicts of them) with URI passwords masked."""
     if isinstance(value, str):
-        return scrub_text(value)
+        return cast(T, scrub_text(value))
     if isinstance(value, dict):
-        return {scrub(k) if isinstance(k, str) else k: scrub(v) for k, v in value.items()}
+        return cast(T, {scrub(k) if isinstance(k, str) else k: scrub(v) for k, v in value.items()})
     if isinstance(value, (list, tuple)):
-        return type(value)(scrub(v) for v in value)
+        return cast(T, type(value)(scrub(v) for v in value))
     return value
 
 
-def uri_passwords(value):
+def uri_passwords(value: object) -> set[str]:
     """Every password found in URIs inside `value` (for AnsibleModule.no_log_values)."""
-    found = set()
+    found: set[str] = set()
     if isinstance(value, str):
         for match in _USERINFO.finditer(value):
             found.add(match.group("password"))

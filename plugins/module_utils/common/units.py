@@ -9,13 +9,13 @@ import math
 MIB = 1024 * 1024
 
 
-def fmt_duration(seconds, missing="?"):
+def fmt_duration(value: object, missing: str = "?") -> str:
     """Short human duration: 850 ms, 12.3 s, 4 min 05 s, 2 h 03 min; `missing` when there is no number."""
     try:
-        seconds = float(seconds)
+        seconds = float(value)  # type: ignore[arg-type]  # whatever float() takes; the rest is missing
     except (TypeError, ValueError):
         return missing
-    if isinstance(seconds, bool) or not math.isfinite(seconds):
+    if not math.isfinite(seconds):
         return missing
     if seconds < 1:
         return f"{seconds * 1000:.0f} ms"
@@ -28,7 +28,7 @@ def fmt_duration(seconds, missing="?"):
     return f"{hours} h {rest // 60:02d} min"
 
 
-def fmt_mib(num_bytes):
+def fmt_mib(num_bytes: float | None) -> str:
     """Bytes as MiB (GiB from 10 GiB on)."""
     if num_bytes is None:
         return "? MiB"

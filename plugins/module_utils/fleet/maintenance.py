@@ -18,6 +18,8 @@ import fcntl
 import json
 import os
 import tempfile
+from collections.abc import Iterator
+from typing import Any
 
 from ansible_collections.hvfleet.drain.plugins.module_utils.common.errors import HvfleetError
 
@@ -43,24 +45,24 @@ class MaintenanceState:
     since: str | None = None
 
     @property
-    def cordoned(self):
+    def cordoned(self) -> bool:
         return self.state == CORDONED
 
-    def to_dict(self):
+    def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
-def state_path(state_dir=DEFAULT_DIR):
+def state_path(state_dir: str | os.PathLike[str] = DEFAULT_DIR) -> str:
     return os.path.join(os.fspath(state_dir), FILE_NAME)
 
 
-def utc_now():
+def utc_now() -> str:
     """UTC time as ISO 8601 with a Z, to the second."""
     now = datetime.datetime.now(datetime.timezone.utc)  # noqa: UP017  (datetime.UTC needs Python 3.11)
     return now.replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
 
-def read_state(state_dir=DEFAULT_DIR):
+def read_state(state_dir: str | os.PathLike[str] = DEFAULT_DIR) -> MaintenanceState:
     """The host's MaintenanceState; `active` when no state was ever written."""
     path = state_path(state_dir)
     try:
@@ -74,7 +76,7 @@ def read_state(state_dir=DEFAULT_DIR):
     return _parse(path, text)
 
 
-def _parse(path, text):
+def _parse(path: str, text: str) -> MaintenanceState:
     try:
         data = json.loads(text)
     except ValueError as exc:
@@ -95,7 +97,7 @@ def _parse(path, text):
 
 
 @contextlib.contextmanager
-def _locked(state_dir):
+def _locked(state_dir: str) -> Iterator[None]:
     """Exclusive lock beside the state file for the read-modify-write of set_state."""
     lock = os.path.join(state_dir, f".{FILE_NAME}.lock")
     fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
@@ -106,7 +108,7 @@ def _locked(state_dir):
         os.close(fd)
 
 
-def _write(state_dir, state):
+def _write(state_dir: str, state: MaintenanceState) -> None:
     path = state_path(state_dir)
     data = dict(state.to_dict(), version=FORMAT_VERSION)
     fd, tmp = tempfile.mkstemp(prefix=f".{FILE_NAME}.", dir=state_dir)
@@ -130,7 +132,8 @@ def _write(state_dir, state):
             os.close(dir_fd)
 
 
-def plan_state(current, state, reason=None, by=None, now=None):
+def plan_state(current: MaintenanceState, state: str, reason: str | None = None, by: str | None = None,
+               now: str | None = None) -> tuple[bool, MaintenanceState]:
     """(changed, after) for a request; the same state again changes nothing (keeps who and since)."""
     if state not in STATES:
         raise MaintenanceError(f"Unknown maintenance state {state!r}.", f"use one of {', '.join(STATES)}.")
@@ -139,7 +142,8 @@ def plan_state(current, state, reason=None, by=None, now=None):
     return True, MaintenanceState(state=state, reason=reason, by=by, since=now or utc_now())
 
 
-def set_state(state_dir, state, reason=None, by=None, check_mode=False, now=None):
+def set_state(state_dir: str | os.PathLike[str] | None, state: str, reason: str | None = None, by: str | None = None,
+              check_mode: bool = False, now: str | None = None) -> tuple[bool, MaintenanceState, MaintenanceState]:
     """Cordon or uncordon; returns (changed, before, after). Idempotent: same state, no write."""
     state_dir = os.fspath(state_dir or DEFAULT_DIR)
     if state not in STATES:

@@ -23,8 +23,9 @@ from __future__ import annotations
 
 import datetime
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Optional, Protocol, Union
 
 from ansible_collections.hvfleet.drain.plugins.module_utils.common.errors import HvfleetError
 
@@ -45,6 +46,12 @@ class RollingConfigError(HvfleetError):
     """A rolling setting or window specification is invalid."""
 
 
+class Window(Protocol):
+    """A maintenance window: open or not at a moment, and how it reads."""
+
+    def contains(self, now: datetime.datetime) -> bool: ...
+
+
 # --------------------------------------------------------------------------- windows
 
 
@@ -55,14 +62,14 @@ class DailyWindow:
     start: int
     end: int
 
-    def contains(self, now):
+    def contains(self, now: datetime.datetime) -> bool:
         utc = now.astimezone(UTC)
         minute = utc.hour * 60 + utc.minute + utc.second / 60.0
         if self.start < self.end:
             return self.start <= minute < self.end
         return minute >= self.start or minute < self.end
 
-    def __str__(self):
+    def __str__(self) -> str:
         return f"daily {self.start // 60:02d}:{self.start % 60:02d}-{self.end // 60:02d}:{self.end % 60:02d} UTC"
 
 
@@ -73,10 +80,10 @@ class AbsoluteWindow:
     start: datetime.datetime
     end: datetime.datetime
 
-    def contains(self, now):
+    def contains(self, now: datetime.datetime) -> bool:
         return self.start <= now < self.end
 
-    def __str__(self):
+    def __str__(self) -> str:
         return f"{self.start.isoformat()} to {self.end.isoformat()}"
 
 
@@ -84,16 +91,16 @@ class AbsoluteWindow:
 class AnyWindow:
     """Open when any of `windows` is open."""
 
-    windows: tuple
+    windows: tuple[Window, ...]
 
-    def contains(self, now):
+    def contains(self, now: datetime.datetime) -> bool:
         return any(w.contains(now) for w in self.windows)
 
-    def __str__(self):
+    def __str__(self) -> str:
         return " or ".join(str(w) for w in self.windows)
 
 
-def parse_instant(value, what):
+def parse_instant(value: object, what: str) -> datetime.datetime:
     """An aware datetime from an ISO 8601 string, a datetime or a date (naive means UTC)."""
     if isinstance(value, datetime.datetime):
         moment = value
@@ -120,7 +127,7 @@ def parse_instant(value, what):
     return moment
 
 
-def parse_window(spec):
+def parse_window(spec: object) -> Union[DailyWindow, AbsoluteWindow, AnyWindow, None]:
     """A window object from a specification, or None (always open) when `spec` is empty.
 
     Accepted: "HH:MM-HH:MM" (daily, UTC, may wrap midnight, "24:00" allowed as end);
@@ -152,13 +159,13 @@ def parse_window(spec):
                 f"maintenance window mapping must have exactly start and end, got {sorted(spec)}.",
                 "for example {start: 2025-06-01T22:00:00Z, end: 2025-06-02T04:00:00Z}.",
             )
-        start, end = parse_instant(spec["start"], "start"), parse_instant(spec["end"], "end")
-        if end <= start:
+        opens, closes = parse_instant(spec["start"], "start"), parse_instant(spec["end"], "end")
+        if closes <= opens:
             raise RollingConfigError(
-                f"maintenance window ends ({end.isoformat()}) before it starts ({start.isoformat()}).",
+                f"maintenance window ends ({closes.isoformat()}) before it starts ({opens.isoformat()}).",
                 "swap start and end.",
             )
-        return AbsoluteWindow(start, end)
+        return AbsoluteWindow(opens, closes)
     if isinstance(spec, (list, tuple)):
         windows = tuple(w for w in (parse_window(item) for item in spec) if w is not None)
         return AnyWindow(windows) if windows else None
@@ -180,7 +187,7 @@ class Host:
     order: object = None  # value of the order hostvar; None sorts last
     vm_memory_mib: Optional[float] = None  # memory of the VMs it runs (to be absorbed by others)
     free_memory_mib: Optional[float] = None  # memory it can absorb while in service
-    window: object = None  # parse_window() result; None: always open
+    window: Optional[Window] = None  # parse_window() result; None: always open
 
 
 @dataclass(frozen=True)
@@ -189,7 +196,7 @@ class Settings:
     max_failures: int = 0
     capacity_check: bool = True
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if isinstance(self.max_in_flight, bool) or not isinstance(self.max_in_flight, int) or self.max_in_flight < 1:
             raise RollingConfigError(
                 f"hvfleet_rolling_max_in_flight must be an integer >= 1, got {self.max_in_flight!r}.",
@@ -204,14 +211,15 @@ class Settings:
 
 @dataclass(frozen=True)
 class Decision:
-    admit: tuple = ()  # host names to admit now, in order
-    waiting: dict = field(default_factory=dict)  # host name -> reason it is not admitted now
+    admit: tuple[str, ...] = ()  # host names to admit now, in order
+    waiting: dict[str, str] = field(default_factory=dict)  # host name -> reason it is not admitted now
     final: bool = False  # True: no host will ever be admitted again in this run
     capacity_checked: bool = False  # False when the capacity figures were incomplete (check skipped)
 
 
-def _order_key(host):
+def _order_key(host: Host) -> tuple[tuple[int, float | str], str]:
     value = host.order
+    rank: tuple[int, float | str]
     if value is None:
         rank = (2, "")
     elif isinstance(value, bool):
@@ -223,24 +231,29 @@ def _order_key(host):
     return rank, host.name
 
 
-def order_hosts(hosts):
+def order_hosts(hosts: Iterable[Host]) -> list[Host]:
     """Hosts sorted by order value (numbers, then strings, then undefined), then by name."""
     return sorted(hosts, key=_order_key)
 
 
-def capacity_known(hosts):
+def capacity_known(hosts: Iterable[Host]) -> bool:
     """True when every host has both memory figures (otherwise the capacity check is skipped)."""
     return all(h.vm_memory_mib is not None and h.free_memory_mib is not None for h in hosts)
 
 
-def fits(hosts, out_of_service):
-    """Can the hosts in service absorb the VM memory of every host in `out_of_service` (names)?"""
-    demand = sum(h.vm_memory_mib for h in hosts if h.name in out_of_service)
-    supply = sum(h.free_memory_mib for h in hosts if h.name not in out_of_service)
+def fits(hosts: Iterable[Host], out_of_service: set[str]) -> bool:
+    """Can the hosts in service absorb the VM memory of every host in `out_of_service` (names)?
+
+    A missing figure counts 0: decide() only asks when every host has both (capacity_known).
+    """
+    hosts = list(hosts)
+    demand = sum(h.vm_memory_mib or 0.0 for h in hosts if h.name in out_of_service)
+    supply = sum(h.free_memory_mib or 0.0 for h in hosts if h.name not in out_of_service)
     return demand <= supply
 
 
-def decide(settings, hosts, in_flight=(), finished=(), failed=(), now=None):
+def decide(settings: Settings, hosts: list[Host], in_flight: Iterable[str] = (), finished: Iterable[str] = (),
+           failed: Iterable[str] = (), now: datetime.datetime | None = None) -> Decision:
     """Which waiting hosts to admit now.
 
     hosts: every host of the play (Host objects); in_flight/finished/failed: host names
@@ -265,7 +278,8 @@ def decide(settings, hosts, in_flight=(), finished=(), failed=(), now=None):
         if host is not None and host.domain is not None:
             busy[host.domain] = name
     out = in_flight | failed
-    admit, waiting = [], {}
+    admit: list[str] = []
+    waiting = {}
     for host in waiting_hosts:
         if host.window is not None and not host.window.contains(now):
             waiting[host.name] = f"{REASON_WINDOW} ({host.window})"
