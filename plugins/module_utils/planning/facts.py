@@ -16,6 +16,8 @@ import dataclasses
 import os
 import time
 import xml.etree.ElementTree as ET
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 from urllib.parse import urlsplit
 
 from ansible_collections.hvfleet.drain.plugins.module_utils.common.errors import HvfleetError
@@ -23,6 +25,12 @@ from ansible_collections.hvfleet.drain.plugins.module_utils.fleet import mainten
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning.policy import LABEL_NAMESPACE
 
 MIB = 1024 * 1024
+
+# libvirt objects (virConnect, virDomain): the binding has no type information.
+Connection = Any
+Domain = Any
+# (mount point, filesystem type, device), as in /proc/self/mounts
+Mount = tuple[str, str, str]
 
 DOMAIN_STATES = {0: "nostate", 1: "running", 2: "blocked", 3: "paused", 4: "shutdown", 5: "shutoff",
                  6: "crashed", 7: "pmsuspended"}
@@ -49,7 +57,7 @@ class FactsError(HvfleetError):
     """Facts could not be read (libvirt refused, or the XML is not a domain)."""
 
 
-def version_text(number):
+def version_text(number: int | None) -> str:
     """libvirt encodes versions as major*1e6 + minor*1e3 + micro."""
     if not number:
         return "unknown"
@@ -69,19 +77,19 @@ class Disk:  # pylint: disable=too-many-instance-attributes
     path: str | None = None  # file / block / dir source
     protocol: str | None = None  # network: nbd, rbd, iscsi, gluster, ...
     name: str | None = None  # network: export / image / IQN; volume: the volume
-    hosts: tuple = ()  # network: ("host:port", ...)
+    hosts: tuple[str, ...] = ()  # network: ("host:port", ...)
     pool: str | None = None  # volume disks
     format: str | None = None  # driver type: raw, qcow2
     readonly: bool = False
     shareable: bool = False
 
     @property
-    def empty(self):
+    def empty(self) -> bool:
         """No medium (an empty CD-ROM tray)."""
         return not (self.path or self.name or self.protocol)
 
     @property
-    def source(self):
+    def source(self) -> str:
         """One human string for the source: a path, nbd://host:port/name, or pool/volume."""
         if self.type == "network":
             host = self.hosts[0] if self.hosts else ""
@@ -90,7 +98,7 @@ class Disk:  # pylint: disable=too-many-instance-attributes
             return f"pool {self.pool} volume {self.name}"
         return self.path or "(empty)"
 
-    def to_dict(self):
+    def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["hosts"] = list(self.hosts)
         data["source"] = self.source
@@ -108,7 +116,7 @@ class Interface:
     mtu: int | None = None  # <mtu size=...> when set on the interface
     target: str | None = None  # the tap device on the host (running domains)
 
-    def to_dict(self):
+    def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
@@ -119,7 +127,7 @@ class LocalDevice:
     kind: str  # hostdev, interface-hostdev, serial, parallel, channel, smartcard, filesystem, nvme-disk
     description: str
 
-    def to_dict(self):
+    def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
@@ -141,16 +149,16 @@ class DomainFacts:  # pylint: disable=too-many-instance-attributes
     cpu_mode: str | None = None
     cpu_model: str | None = None
     cpu_xml: str | None = None  # the <cpu> element, for libvirt's CPU comparison
-    disks: tuple = ()
-    interfaces: tuple = ()
-    local_devices: tuple = ()
-    labels: dict = dataclasses.field(default_factory=dict)
+    disks: tuple[Disk, ...] = ()
+    interfaces: tuple[Interface, ...] = ()
+    local_devices: tuple[LocalDevice, ...] = ()
+    labels: dict[str, str] = dataclasses.field(default_factory=dict)
 
     @property
-    def running(self):
+    def running(self) -> bool:
         return self.state in ("running", "paused", "blocked")
 
-    def to_dict(self):
+    def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["disks"] = [d.to_dict() for d in self.disks]
         data["interfaces"] = [i.to_dict() for i in self.interfaces]
@@ -162,30 +170,29 @@ _UNITS = {"b": 1, "bytes": 1, "kb": 1000, "k": 1024, "kib": 1024, "mb": 1000 ** 
           "gb": 1000 ** 3, "g": 1024 ** 3, "gib": 1024 ** 3, "tb": 1000 ** 4, "t": 1024 ** 4, "tib": 1024 ** 4}
 
 
-def _mib(element, default=0):
+def _mib(element: ET.Element | None, default: int = 0) -> int:
     """A libvirt size element (<memory unit='KiB'>N</memory>) in MiB."""
-    if element is None or not (element.text or "").strip():
+    text = (element.text or "").strip() if element is not None else ""
+    if element is None or not text:
         return default
     unit = (element.get("unit") or "KiB").lower()
-    return int(int(element.text.strip()) * _UNITS.get(unit, 1024) // MIB)
+    return int(int(text) * _UNITS.get(unit, 1024) // MIB)
 
 
-def _disk(element):
+def _disk(element: ET.Element) -> Disk:
     source = element.find("source")
     src = source.attrib if source is not None else {}
     kind = element.get("type", "file")
     path = None
     if kind in ("file", "block", "dir"):
         path = src.get({"file": "file", "block": "dev", "dir": "dir"}[kind])
-    hosts = ()
+    hosts: tuple[str, ...] = ()
     if source is not None and kind == "network":
-        hosts = tuple(
-            f"{h.get('name') or h.get('socket') or ''}{':' + h.get('port') if h.get('port') else ''}"
-            for h in source.findall("host"))
+        hosts = tuple(_endpoint(h) for h in source.findall("host"))
     driver = element.find("driver")
     target = element.find("target")
     return Disk(
-        target=target.get("dev") if target is not None else "?",
+        target=(target.get("dev") if target is not None else None) or "?",
         device=element.get("device", "disk"),
         type=kind,
         path=path,
@@ -199,7 +206,19 @@ def _disk(element):
     )
 
 
-def _interface(element):
+def _endpoint(host: ET.Element) -> str:
+    """'name:port' (or the socket path) of a network disk's <host>."""
+    port = host.get("port")
+    return f"{host.get('name') or host.get('socket') or ''}{':' + port if port else ''}"
+
+
+def _size(element: ET.Element | None) -> int | None:
+    """An <mtu size='N'/> element's size, or None."""
+    size = element.get("size") if element is not None else None
+    return int(size) if size and size.isdigit() else None
+
+
+def _interface(element: ET.Element) -> Interface:
     kind = element.get("type", "")
     source = element.find("source")
     src = source.attrib if source is not None else {}
@@ -212,11 +231,11 @@ def _interface(element):
     target = element.find("target")
     return Interface(type=kind, source=origin, mac=mac.get("address") if mac is not None else None,
                      model=model.get("type") if model is not None else None,
-                     mtu=int(mtu.get("size")) if mtu is not None and (mtu.get("size") or "").isdigit() else None,
+                     mtu=_size(mtu),
                      target=target.get("dev") if target is not None else None)
 
 
-def _hostdev_address(source, kind):
+def _hostdev_address(source: ET.Element, kind: str) -> str:
     address = source.find("address")
     if address is None:
         vendor, product = source.find("vendor"), source.find("product")
@@ -230,7 +249,7 @@ def _hostdev_address(source, kind):
         adapter = source.find("adapter")
         return f"{adapter.get('name') if adapter is not None else '?'} {a.get('bus')}:{a.get('target')}:{a.get('unit')}"
 
-    def hexpart(key, width):
+    def hexpart(key: str, width: int) -> str:
         value = a.get(key, "0")
         try:
             return f"{int(value, 0):0{width}x}"
@@ -239,7 +258,8 @@ def _hostdev_address(source, kind):
     return f"{hexpart('domain', 4)}:{hexpart('bus', 2)}:{hexpart('slot', 2)}.{hexpart('function', 1)}"
 
 
-def _local_devices(devices, disks, interfaces):
+def _local_devices(devices: ET.Element, disks: Iterable[Disk], interfaces: Iterable[Interface]
+                   ) -> tuple[LocalDevice, ...]:
     found = []
     for hostdev in devices.findall("hostdev"):
         kind = hostdev.get("type", "?")
@@ -263,8 +283,8 @@ def _local_devices(devices, disks, interfaces):
     for fs in devices.findall("filesystem"):
         driver = fs.find("driver")
         source, target = fs.find("source"), fs.find("target")
-        kind = driver.get("type") if driver is not None and driver.get("type") else "9p"
-        found.append(LocalDevice("filesystem", f"{kind} filesystem share "
+        share = (driver.get("type") if driver is not None else None) or "9p"
+        found.append(LocalDevice("filesystem", f"{share} filesystem share "
                                  f"{source.get('dir') if source is not None else '?'} -> "
                                  f"{target.get('dir') if target is not None else '?'}"))
     for disk in disks:
@@ -273,7 +293,7 @@ def _local_devices(devices, disks, interfaces):
     return tuple(found)
 
 
-def parse_domain_xml(xml, state="unknown", persistent=None):
+def parse_domain_xml(xml: str, state: str = "unknown", persistent: bool | None = None) -> DomainFacts:
     """DomainFacts from domain XML text (pure); state/persistent come from libvirt, not the XML."""
     try:
         root = ET.fromstring(xml)
@@ -298,8 +318,9 @@ def parse_domain_xml(xml, state="unknown", persistent=None):
     metadata = root.find("metadata")
     if metadata is not None:
         for label in metadata.iter(f"{{{LABEL_NAMESPACE}}}label"):
-            if label.get("name"):
-                labels[label.get("name")] = (label.text or "").strip()
+            name = label.get("name")
+            if name:
+                labels[name] = (label.text or "").strip()
     cpu_xml = None
     if cpu is not None:
         cpu_xml = ET.tostring(cpu, encoding="unicode").strip()
@@ -325,7 +346,7 @@ def parse_domain_xml(xml, state="unknown", persistent=None):
     )
 
 
-def domain_facts(dom):
+def domain_facts(dom: Domain) -> DomainFacts:
     """DomainFacts of a libvirt domain (its live XML when running)."""
     try:
         state_code = dom.state()[0]
@@ -338,21 +359,24 @@ def domain_facts(dom):
     return parse_domain_xml(xml, state=DOMAIN_STATES.get(state_code, "unknown"), persistent=persistent)
 
 
-def _safe_name(dom):
+def _safe_name(dom: Domain) -> str:
     try:
         return dom.name()
     except Exception:  # pylint: disable=broad-except
         return "?"
 
 
-def measure_dirty_rates(doms, seconds=1, timeout_s=None, clock=time.monotonic, wait=time.sleep):
+def measure_dirty_rates(doms: Iterable[Domain], seconds: float = 1, timeout_s: float | None = None,
+                        clock: Callable[[], float] = time.monotonic,
+                        wait: Callable[[float], object] = time.sleep) -> dict[str, float | FactsError]:
     """{domain name: bytes/s or FactsError} measured by libvirt (virDomainStartDirtyRateCalc).
 
     All measurements run at once, so N domains take `seconds` (plus a little), not N x seconds.
     Needs running domains, libvirt >= 7.2 and QEMU >= 5.2.
     """
     timeout_s = timeout_s if timeout_s is not None else seconds + 10
-    results, started = {}, []
+    results: dict[str, float | FactsError] = {}
+    started: list[Domain] = []
     for dom in doms:
         try:
             dom.startDirtyRateCalc(int(seconds), 0)
@@ -390,7 +414,9 @@ def measure_dirty_rates(doms, seconds=1, timeout_s=None, clock=time.monotonic, w
     return results
 
 
-def measure_dirty_rate(dom, seconds=1, timeout_s=None, clock=time.monotonic, wait=time.sleep):
+def measure_dirty_rate(dom: Domain, seconds: float = 1, timeout_s: float | None = None,
+                       clock: Callable[[], float] = time.monotonic, wait: Callable[[float], object] = time.sleep
+                       ) -> float:
     """One domain's dirty-page rate in bytes/s (see measure_dirty_rates); raises FactsError."""
     rate = measure_dirty_rates([dom], seconds, timeout_s, clock, wait)[_safe_name(dom)]
     if isinstance(rate, FactsError):
@@ -401,15 +427,15 @@ def measure_dirty_rate(dom, seconds=1, timeout_s=None, clock=time.monotonic, wai
 # ---- local views: mounts, bridges -------------------------------------------------------------
 
 
-def _unescape(field):
+def _unescape(field: str) -> str:
     """/proc/mounts escapes space, tab, newline and backslash as octal."""
     return (field.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n")
             .replace("\\134", "\\"))
 
 
-def parse_mounts(text):
+def parse_mounts(text: str) -> list[Mount]:
     """[(mount point, fs type, device)] from /proc/self/mounts text."""
-    mounts = []
+    mounts: list[Mount] = []
     for line in text.splitlines():
         fields = line.split()
         if len(fields) >= 3:
@@ -417,10 +443,10 @@ def parse_mounts(text):
     return mounts
 
 
-def mount_of(path, mounts):
+def mount_of(path: str, mounts: Iterable[Mount]) -> Mount | None:
     """(mount point, fs type, device) of the filesystem `path` lies on: the longest matching mount,
     the last one mounted when several share a mount point (what the kernel shows)."""
-    best = None
+    best: Mount | None = None
     for point, fstype, device in mounts:
         prefix = point.rstrip("/") + "/"
         inside = path == point or path.startswith(prefix) or point == "/"
@@ -429,7 +455,7 @@ def mount_of(path, mounts):
     return best
 
 
-def read_mounts(proc="/proc"):
+def read_mounts(proc: str = "/proc") -> list[Mount] | None:
     try:
         with open(os.path.join(proc, "self", "mounts"), encoding="utf-8") as handle:
             return parse_mounts(handle.read())
@@ -437,21 +463,21 @@ def read_mounts(proc="/proc"):
         return None
 
 
-def local_bridges(sysfs="/sys"):
+def local_bridges(sysfs: str = "/sys") -> dict[str, int | None] | None:
     """{bridge name: mtu} from /sys/class/net/*/bridge (Linux); None when sysfs cannot be read."""
     base = os.path.join(sysfs, "class", "net")
     try:
         names = os.listdir(base)
     except OSError:
         return None
-    bridges = {}
+    bridges: dict[str, int | None] = {}
     for name in sorted(names):
         if os.path.isdir(os.path.join(base, name, "bridge")):
             bridges[name] = _read_int(os.path.join(base, name, "mtu"))
     return bridges
 
 
-def _read_int(path):
+def _read_int(path: str) -> int | None:
     try:
         with open(path, encoding="utf-8") as handle:
             return int(handle.read().strip())
@@ -459,13 +485,13 @@ def _read_int(path):
         return None
 
 
-def local_userfaultfd(proc="/proc", dev="/dev"):
+def local_userfaultfd(proc: str = "/proc", dev: str = "/dev") -> bool:
     """Whether the kernel offers userfaultfd (post-copy's destination side needs it)."""
     return (os.path.exists(os.path.join(dev, "userfaultfd"))
             or os.path.exists(os.path.join(proc, "sys", "vm", "unprivileged_userfaultfd")))
 
 
-def is_local_uri(uri):
+def is_local_uri(uri: str | None) -> bool:
     """The libvirt daemon behind `uri` runs on the machine this code runs on."""
     if not uri:
         return True
@@ -497,26 +523,27 @@ class HostFacts:  # pylint: disable=too-many-instance-attributes
     libvirt_version: int = 0
     qemu_version: int = 0
     migration_live: bool | None = None
-    migration_transports: tuple = ()
+    migration_transports: tuple[str, ...] = ()
     userfaultfd: bool | None = None
-    bridges: dict | None = None  # {name: mtu}; Linux bridges (local sysfs, else libvirt's interface driver)
+    # {name: mtu}: Linux bridges (local sysfs, else libvirt's interface driver)
+    bridges: dict[str, int | None] | None = None
     bridges_source: str | None = None  # sysfs, libvirt, or None when unknown
-    networks: dict = dataclasses.field(default_factory=dict)  # {name: {"active": bool, "bridge": str}}
-    cordon: dict | None = None  # maintenance.MaintenanceState.to_dict(); None when not readable from here
+    networks: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)  # {name: {active, bridge}}
+    cordon: dict[str, Any] | None = None  # maintenance.MaintenanceState.to_dict(); None when not readable from here
     local: bool = False  # the local parts were read on this host itself
 
     @property
-    def cordoned(self):
+    def cordoned(self) -> bool | None:
         """True / False, or None when the cordon state is unknown."""
         if self.cordon is None:
             return None
         return self.cordon.get("state") == maintenance.CORDONED
 
     @property
-    def postcopy(self):
+    def postcopy(self) -> dict[str, Any]:
         """{'supported': True/False/None, 'resume': bool, 'reason': str}."""
         reasons = []
-        supported = True
+        supported: bool | None = True
         if self.libvirt_version and self.libvirt_version < LIBVIRT_POSTCOPY_MIN:
             supported = False
             reasons.append(f"libvirt {version_text(self.libvirt_version)} < {version_text(LIBVIRT_POSTCOPY_MIN)}")
@@ -535,7 +562,7 @@ class HostFacts:  # pylint: disable=too-many-instance-attributes
         return {"supported": supported, "resume": bool(self.libvirt_version >= LIBVIRT_POSTCOPY_RESUME_MIN),
                 "reason": "; ".join(reasons)}
 
-    def to_dict(self):
+    def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["migration_transports"] = list(self.migration_transports)
         data["libvirt_version_text"] = version_text(self.libvirt_version)
@@ -545,7 +572,7 @@ class HostFacts:  # pylint: disable=too-many-instance-attributes
         return data
 
     @classmethod
-    def from_dict(cls, data, **overrides):
+    def from_dict(cls, data: Mapping[str, Any] | None, **overrides: Any) -> HostFacts:
         """HostFacts from to_dict() output (e.g. hypervisor_info's registered result)."""
         known = {f.name for f in dataclasses.fields(cls)}
         values = {k: v for k, v in (data or {}).items() if k in known}
@@ -556,7 +583,7 @@ class HostFacts:  # pylint: disable=too-many-instance-attributes
             values["name"] = values.get("hostname") or "?"
         return cls(**values)
 
-    def merged_with(self, supplied):
+    def merged_with(self, supplied: HostFacts | Mapping[str, Any] | None) -> HostFacts:
         """These (live, libvirt) facts, completed by facts read on the host itself (hypervisor_info).
 
         Only what could not be read from here is taken over: cordon state, userfaultfd, and the
@@ -565,7 +592,7 @@ class HostFacts:  # pylint: disable=too-many-instance-attributes
         if not supplied:
             return self
         other = supplied if isinstance(supplied, HostFacts) else HostFacts.from_dict(supplied, name=self.name)
-        changes = {}
+        changes: dict[str, Any] = {}
         if self.cordon is None and other.cordon is not None:
             changes["cordon"] = other.cordon
         if self.userfaultfd is None and other.userfaultfd is not None:
@@ -576,27 +603,25 @@ class HostFacts:  # pylint: disable=too-many-instance-attributes
         return dataclasses.replace(self, **changes) if changes else self
 
 
-def _libvirt_bridges(conn):
+def _libvirt_bridges(conn: Connection) -> dict[str, int | None] | None:
     """{name: mtu} of bridge interfaces via libvirt's interface driver; None if it has none."""
     try:
         ifaces = conn.listAllInterfaces(0)
     except Exception:  # pylint: disable=broad-except
         return None
-    bridges = {}
+    bridges: dict[str, int | None] = {}
     for iface in ifaces:
         try:
             root = ET.fromstring(iface.XMLDesc(0))
         except Exception:  # pylint: disable=broad-except
             continue
         if root.get("type") == "bridge":
-            mtu = root.find("mtu")
-            bridges[root.get("name") or iface.name()] = (
-                int(mtu.get("size")) if mtu is not None and (mtu.get("size") or "").isdigit() else None)
+            bridges[root.get("name") or iface.name()] = _size(root.find("mtu"))
     return bridges
 
 
-def _libvirt_networks(conn):
-    networks = {}
+def _libvirt_networks(conn: Connection) -> dict[str, dict[str, Any]]:
+    networks: dict[str, dict[str, Any]] = {}
     try:
         nets = conn.listAllNetworks(0)
     except Exception:  # pylint: disable=broad-except
@@ -615,12 +640,12 @@ def _libvirt_networks(conn):
     return networks
 
 
-def _capabilities(conn):
+def _capabilities(conn: Connection) -> dict[str, Any]:
     root = ET.fromstring(conn.getCapabilities())
     host = root.find("host")
     cpu = host.find("cpu") if host is not None else None
     migration = host.find("migration_features") if host is not None else None
-    transports = ()
+    transports: tuple[str, ...] = ()
     if migration is not None:
         transports = tuple(t.text for t in migration.findall("uri_transports/uri_transport") if t.text)
     return {
@@ -633,7 +658,7 @@ def _capabilities(conn):
     }
 
 
-def _memory_stats(conn, info):
+def _memory_stats(conn: Connection, info: list[Any]) -> dict[str, int]:
     """Node memory in KiB (total, free, buffers, cached); drivers without the call give free only."""
     try:
         return conn.getMemoryStats(VIR_NODE_MEMORY_STATS_ALL_CELLS, 0)
@@ -642,8 +667,9 @@ def _memory_stats(conn, info):
         return {"total": int(info[1]) * 1024, "free": int(conn.getFreeMemory()) // 1024}
 
 
-def host_facts(conn, name=None, uri=None, local=None, state_dir=maintenance.DEFAULT_DIR,
-               sysfs="/sys", proc="/proc", dev="/dev"):
+def host_facts(conn: Connection, name: str | None = None, uri: str | None = None, local: bool | None = None,
+               state_dir: str = maintenance.DEFAULT_DIR, sysfs: str = "/sys", proc: str = "/proc",
+               dev: str = "/dev") -> HostFacts:
     """HostFacts of the hypervisor behind `conn`.
 
     `local` (default: the URI is local) says this code runs on that hypervisor, so its sysfs,

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import heapq
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from typing import NamedTuple, Optional
@@ -51,7 +51,7 @@ class HostCapacity:
     cordoned: bool = False
     failure_domain: Optional[str] = None
     labels: Mapping[str, str] = field(default_factory=dict)
-    anti_affinity: Mapping[str, frozenset] = field(default_factory=dict)
+    anti_affinity: Mapping[str, frozenset[str]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -67,9 +67,9 @@ class VmDemand:
     vcpus: int
     dirty_rate_bps: float = 0.0
     anti_affinity: Mapping[str, str] = field(default_factory=dict)
-    pin: tuple = ()
-    avoid: tuple = ()
-    eligible: Optional[frozenset] = None
+    pin: tuple[str, ...] = ()
+    avoid: tuple[str, ...] = ()
+    eligible: Optional[frozenset[str]] = None
     precheck_failures: Mapping[str, str] = field(default_factory=dict)
     order: int = 0
 
@@ -86,7 +86,7 @@ class PlacementConfig:
     memory_headroom_fraction: float = 0.0
     vcpu_overcommit: float = 1.0
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if self.memory_headroom_mib < 0:
             raise PlacementError(
                 f"memory_headroom_mib must be >= 0, got {self.memory_headroom_mib}.",
@@ -103,11 +103,11 @@ class PlacementConfig:
                 hint="1.0 means one vCPU per host CPU; 4.0 allows four.",
             )
 
-    def headroom_mib(self, host):
+    def headroom_mib(self, host: HostCapacity) -> int:
         """Memory to keep free on `host`, in MiB."""
         return max(self.memory_headroom_mib, math.ceil(host.memory_total_mib * self.memory_headroom_fraction))
 
-    def vcpu_capacity(self, host):
+    def vcpu_capacity(self, host: HostCapacity) -> int:
         """How many vCPUs `host` may carry under the overcommit ratio."""
         # The epsilon absorbs float error (0.29 * 100 = 28.999...), never a real vCPU.
         return math.floor(host.vcpus_total * self.vcpu_overcommit + 1e-9)
@@ -125,9 +125,9 @@ class Unplaced(NamedTuple):
     """A VM with no destination; `reasons` maps each host (by name) to what blocked it."""
 
     vm: str
-    reasons: dict
+    reasons: dict[str, str]
 
-    def messages(self):
+    def messages(self) -> list[str]:
         """The blockers as "host: reason" lines, one per host."""
         return [f"{host}: {why}" for host, why in self.reasons.items()]
 
@@ -135,23 +135,23 @@ class Unplaced(NamedTuple):
 class PlacementPlan(NamedTuple):
     """The outcome: VMs in placement order with their destination, and those with none."""
 
-    assignments: list
-    unplaced: list
+    assignments: list[Assignment]
+    unplaced: list[Unplaced]
 
-    def destinations(self):
+    def destinations(self) -> dict[str, str]:
         """VM name -> destination host name."""
         return {a.vm: a.destination for a in self.assignments}
 
 
-def _matcher(patterns):
+def _matcher(patterns: Iterable[str]) -> Callable[[str], bool]:
     """Return a cached predicate `host name -> matches any glob`."""
-    patterns = tuple(patterns)
-    cache = {}
+    globs = tuple(patterns)
+    cache: dict[str, bool] = {}
 
-    def matches(name):
+    def matches(name: str) -> bool:
         hit = cache.get(name)
         if hit is None:
-            hit = cache[name] = any(fnmatchcase(name, p) for p in patterns)
+            hit = cache[name] = any(fnmatchcase(name, p) for p in globs)
         return hit
 
     return matches
@@ -162,21 +162,21 @@ class _Dest:
 
     __slots__ = ("host", "headroom", "vcpu_cap", "mem_used", "vcpus_used", "planned", "aa")
 
-    def __init__(self, host, config):
+    def __init__(self, host: HostCapacity, config: PlacementConfig) -> None:
         self.host = host
         self.headroom = config.headroom_mib(host)
         self.vcpu_cap = config.vcpu_capacity(host)
         self.mem_used = host.memory_used_mib
         self.vcpus_used = host.vcpus_used
         self.planned = 0
-        self.aa = {key: set(values) for key, values in host.anti_affinity.items()}
+        self.aa: dict[str, set[str]] = {key: set(values) for key, values in host.anti_affinity.items()}
 
     @property
-    def mem_avail(self):
+    def mem_avail(self) -> int:
         """Memory a VM may still take: free memory minus the headroom."""
         return self.host.memory_total_mib - self.mem_used - self.headroom
 
-    def place(self, vm):
+    def place(self, vm: VmDemand) -> None:
         self.mem_used += vm.memory_mib
         self.vcpus_used += vm.vcpus
         self.planned += 1
@@ -187,28 +187,28 @@ class _Dest:
 class _Rules:
     """The per-VM static rules (source, cordon, prechecks, pin, avoid) with cached glob matching."""
 
-    def __init__(self, sources):
+    def __init__(self, sources: Iterable[str]) -> None:
         self.sources = frozenset(sources)
-        self._matchers = {}
-        self._pinned = {}
+        self._matchers: dict[tuple[str, ...], Callable[[str], bool]] = {}
+        self._pinned: dict[tuple[str, ...], frozenset[str]] = {}
 
-    def matcher(self, patterns):
-        patterns = tuple(patterns)
-        found = self._matchers.get(patterns)
+    def matcher(self, patterns: Iterable[str]) -> Callable[[str], bool]:
+        key = tuple(patterns)
+        found = self._matchers.get(key)
         if found is None:
-            found = self._matchers[patterns] = _matcher(patterns)
+            found = self._matchers[key] = _matcher(key)
         return found
 
-    def pinned(self, patterns, names):
+    def pinned(self, patterns: Iterable[str], names: Iterable[str]) -> frozenset[str]:
         """The names matching any of `patterns`, computed once per pattern list."""
-        patterns = tuple(patterns)
-        found = self._pinned.get(patterns)
+        key = tuple(patterns)
+        found = self._pinned.get(key)
         if found is None:
-            match = self.matcher(patterns)
-            found = self._pinned[patterns] = frozenset(n for n in names if match(n))
+            match = self.matcher(key)
+            found = self._pinned[key] = frozenset(n for n in names if match(n))
         return found
 
-    def static_blockers(self, vm, host):
+    def static_blockers(self, vm: VmDemand, host: HostCapacity) -> list[str]:
         """Reasons that do not depend on capacity, in a fixed order."""
         name = host.name
         if name in self.sources:
@@ -227,7 +227,7 @@ class _Rules:
         return out
 
 
-def _dynamic_blockers(vm, dest, vcpu_ratio):
+def _dynamic_blockers(vm: VmDemand, dest: _Dest, vcpu_ratio: float) -> list[str]:
     """Reasons tied to capacity and neighbours, counting VMs already planned onto `dest`."""
     out = []
     for key in sorted(vm.anti_affinity):
@@ -247,20 +247,21 @@ def _dynamic_blockers(vm, dest, vcpu_ratio):
     return out
 
 
-def _check_unique(items, what):
-    seen = set()
+def _check_unique(items: Iterable[VmDemand | HostCapacity], what: str) -> None:
+    seen: set[str] = set()
     for item in items:
         if item.name in seen:
             raise PlacementError(f"{what} '{item.name}' is listed twice.", hint=f"give each {what} once.")
         seen.add(item.name)
 
 
-def placement_order(vms):
+def placement_order(vms: Iterable[VmDemand]) -> list[VmDemand]:
     """VMs sorted as they are placed: policy order, hottest, largest memory, most vCPUs, name."""
     return sorted(vms, key=lambda v: (v.order, -v.dirty_rate_bps, -v.memory_mib, -v.vcpus, v.name))
 
 
-def plan_placement(source, vms, hosts, config):
+def plan_placement(source: str | Collection[str], vms: Iterable[VmDemand], hosts: Iterable[HostCapacity],
+                   config: PlacementConfig) -> PlacementPlan:
     """Choose a destination for each VM of `source`; see the module docstring for the rules.
 
     `source` is a host name, or a collection of names when several hosts (a rack) drain at once.
@@ -302,7 +303,7 @@ def plan_placement(source, vms, hosts, config):
     return PlacementPlan(assignments, unplaced)
 
 
-def _restricted(vm, open_names, rules):
+def _restricted(vm: VmDemand, open_names: frozenset[str], rules: _Rules) -> list[str] | None:
     """A short list of the hosts a VM may go to when prechecks or pins narrow the field, else None.
 
     None sends the VM to the heap, which checks every rule anyway; this only saves work.
@@ -320,11 +321,11 @@ def _restricted(vm, open_names, rules):
     return [name for name in narrowest if name in open_names]
 
 
-def _fits(vm, dest, rules, config):
+def _fits(vm: VmDemand, dest: _Dest, rules: _Rules, config: PlacementConfig) -> bool:
     return not rules.static_blockers(vm, dest.host) and not _dynamic_blockers(vm, dest, config.vcpu_overcommit)
 
 
-def _best_by_scan(vm, candidates, rules, config):
+def _best_by_scan(vm: VmDemand, candidates: Iterable[_Dest], rules: _Rules, config: PlacementConfig) -> _Dest | None:
     """Linear pass over a short candidate list, same order as the heap: most memory, then name."""
     best = best_key = None
     for dest in candidates:
@@ -334,7 +335,8 @@ def _best_by_scan(vm, candidates, rules, config):
     return best
 
 
-def _best_by_heap(vm, heap, dests, rules, config):
+def _best_by_heap(vm: VmDemand, heap: list[tuple[int, str]], dests: dict[str, _Dest], rules: _Rules,
+                  config: PlacementConfig) -> _Dest | None:
     """Pop hosts by most memory available until one fits; stop once memory alone rules out the rest."""
     rejected = []
     best = None
@@ -357,11 +359,11 @@ def _best_by_heap(vm, heap, dests, rules, config):
     return best
 
 
-def _reheap(heap, dest):
+def _reheap(heap: list[tuple[int, str]], dest: _Dest) -> None:
     heapq.heappush(heap, (-dest.mem_avail, dest.host.name))
 
 
-def _why(vm, dest, after):
+def _why(vm: VmDemand, dest: _Dest, after: int) -> str:
     parts = [f"most memory left after placement among fitting hosts: {after} MiB beyond headroom"]
     parts.append(f"vCPUs {dest.vcpus_used}/{dest.vcpu_cap}")
     if vm.pin:
@@ -369,7 +371,8 @@ def _why(vm, dest, after):
     return "; ".join(parts)
 
 
-def _explain(vm, hosts, dests, rules, config):
+def _explain(vm: VmDemand, hosts: Iterable[HostCapacity], dests: dict[str, _Dest], rules: _Rules,
+             config: PlacementConfig) -> dict[str, str]:
     """Every host's blockers for `vm`, by host name; the first ones listed are the static ones."""
     reasons = {}
     for host in sorted(hosts, key=lambda h: h.name):
@@ -382,7 +385,7 @@ def _explain(vm, hosts, dests, rules, config):
     return reasons
 
 
-def recheck(vm, host_now, config):
+def recheck(vm: VmDemand, host_now: HostCapacity, config: PlacementConfig) -> tuple[bool, str]:
     """Re-check one destination with fresh facts just before migrating (facts go stale).
 
     Returns (ok, reason): ok is False when the host is cordoned, now lacks memory or vCPUs, or

@@ -33,20 +33,26 @@ import json
 import math
 import os
 import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, cast
 
 from ansible_collections.hvfleet.drain.plugins.module_utils.common.errors import HvfleetError
 from ansible_collections.hvfleet.drain.plugins.module_utils.common.vocabulary import Compression, Mode, OnTimeout
-from ansible_collections.hvfleet.drain.plugins.module_utils.planning.policy_schema import DEFAULT_SETTINGS, SCHEMA
+from ansible_collections.hvfleet.drain.plugins.module_utils.planning.policy_schema import (
+    DEFAULT_SETTINGS,
+    SCHEMA,
+    Settings,
+)
 
 try:
     import jsonschema
 except ImportError:  # reported when validation is attempted, not at import
-    jsonschema = None
+    jsonschema = None  # type: ignore[assignment]
 
 try:
     import yaml
-except ImportError:
-    yaml = None
+except ImportError:  # reported when a YAML file is read
+    yaml = None  # type: ignore[assignment]
 
 VARIABLE = "hvfleet_migration_policies"
 INVENTORY_SOURCE = f"inventory variable {VARIABLE}"
@@ -65,7 +71,7 @@ class PolicyProblem:
     problem: str
     expected: str
 
-    def __str__(self):
+    def __str__(self) -> str:
         where = f"{self.policy}, {self.path}" if self.policy else self.path
         return f"{where}: {self.problem}; expected {self.expected}"
 
@@ -73,7 +79,8 @@ class PolicyProblem:
 class PolicyError(HvfleetError):
     """The policies cannot be used as written; nothing must run. Names the source and each problem."""
 
-    def __init__(self, source, problems=(), message=None, hint=None):
+    def __init__(self, source: str, problems: Iterable[PolicyProblem] = (), message: str | None = None,
+                 hint: str | None = None) -> None:
         self.source = source
         self.problems = list(problems)
         if message is None:
@@ -92,15 +99,15 @@ class Policy:
 
     name: str
     index: int
-    selector: dict
+    selector: dict[str, Any]
     priority: int
     default: bool
-    settings: dict
-    declared: dict
+    settings: Settings
+    declared: Settings
     description: str = ""
 
     @property
-    def builtin(self):
+    def builtin(self) -> bool:
         return self.index < 0
 
 
@@ -109,11 +116,11 @@ class PolicyMatch:
     """The policy one VM gets, its effective settings, and a human line saying why."""
 
     policy: Policy
-    settings: dict
+    settings: Settings
     reason: str
     specificity: int
 
-    def as_dict(self):
+    def as_dict(self) -> dict[str, Any]:
         return {
             "policy": self.policy.name,
             "reason": self.reason,
@@ -137,8 +144,11 @@ BUILTIN_DEFAULT = Policy(
 # ---- loading --------------------------------------------------------------------------------
 
 
-def load_policies(data, source=INVENTORY_SOURCE):
-    """Check a policy list given as Python data (e.g. the inventory variable); return Policy objects."""
+def load_policies(data: Any, source: str = INVENTORY_SOURCE) -> list[Policy]:
+    """Check a policy list given as Python data (e.g. the inventory variable); return Policy objects.
+
+    `data` is whatever the inventory holds: anything but a list of valid policies is a PolicyError.
+    """
     if data is None:
         return []
     problems = schema_problems(data)
@@ -149,9 +159,9 @@ def load_policies(data, source=INVENTORY_SOURCE):
     return [_build(index, item) for index, item in enumerate(data)]
 
 
-def load_policy_file(path):
+def load_policy_file(file: str | os.PathLike[str]) -> list[Policy]:
     """Read a YAML or JSON file (a list of policies, or a mapping holding VARIABLE) and check it."""
-    path = os.fspath(path)
+    path = os.fspath(file)
     try:
         with open(path, encoding="utf-8") as handle:
             text = handle.read()
@@ -170,7 +180,7 @@ def load_policy_file(path):
     return load_policies(document, source)
 
 
-def _parse(path, text):
+def _parse(path: str, text: str) -> Any:
     if path.endswith(".json"):
         try:
             return json.loads(text)
@@ -186,10 +196,10 @@ def _parse(path, text):
                           hint="fix the YAML syntax at the line shown.") from exc
 
 
-_LOADER = []
+_LOADER: list[type[yaml.SafeLoader]] = []
 
 
-def _strict_loader():
+def _strict_loader() -> type[yaml.SafeLoader]:
     """A SafeLoader that refuses duplicate keys: a repeated `mode:` must not silently win."""
     if _LOADER:
         return _LOADER[0]
@@ -197,8 +207,8 @@ def _strict_loader():
     class StrictLoader(yaml.SafeLoader):  # pylint: disable=too-many-ancestors
         pass
 
-    def construct_mapping(loader, node):
-        seen = {}
+    def construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
         for key_node, _value in node.value:
             if key_node.tag == "tag:yaml.org,2002:merge":
                 continue
@@ -220,7 +230,7 @@ def _strict_loader():
     return StrictLoader
 
 
-def _build(index, item):
+def _build(index: int, item: dict[str, Any]) -> Policy:
     declared = item.get("settings") or {}
     settings = copy.deepcopy(DEFAULT_SETTINGS)
     for key, value in declared.items():
@@ -243,25 +253,25 @@ def _build(index, item):
 # ---- schema problems --------------------------------------------------------------------------
 
 
-def schema_problems(data):
+def schema_problems(data: Any) -> list[PolicyProblem]:
     """Every JSON Schema violation in `data`, as PolicyProblems sorted by path."""
     if jsonschema is None:
         raise PolicyError(INVENTORY_SOURCE, message="cannot check the policies: the jsonschema library is missing",
                           hint="install jsonschema (see the collection's requirements.txt) where this runs.")
     validator = jsonschema.Draft202012Validator(SCHEMA)
-    problems = []
+    problems: list[PolicyProblem] = []
     for error in validator.iter_errors(data):
         problems.extend(_explain(error, data))
     problems.sort(key=lambda p: (_natural(p.path), p.problem))
     return problems
 
 
-def _natural(path):
+def _natural(path: str) -> list[tuple[int, int, str]]:
     """Sort key that puts $[2] before $[10]."""
     return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", path)]
 
 
-def json_path(parts):
+def json_path(parts: Iterable[object]) -> str:
     """`$[2].settings.mode` from a sequence of keys and indexes."""
     text = "$"
     for part in parts:
@@ -274,7 +284,7 @@ def json_path(parts):
     return text
 
 
-def _policy_label(data, parts):
+def _policy_label(data: Any, parts: Sequence[object]) -> str:
     if not parts or not isinstance(parts[0], int):
         return ""
     index = parts[0]
@@ -285,14 +295,16 @@ def _policy_label(data, parts):
     return f"policy #{index} (unnamed)"
 
 
-def _explain(error, data):
+def _explain(error: jsonschema.ValidationError, data: Any) -> list[PolicyProblem]:
     parts = list(error.absolute_path)
     policy = _policy_label(data, parts)
-    kind = error.validator
-    value = error.validator_value
-    instance = error.instance
+    # a validator run fills these in (the stubs allow "unset" for errors built by hand)
+    schema = cast("Mapping[str, Any]", error.schema)
+    kind = cast(str, error.validator)
+    value: Any = error.validator_value
+    instance: Any = error.instance
     if kind == "additionalProperties":
-        allowed = sorted(error.schema.get("properties", {}))
+        allowed = sorted(schema.get("properties", {}))
         problems = []
         for key in sorted((k for k in instance if k not in allowed), key=str):
             close = difflib.get_close_matches(str(key), allowed, n=1)
@@ -302,7 +314,7 @@ def _explain(error, data):
         return problems
     if kind == "required":
         return [PolicyProblem(json_path(parts + [key]), policy, f"the required field '{key}' is missing",
-                              _describe(error.schema.get("properties", {}).get(key, {})))
+                              _describe(schema.get("properties", {}).get(key, {})))
                 for key in value if key not in instance]
     path = json_path(parts)
     got = f"got {_show(instance)}"
@@ -310,16 +322,16 @@ def _explain(error, data):
         close = difflib.get_close_matches(str(instance), [str(v) for v in value], n=1)
         if close:
             got += f" (did you mean '{close[0]}'?)"
-        return [PolicyProblem(path, policy, got, _describe(error.schema))]
+        return [PolicyProblem(path, policy, got, _describe(schema))]
     if kind == "type":
         if "string" in _types(value) and isinstance(instance, (bool, int, float)):
             got += " (quote it in YAML to make it a string)"
-        return [PolicyProblem(path, policy, got, _describe(error.schema))]
+        return [PolicyProblem(path, policy, got, _describe(schema))]
     if kind == "anyOf":
         return [PolicyProblem(path, policy, got, " or ".join(_describe(s) for s in value))]
     if kind in ("minimum", "maximum"):
         # the whole range, not just the bound that was crossed: the operator sees what would do
-        return [PolicyProblem(path, policy, got, _describe(error.schema))]
+        return [PolicyProblem(path, policy, got, _describe(schema))]
     if kind == "propertyNames":
         return [PolicyProblem(path, policy, "a label name is empty", "non-empty label names")]
     expected = {
@@ -331,11 +343,11 @@ def _explain(error, data):
     return [PolicyProblem(path, policy, got, expected)]
 
 
-def _types(value):
+def _types(value: str | list[str]) -> list[str]:
     return [value] if isinstance(value, str) else list(value)
 
 
-def _kind(value):
+def _kind(value: object) -> str:
     if isinstance(value, bool):
         return "a boolean"
     if isinstance(value, (int, float)):
@@ -349,7 +361,7 @@ def _kind(value):
     return "null" if value is None else type(value).__name__
 
 
-def _show(value):
+def _show(value: object) -> str:
     """A short rendering of a bad value: the value itself when small, its kind otherwise."""
     if isinstance(value, (dict, list)):
         return f"{_kind(value)} of {len(value)} item{'s' if len(value) != 1 else ''}"
@@ -370,7 +382,7 @@ _TYPE_WORDS = {
 }
 
 
-def _describe(schema, plural=False):
+def _describe(schema: Mapping[str, Any], plural: bool = False) -> str:
     """What a (sub)schema accepts, in words: "one of 'a', 'b'", "a list of strings", ...."""
     if "$ref" in schema:
         name = schema["$ref"].rsplit("/", 1)[-1]
@@ -400,15 +412,15 @@ def _describe(schema, plural=False):
 # ---- semantic problems ------------------------------------------------------------------------
 
 
-def semantic_problems(data):
+def semantic_problems(data: list[dict[str, Any]]) -> list[PolicyProblem]:
     """What the schema cannot express: uniqueness, one default, contradictory settings."""
-    problems = []
-    names = {}
-    default_at = None
+    problems: list[PolicyProblem] = []
+    names: dict[str, int] = {}
+    default_at: int | None = None
     for index, item in enumerate(data):
         label = f"policy '{item['name']}'"
 
-        def add(parts, problem, expected, _index=index, _label=label):
+        def add(parts: Iterable[object], problem: str, expected: str, _index: int = index, _label: str = label) -> None:
             problems.append(PolicyProblem(json_path([_index] + list(parts)), _label, problem, expected))
 
         name = item["name"]
@@ -440,7 +452,7 @@ def semantic_problems(data):
     return problems
 
 
-def _settings_problems(declared, add):
+def _settings_problems(declared: Settings, add: Callable[[list[object], str, str], None]) -> None:
     settings = copy.deepcopy(DEFAULT_SETTINGS)
     settings.update(declared)
     mode = settings["mode"]
@@ -489,16 +501,21 @@ def _settings_problems(declared, add):
 # ---- selection --------------------------------------------------------------------------------
 
 
-def select_policy(policies, domain_name, labels=None, memory_mib=None):
-    """The one policy for a VM (see the module docstring for precedence), with defaults applied."""
+def select_policy(policies: Sequence[Policy] | Sequence[dict[str, Any]] | None, domain_name: str,
+                  labels: Mapping[Any, Any] | None = None, memory_mib: int | None = None) -> PolicyMatch:
+    """The one policy for a VM (see the module docstring for precedence), with defaults applied.
+
+    `policies` are load_policies() results, or the raw list, which is checked first.
+    """
     if policies and not isinstance(policies[0], Policy):
         policies = load_policies(policies)
-    labels = {str(k): str(v) for k, v in (labels or {}).items()}
-    matches = []
-    for policy in policies or ():
+    checked = cast("Sequence[Policy]", policies or ())
+    shown = {str(k): str(v) for k, v in (labels or {}).items()}
+    matches: list[tuple[int, Policy, list[str]]] = []
+    for policy in checked:
         if policy.default:
             continue
-        found = _match(policy.selector, domain_name, labels, memory_mib)
+        found = _match(policy.selector, domain_name, shown, memory_mib)
         if found is not None:
             specificity, criteria = found
             matches.append((specificity, policy, criteria))
@@ -507,7 +524,7 @@ def select_policy(policies, domain_name, labels=None, memory_mib=None):
         specificity, winner, criteria = matches[0]
         return PolicyMatch(winner, copy.deepcopy(winner.settings),
                            _reason(winner, specificity, criteria, matches[1:]), specificity)
-    default = next((p for p in policies or () if p.default), None)
+    default = next((p for p in checked if p.default), None)
     if default is not None:
         return PolicyMatch(default, copy.deepcopy(default.settings),
                            f"policy '{default.name}': the default policy, no other policy matched", 0)
@@ -516,7 +533,8 @@ def select_policy(policies, domain_name, labels=None, memory_mib=None):
                        "built-in defaults apply", 0)
 
 
-def _match(selector, domain_name, labels, memory_mib):
+def _match(selector: Mapping[str, Any], domain_name: str, labels: Mapping[str, str],
+           memory_mib: int | None) -> tuple[int, list[str]] | None:
     """(specificity, [criteria in words]) when every criterion holds, else None."""
     specificity = 0
     criteria = []
@@ -553,7 +571,7 @@ def _match(selector, domain_name, labels, memory_mib):
     return specificity, criteria
 
 
-def _reason(winner, specificity, criteria, others):
+def _reason(winner: Policy, specificity: int, criteria: list[str], others: list[tuple[int, Policy, list[str]]]) -> str:
     tied = any(s == specificity for s, _p, _c in others)
     head = f"specificity {specificity}" + (f", priority {winner.priority}" if tied else "")
     text = f"policy '{winner.name}': {', '.join(criteria)} ({head})"

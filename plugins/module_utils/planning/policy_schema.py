@@ -17,6 +17,7 @@ into the middle of a drain, after the host was cordoned (1e300 s/GiB overflowed 
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 from ansible_collections.hvfleet.drain.plugins.module_utils.common.vocabulary import (
     Compression,
@@ -33,6 +34,9 @@ MAX_TIMEOUT_PER_GIB_S = 24 * 3600  # a day per GiB: slower than that is not a li
 MAX_THROTTLE_PCT = 99  # QEMU's cpu-throttle-initial / -increment: 1..99
 MAX_PARALLEL_CONNECTIONS = 255  # QEMU's multifd-channels
 
+# A policy's settings as JSON data: key -> value, every key of the schema's settings.
+Settings = dict[str, Any]
+
 _GLOB_LIST = {
     "type": "array",
     "minItems": 1,
@@ -42,7 +46,7 @@ _GLOB_LIST = {
 
 _LABEL_VALUE = {"type": "string"}
 
-SCHEMA = {
+SCHEMA: dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
     "$id": "https://hvfleet.github.io/drain/schemas/migration-policies.json",
     "title": "hvfleet_migration_policies",
@@ -223,7 +227,7 @@ SCHEMA = {
     },
 }
 
-_UNSET_SETTINGS = {
+_UNSET_SETTINGS: Settings = {
     "bandwidth_mib": None,
     "postcopy_bandwidth_mib": None,
     "auto_converge_initial": None,
@@ -233,7 +237,7 @@ _UNSET_SETTINGS = {
 }
 
 
-def default_settings():
+def default_settings() -> Settings:
     """Every settings key with its default (None where unset means unlimited / QEMU's own)."""
     props = SCHEMA["$defs"]["settings"]["properties"]
     settings = {key: copy.deepcopy(_UNSET_SETTINGS.get(key, props[key].get("default"))) for key in props}

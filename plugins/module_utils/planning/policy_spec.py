@@ -15,6 +15,8 @@ The one place where the policy vocabulary meets the engine's:
 
 from __future__ import annotations
 
+from typing import Any, Protocol
+
 from ansible_collections.hvfleet.drain.plugins.module_utils.common.errors import InvalidSpec
 from ansible_collections.hvfleet.drain.plugins.module_utils.common.vocabulary import (
     Compression,
@@ -24,12 +26,28 @@ from ansible_collections.hvfleet.drain.plugins.module_utils.common.vocabulary im
     Storage,
 )
 from ansible_collections.hvfleet.drain.plugins.module_utils.engine.spec import MigrationSpec
+from ansible_collections.hvfleet.drain.plugins.module_utils.planning.policy_schema import Settings
 
 # a policy's `storage` -> the engine's `copy_storage` (libvirt's NON_SHARED_DISK / NON_SHARED_INC)
-STORAGE = {Storage.SHARED_ONLY: None, Storage.COPY_ALL: "all", Storage.COPY_INCREMENTAL: "incremental"}
+STORAGE: dict[str, str | None] = {
+    Storage.SHARED_ONLY: None, Storage.COPY_ALL: "all", Storage.COPY_INCREMENTAL: "incremental"}
 
 
-def effective_mode(settings, forecast=None):
+
+class ModeChoice(Protocol):
+    """What is read of a forecast: forecast.Forecast, or the mode a reviewed plan recorded."""
+
+    @property
+    def mode(self) -> str: ...
+
+    @property
+    def reason(self) -> str: ...
+
+    @property
+    def auto_converge(self) -> bool: ...
+
+
+def effective_mode(settings: Settings, forecast: ModeChoice | None = None) -> tuple[str, bool, str]:
     """(mode, auto_converge, explanation) the migration will use."""
     mode = settings.get("mode", Mode.AUTO)
     auto_converge = bool(settings.get("auto_converge"))
@@ -47,8 +65,9 @@ def effective_mode(settings, forecast=None):
     return forecast.mode, auto_converge or bool(forecast.auto_converge), forecast.reason
 
 
-def spec_for(settings, forecast=None, migrate_uri=None, bandwidth_mib=None, persistent=True,
-             tls_destination=None, **overrides):
+def spec_for(settings: Settings, forecast: ModeChoice | None = None, migrate_uri: str | None = None,
+             bandwidth_mib: float | None = None, persistent: bool = True, tls_destination: str | None = None,
+             **overrides: Any) -> MigrationSpec:
     """The MigrationSpec for one VM; raises InvalidSpec (with a hint) when the settings cannot work."""
     mode, auto_converge, _why = effective_mode(settings, forecast)
     storage = settings.get("storage", Storage.SHARED_ONLY)

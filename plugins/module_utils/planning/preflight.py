@@ -37,6 +37,7 @@ import errno
 import os
 import socket
 import xml.etree.ElementTree as ET
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from ansible_collections.hvfleet.drain.plugins.module_utils.common.vocabulary import (
@@ -48,12 +49,18 @@ from ansible_collections.hvfleet.drain.plugins.module_utils.common.vocabulary im
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning.facts import (
     SHARED_FS_TYPES,
     SHARED_POOL_TYPES,
+    Connection,
+    Disk,
+    DomainFacts,
     HostFacts,
+    Interface,
+    Mount,
     mount_of,
     read_mounts,
     version_text,
 )
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning.policy import POSTCOPY_MODES
+from ansible_collections.hvfleet.drain.plugins.module_utils.planning.policy_schema import Settings
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning.policy_spec import STORAGE
 
 PASS = "pass"
@@ -90,7 +97,7 @@ class Check:  # pylint: disable=too-many-instance-attributes
     fix: str | None = None
     device: str | None = None
 
-    def to_dict(self):
+    def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
@@ -100,28 +107,28 @@ class PrecheckResult:
 
     vm: str
     destination: str
-    checks: list
+    checks: list[Check]
     copy_storage: str | None = None  # None, "all" or "incremental": what the migration must use
-    copy_disks: tuple = ()  # targets of the disks that need copying
+    copy_disks: tuple[str, ...] = ()  # targets of the disks that need copying
 
     @property
-    def status(self):
-        return max((c.status for c in self.checks), key=_RANK.get, default=PASS)
+    def status(self) -> str:
+        return max((c.status for c in self.checks), key=_RANK.__getitem__, default=PASS)
 
     @property
-    def ok(self):
+    def ok(self) -> bool:
         return self.status != FAIL
 
     @property
-    def blockers(self):
+    def blockers(self) -> list[Check]:
         fails = [c for c in self.checks if c.status == FAIL]
         return sorted(fails, key=lambda c: ORDER.index(c.id) if c.id in ORDER else len(ORDER))
 
     @property
-    def warnings(self):
+    def warnings(self) -> list[Check]:
         return [c for c in self.checks if c.status == WARN]
 
-    def summary(self):
+    def summary(self) -> str:
         if self.ok:
             extra = f", {len(self.warnings)} warning(s)" if self.warnings else ""
             copy = f", storage copied ({self.copy_storage})" if self.copy_storage else ""
@@ -129,32 +136,40 @@ class PrecheckResult:
         return f"{self.vm} -> {self.destination}: blocked: " + "; ".join(
             f"[{c.id}] {c.message}" for c in self.blockers)
 
-    def to_dict(self):
+    def to_dict(self) -> dict[str, Any]:
         return {"vm": self.vm, "destination": self.destination, "status": self.status, "ok": self.ok,
                 "copy_storage": self.copy_storage, "copy_disks": list(self.copy_disks),
                 "checks": [c.to_dict() for c in self.checks], "blockers": [c.to_dict() for c in self.blockers],
                 "summary": self.summary()}
 
 
+class Probe(Protocol):
+    """What the checks ask of the machine they run on (LocalProbe; tests give their own)."""
+
+    def fs_type(self, path: str) -> tuple[str | None, str | None]: ...
+
+    def reach(self, host: str, port: int) -> tuple[str, str]: ...
+
+
 class LocalProbe:
     """What the machine this code runs on sees: its mounts and its network path to an address."""
 
-    def __init__(self, proc="/proc", timeout_s=PROBE_TIMEOUT_S):
+    def __init__(self, proc: str = "/proc", timeout_s: float = PROBE_TIMEOUT_S) -> None:
         self.proc = proc
         self.timeout_s = timeout_s
-        self._mounts = None
+        self._mounts: list[Mount] | None = None
 
-    def mounts(self):
+    def mounts(self) -> list[Mount]:
         if self._mounts is None:
             self._mounts = read_mounts(self.proc) or []
         return self._mounts
 
-    def fs_type(self, path):
+    def fs_type(self, path: str) -> tuple[str | None, str | None]:
         """(fs type, mount point) of the filesystem `path` is on, or (None, None)."""
         found = mount_of(os.path.realpath(path), self.mounts())
         return (found[1], found[0]) if found else (None, None)
 
-    def reach(self, host, port):
+    def reach(self, host: str, port: int) -> tuple[str, str]:
         """(status, text): does `host` answer on TCP `port` from here?"""
         try:
             infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
@@ -186,7 +201,7 @@ class LocalProbe:
                 return WARN, f"{address}:{port}: {exc.strerror or exc}{via}"
 
 
-def split_address(address, default_port):
+def split_address(address: str, default_port: int) -> tuple[str, int]:
     """('host', port) from 'host', 'host:port', '[v6]:port' or a bare IPv6 address."""
     text = address.strip()
     if text.startswith("["):
@@ -199,7 +214,7 @@ def split_address(address, default_port):
     return text, default_port
 
 
-def probe_port(dest_uri):
+def probe_port(dest_uri: str | None) -> int:
     """The destination's libvirt port (from its URI) - a port that is never an incoming migration."""
     parts = urlsplit(dest_uri or "")
     try:
@@ -209,14 +224,15 @@ def probe_port(dest_uri):
     return explicit or URI_PORTS.get(parts.scheme, 16509)
 
 
-def _pool_type(pool):
+def _pool_type(pool: Any) -> str | None:
     try:
         return ET.fromstring(pool.XMLDesc(0)).get("type")
     except Exception:  # pylint: disable=broad-except
         return None
 
 
-def disk_sharing(conn, disk, on_source, probe, host_name="the source"):
+def disk_sharing(conn: Connection, disk: Disk, on_source: bool, probe: Probe, host_name: str = "the source"
+                 ) -> tuple[str, str]:
     """('shared'|'local'|'unknown'|'empty', why): can other hosts reach this disk of `host_name`?
 
     `on_source`: this code runs on that host, so its mounts count (see the module docstring).
@@ -233,7 +249,7 @@ def disk_sharing(conn, disk, on_source, probe, host_name="the source"):
         if ptype in SHARED_POOL_TYPES:
             return "shared", f"in the shared {ptype} pool '{disk.pool}'"
         return "local", f"in the local {ptype} pool '{disk.pool}' of {host_name}"
-    if disk.type not in ("file", "block", "dir"):
+    if disk.type not in ("file", "block", "dir") or disk.path is None:  # no path: empty, returned above
         return "unknown", f"a {disk.type} disk"
     path = disk.path
     try:
@@ -263,8 +279,10 @@ def disk_sharing(conn, disk, on_source, probe, host_name="the source"):
 
 
 class _Checker:  # pylint: disable=too-many-instance-attributes
-    def __init__(self, src_conn, dst_conn, domain, source, destination, settings, migration_address, mode,
-                 forecast_reason, headroom, on_source, probe, destination_error):
+    def __init__(self, src_conn: Connection, dst_conn: Connection, domain: DomainFacts, source: HostFacts,
+                 destination: HostFacts, settings: Settings | None, migration_address: str | None,
+                 mode: str | None, forecast_reason: str | None, headroom: int, on_source: bool, probe: Probe,
+                 destination_error: str | None) -> None:
         self.src_conn = src_conn
         self.dst_conn = dst_conn
         self.domain = domain
@@ -279,18 +297,19 @@ class _Checker:  # pylint: disable=too-many-instance-attributes
         self.probe = probe
         self.destination_error = destination_error
         self.dest_name = destination.name if destination is not None else "?"
-        self.checks = []
-        self.copy_storage = STORAGE.get(self.settings.get("storage"))
-        self.copy_disks = []
-        self.shared_writable = []
+        self.checks: list[Check] = []
+        self.copy_storage = STORAGE.get(self.settings.get("storage", Storage.SHARED_ONLY))
+        self.copy_disks: list[str] = []
+        self.shared_writable: list[str] = []
 
-    def add(self, check_id, status, message, fix=None, device=None):
+    def add(self, check_id: str, status: str, message: str, fix: str | None = None, device: str | None = None
+            ) -> None:
         self.checks.append(Check(check_id, status, self.domain.name, self.dest_name, message,
                                  fix if status != PASS else None, device))
 
     # ---- destination identity, reachability, versions ----
 
-    def identity(self):
+    def identity(self) -> None:
         src, dst = self.source, self.destination
         same_uuid = bool(src.host_uuid and dst.host_uuid and src.host_uuid == dst.host_uuid)
         same_uri = bool(src.uri and dst.uri and src.uri == dst.uri)
@@ -317,7 +336,7 @@ class _Checker:  # pylint: disable=too-many-instance-attributes
         else:
             self.add("dest.cordoned", PASS, f"{self.dest_name} is not cordoned.")
 
-    def reachability(self):
+    def reachability(self) -> None:
         self.add("reach.libvirt", PASS,
                  f"libvirt on {self.dest_name} ({self.destination.uri}) answers: libvirt "
                  f"{version_text(self.destination.libvirt_version)}.")
@@ -340,7 +359,7 @@ class _Checker:  # pylint: disable=too-many-instance-attributes
                  f"make {address} reachable from {self.source.name} (routes, firewall: the destination's libvirt "
                  "port and the migration ports 49152-49215), or fix hvfleet_migration_address.")
 
-    def versions(self):
+    def versions(self) -> None:
         for check_id, what, src_v, dst_v in (
             ("version.libvirt", "libvirt", self.source.libvirt_version, self.destination.libvirt_version),
             ("version.qemu", "QEMU", self.source.qemu_version, self.destination.qemu_version),
@@ -362,7 +381,7 @@ class _Checker:  # pylint: disable=too-many-instance-attributes
 
     # ---- devices ----
 
-    def devices(self):
+    def devices(self) -> None:
         if not self.domain.local_devices:
             self.add("device.hostdev", PASS, f"{self.domain.name} has no host-bound devices.")
         for device in self.domain.local_devices:
@@ -374,12 +393,12 @@ class _Checker:  # pylint: disable=too-many-instance-attributes
 
     # ---- storage ----
 
-    def _source_sharing(self, disk):
+    def _source_sharing(self, disk: Disk) -> tuple[str, str]:
         return disk_sharing(self.src_conn, disk, self.on_source, self.probe, self.source.name)
 
-    def _dest_has(self, path):
+    def _dest_has(self, path: str) -> tuple[str, str, bool]:
         """('present'|'absent'|'unknown', why, pool_at_dir) for the same path on the destination."""
-        def lookup():
+        def lookup() -> str:
             vol = self.dst_conn.storageVolLookupByPath(path)
             pool = vol.storagePoolLookupByVolume()
             return f"{self.dest_name} has it (volume in its {_pool_type(pool)} pool '{pool.name()}')"
@@ -401,7 +420,7 @@ class _Checker:  # pylint: disable=too-many-instance-attributes
             return "absent", (f"the storage pool '{pool.name()}' at {directory} on {self.dest_name} has no "
                               f"{os.path.basename(path)}"), True
 
-    def _volume_disk(self, disk):
+    def _volume_disk(self, disk: Disk) -> tuple[str, str]:
         try:
             pool = self.dst_conn.storagePoolLookupByName(disk.pool)
             pool.storageVolLookupByName(disk.name)
@@ -412,7 +431,7 @@ class _Checker:  # pylint: disable=too-many-instance-attributes
             return "shared", f"{self.dest_name} has it in its shared {ptype} pool '{disk.pool}'"
         return "local", f"'{disk.pool}' is a local {ptype} pool; the volume on {self.dest_name} is another one"
 
-    def storage(self):
+    def storage(self) -> None:
         for disk in self.domain.disks:
             if disk.device in ("cdrom", "floppy") or disk.readonly:
                 self._readonly_disk(disk)
@@ -428,10 +447,10 @@ class _Checker:  # pylint: disable=too-many-instance-attributes
         if not self.copy_disks:
             self.copy_storage = None
 
-    def _describe(self, disk):
+    def _describe(self, disk: Disk) -> str:
         return f"disk {disk.target} ({disk.source})"
 
-    def _writable_disk(self, disk):
+    def _writable_disk(self, disk: Disk) -> None:
         vm, dest, what = self.domain.name, self.dest_name, self._describe(disk)
         if disk.type == "network":
             self.add("storage.disk", PASS, f"{vm}: {what} is a {disk.protocol} network disk; {dest} reaches it "
@@ -444,7 +463,7 @@ class _Checker:  # pylint: disable=too-many-instance-attributes
         if disk.type == "volume":
             sharing, why = self._volume_disk(disk)
             where, where_why, pool_at_dir = ("present", why, True) if sharing == "shared" else ("unknown", why, False)
-        elif disk.type in ("file", "block", "dir"):
+        elif disk.type in ("file", "block", "dir") and disk.path:
             sharing, why = self._source_sharing(disk)
             where, where_why, pool_at_dir = self._dest_has(disk.path)
         else:
@@ -481,7 +500,7 @@ class _Checker:  # pylint: disable=too-many-instance-attributes
                  f"({self.settings.get('storage', Storage.SHARED_ONLY)}) does not copy storage.",
                  SHARED_FIX + ".", device=disk.target)
 
-    def _copied_disk(self, disk, sharing, why, where, where_why, pool_at_dir):
+    def _copied_disk(self, disk: Disk, sharing: str, why: str, where: str, where_why: str, pool_at_dir: bool) -> None:
         vm, dest, what = self.domain.name, self.dest_name, self._describe(disk)
         shared = "is not shared" if sharing == "local" else "may not be shared"
         directory = os.path.dirname(disk.path or "")
@@ -498,7 +517,7 @@ class _Checker:  # pylint: disable=too-many-instance-attributes
                  f"define and start a dir storage pool with target {directory} on {dest}, or pre-create "
                  f"{disk.path} there with the same size and format.", device=disk.target)
 
-    def _readonly_disk(self, disk):
+    def _readonly_disk(self, disk: Disk) -> None:
         vm, dest = self.domain.name, self.dest_name
         kind = "CD-ROM" if disk.device == "cdrom" else ("floppy" if disk.device == "floppy" else "read-only disk")
         what = f"{kind} {disk.target} ({disk.source})"
@@ -512,7 +531,7 @@ class _Checker:  # pylint: disable=too-many-instance-attributes
             sharing, why = self._volume_disk(disk)
             where = "present" if sharing != "absent" else "absent"
             sharing, where_why = "unknown", why
-        elif disk.type in ("file", "block", "dir"):
+        elif disk.type in ("file", "block", "dir") and disk.path:
             sharing, why = self._source_sharing(disk)
             where, where_why, _pool = self._dest_has(disk.path)
         else:
@@ -537,7 +556,7 @@ class _Checker:  # pylint: disable=too-many-instance-attributes
 
     # ---- network ----
 
-    def networks(self):
+    def networks(self) -> None:
         vm, dest = self.domain.name, self.dest_name
         dst_bridges = self.destination.bridges
         for nic in self.domain.interfaces:
@@ -560,7 +579,7 @@ class _Checker:  # pylint: disable=too-many-instance-attributes
                              f"create bridge {bridge} on {dest} (same name, same network), or choose a destination "
                              "that has it.", device=device)
             elif nic.type == "network":
-                net = (self.destination.networks or {}).get(nic.source)
+                net = (self.destination.networks or {}).get(nic.source or "")
                 if net is None:
                     self.add("network.bridge", FAIL,
                              f"{vm}: {device} uses libvirt network {nic.source}, which is not defined on {dest}.",
@@ -581,11 +600,11 @@ class _Checker:  # pylint: disable=too-many-instance-attributes
                          f"make sure {nic.source or 'the same network'} exists on {dest}.", device=device)
             self._mtu(nic, device, bridge)
 
-    def _mtu(self, nic, device, bridge):
+    def _mtu(self, nic: Interface, device: str, bridge: str | None) -> None:
         src_bridges = self.source.bridges or {}
         dst_bridges = self.destination.bridges or {}
         if nic.type == "network":
-            src_net = (self.source.networks or {}).get(nic.source) or {}
+            src_net = (self.source.networks or {}).get(nic.source or "") or {}
             src_bridge = src_net.get("bridge")
         else:
             src_bridge = bridge
@@ -604,7 +623,7 @@ class _Checker:  # pylint: disable=too-many-instance-attributes
 
     # ---- CPU, capacity, post-copy ----
 
-    def cpu(self):
+    def cpu(self) -> None:
         vm, dest, dom = self.domain.name, self.dest_name, self.domain
         if dom.cpu_mode in ("host-passthrough", "maximum"):
             src_model, dst_model = self.source.cpu_model, self.destination.cpu_model
@@ -648,7 +667,7 @@ class _Checker:  # pylint: disable=too-many-instance-attributes
                  f"give {vm} a CPU model every destination provides (a cluster-wide baseline), or choose another "
                  "destination.")
 
-    def capacity(self):
+    def capacity(self) -> None:
         vm, dest = self.domain.name, self.dest_name
         need = self.domain.memory_mib + self.headroom
         have = self.destination.memory_available_mib
@@ -663,7 +682,7 @@ class _Checker:  # pylint: disable=too-many-instance-attributes
                      f"choose a destination with more free memory, free memory on {dest}, or lower the headroom "
                      "(memory_headroom_mib) if it is too cautious.")
 
-    def postcopy(self):
+    def postcopy(self) -> None:
         vm, dest = self.domain.name, self.dest_name
         settings = self.settings
         reasons = []
@@ -694,14 +713,14 @@ class _Checker:  # pylint: disable=too-many-instance-attributes
             self.add("postcopy.support", PASS, f"{vm} may use post-copy ({why}); {dest} supports it: "
                      f"{support['reason']}.")
 
-    def forecast(self):
+    def forecast(self) -> None:
         if self.mode == ForecastVerdict.REFUSE:
             self.add("forecast.mode", FAIL, f"{self.domain.name}: the forecast refuses to migrate it: "
                      f"{self.forecast_reason or 'no mode converges in time'}.",
                      "raise the bandwidth or max_downtime_cap_ms, allow post-copy or auto-converge in its policy, "
                      "or migrate it in a quiet moment.")
 
-    def run(self):
+    def run(self) -> None:
         self.identity()
         if self.dst_conn is None:
             self.add("reach.libvirt", FAIL,
@@ -721,14 +740,16 @@ class _Checker:  # pylint: disable=too-many-instance-attributes
         self.forecast()
 
 
-def unreachable_host(name, uri):
+def unreachable_host(name: str, uri: str | None) -> HostFacts:
     """Placeholder facts for a destination whose libvirt did not answer."""
     return HostFacts(name=name, uri=uri, cordon=None)
 
 
-def run_prechecks(src_conn, dst_conn, domain, source, destination, settings=None, *, migration_address=None,
-                  mode=None, forecast_reason=None, memory_headroom_mib=DEFAULT_HEADROOM_MIB, on_source=None,
-                  probe=None, destination_error=None):
+def run_prechecks(src_conn: Connection, dst_conn: Connection, domain: DomainFacts, source: HostFacts,
+                  destination: HostFacts, settings: Settings | None = None, *, migration_address: str | None = None,
+                  mode: str | None = None, forecast_reason: str | None = None,
+                  memory_headroom_mib: int = DEFAULT_HEADROOM_MIB, on_source: bool | None = None,
+                  probe: Probe | None = None, destination_error: str | None = None) -> PrecheckResult:
     """Every prerequisite check of `domain` (DomainFacts) moving from `source` to `destination` (HostFacts).
 
     `dst_conn` None means the destination's libvirt did not answer (`destination_error` says why):

@@ -14,6 +14,7 @@ start (its destination is busy) does not hold back the ones behind it.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import NamedTuple, Optional
 
@@ -52,7 +53,7 @@ class Limits:
     per_migration_bps: Optional[int] = None
     waves: bool = False
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         for name in ("max_outbound", "max_inbound", "max_total"):
             value = getattr(self, name)
             if value is not None and value < 1:
@@ -69,7 +70,7 @@ class Limits:
                 hint="lower min_bandwidth_bps or raise bandwidth_bps.",
             )
 
-    def bandwidth_slots(self):
+    def bandwidth_slots(self) -> int | None:
         """How many migrations the budget can feed at `min_bandwidth_bps` each (None: unlimited)."""
         if self.bandwidth_bps is None or self.min_bandwidth_bps <= 0:
             return None
@@ -79,9 +80,9 @@ class Limits:
 class Scheduler:
     """Answers "which migrations may start now?" for one plan under `Limits`."""
 
-    def __init__(self, migrations, limits):
+    def __init__(self, migrations: Iterable[Migration], limits: Limits) -> None:
         self.limits = limits
-        self._by_vm = {}
+        self._by_vm: dict[str, tuple[int, Migration]] = {}
         for index, mig in enumerate(migrations):
             if mig.vm in self._by_vm:
                 raise ScheduleError(f"VM '{mig.vm}' is planned twice.", hint="plan each VM once.")
@@ -94,18 +95,18 @@ class Scheduler:
         self._total_cap = min(caps) if caps else None
 
     @property
-    def queue(self):
+    def queue(self) -> list[Migration]:
         """All migrations in priority order."""
         return list(self._queue)
 
-    def _known(self, names, what):
-        names = set(names)
-        unknown = sorted(names - self._by_vm.keys())
+    def _known(self, names: Iterable[str], what: str) -> set[str]:
+        known = set(names)
+        unknown = sorted(known - self._by_vm.keys())
         if unknown:
             raise ScheduleError(f"{what} VM(s) not in the plan: {', '.join(unknown)}.")
-        return names
+        return known
 
-    def ready(self, running, finished=()):
+    def ready(self, running: Iterable[str], finished: Iterable[str] = ()) -> list[Migration]:
         """Migrations that may start now, in priority order, given the VMs `running` and `finished`.
 
         Starting all of them together keeps every limit; callers start them and ask again
@@ -113,8 +114,8 @@ class Scheduler:
         """
         running = self._known(running, "running")
         finished = self._known(finished, "finished")
-        outbound = {}
-        inbound = {}
+        outbound: dict[str, int] = {}
+        inbound: dict[str, int] = {}
         for vm in running:
             mig = self._by_vm[vm][1]
             outbound[mig.source] = outbound.get(mig.source, 0) + 1
@@ -142,7 +143,7 @@ class Scheduler:
             inbound[mig.destination] = inbound.get(mig.destination, 0) + 1
         return out
 
-    def bandwidth_for(self, vm, running):
+    def bandwidth_for(self, vm: str, running: Iterable[str]) -> int | None:
         """Bytes/s for `vm` when it runs alongside `running` (it counts itself); None: no limit.
 
         The budget is split equally, capped by `per_migration_bps`. Shares shrink as migrations
@@ -158,7 +159,7 @@ class Scheduler:
         return share
 
 
-def _longest_first(mig):
+def _longest_first(mig: Migration) -> tuple[int, float]:
     """Sort key: longer predicted first; unknown durations after known ones."""
     if mig.predicted_seconds is None:
         return (1, 0.0)
