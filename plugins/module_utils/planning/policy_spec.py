@@ -15,6 +15,7 @@ The one place where the policy vocabulary meets the engine's:
 
 from __future__ import annotations
 
+import math
 from typing import Any, Protocol
 
 from ansible_collections.hvfleet.drain.plugins.module_utils.common.errors import InvalidSpec
@@ -25,7 +26,7 @@ from ansible_collections.hvfleet.drain.plugins.module_utils.common.vocabulary im
     OnTimeout,
     Storage,
 )
-from ansible_collections.hvfleet.drain.plugins.module_utils.engine.spec import MigrationSpec
+from ansible_collections.hvfleet.drain.plugins.module_utils.engine.spec import MAX_BANDWIDTH_MIB, MigrationSpec
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning.policy_schema import Settings
 
 # a policy's `storage` -> the engine's `copy_storage` (libvirt's NON_SHARED_DISK / NON_SHARED_INC)
@@ -77,14 +78,14 @@ def spec_for(settings: Settings, forecast: ModeChoice | None = None, migrate_uri
     compression = settings.get("compression")
     if compression in (None, Compression.NONE):
         compression = None
-    limits = [b for b in (settings.get("bandwidth_mib"), bandwidth_mib) if b]
+    limit = _bandwidth_limit(settings.get("bandwidth_mib"), bandwidth_mib)
     kwargs = dict(
         mode=mode,
         allow_postcopy=bool(settings.get("allow_postcopy", True)),
         migrate_uri=migrate_uri,
         persist_dest=bool(persistent),
         undefine_source=bool(persistent),
-        bandwidth_mib=max(1, int(min(limits))) if limits else None,
+        bandwidth_mib=limit,
         postcopy_bandwidth_mib=settings.get("postcopy_bandwidth_mib"),
         max_downtime_ms=int(settings.get("max_downtime_ms", 500)),
         max_downtime_cap_ms=int(max(settings.get("max_downtime_cap_ms", 2000), settings.get("max_downtime_ms", 500))),
@@ -101,3 +102,22 @@ def spec_for(settings: Settings, forecast: ModeChoice | None = None, migrate_uri
     )
     kwargs.update(overrides)
     return MigrationSpec(**kwargs)
+
+
+def _bandwidth_limit(policy_mib: float | None, share_mib: float | None) -> int | None:
+    """The lower of the policy's limit and the drain's share, in whole MiB/s; None: no limit.
+
+    Unset or 0 sets no limit, and neither does a share above what libvirt can express (infinity
+    included: an unlimited budget). A negative or NaN value is a bug in the caller (the policy
+    schema refuses them), said as such rather than throttling the VM to 1 MiB/s or failing in int().
+    """
+    if share_mib is not None and share_mib > MAX_BANDWIDTH_MIB:
+        share_mib = None
+    limits = []
+    for name, value in (("bandwidth_mib", policy_mib), ("the drain's bandwidth share", share_mib)):
+        if not value:
+            continue
+        if math.isnan(value) or value < 0:
+            raise InvalidSpec(f"{name} is {value!r} MiB/s.", "give a bandwidth > 0 MiB/s, or none for no limit.")
+        limits.append(value)
+    return max(1, int(min(limits))) if limits else None

@@ -65,3 +65,18 @@ def test_explicit_mode_wins_over_the_forecast():
     settings = defaults(mode="postcopy_after_precopy")
     fc = forecast_for_settings(defaults(), 512 * MIB, 0, 100 * MIB)
     assert spec_for(settings, fc).mode == "postcopy_after_precopy"
+
+
+@pytest.mark.parametrize("share, policy_mib, expected", [
+    (None, None, None), (0, None, None), (float("inf"), None, None), (1e300, None, None),  # no limit
+    (float("inf"), 100, 100), (2**80, 100, 100),  # above what libvirt can express: the policy's limit alone
+    (0.4, None, 1), (250.9, 100, 100), (250.9, 1000, 250)])
+def test_the_drains_bandwidth_share_caps_the_policy_and_beyond_libvirt_means_no_limit(share, policy_mib, expected):
+    assert spec_for(defaults(bandwidth_mib=policy_mib), bandwidth_mib=share).bandwidth_mib == expected
+
+
+@pytest.mark.parametrize("share", [float("nan"), -5, float("-inf")])
+def test_a_nonsense_bandwidth_share_is_an_invalid_spec_not_a_crash_or_a_1_mib_throttle(share):
+    with pytest.raises(InvalidSpec, match="bandwidth share") as info:
+        spec_for(defaults(), bandwidth_mib=share)
+    assert info.value.hint
