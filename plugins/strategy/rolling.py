@@ -47,9 +47,15 @@ description:
     they show in the recap with C(skipped=1), they are marked failed (so they appear in a retry
     file), the custom stat C(hvfleet_rolling_not_done) lists them, and the playbook stops there
     with exit code 2 - a CI job notices that the rollout is incomplete.
-  - The settings are play-level variables, read once when the play starts from the play's
-    C(vars), C(vars_files) or extra vars (C(-e)); inventory variables are not consulted for them.
-    Per-host values (domain, order, memory figures, window) are read from each host's variables
+  - The O(hvfleet_rolling_max_in_flight), O(hvfleet_rolling_failure_domain_key),
+    O(hvfleet_rolling_order_key), O(hvfleet_rolling_max_failures) and O(hvfleet_rolling_capacity_check)
+    settings are read once when the play starts, from the variables of the play's hosts - inventory
+    (group and host vars) as well as the play's C(vars), C(vars_files) and extra vars (C(-e)), which win
+    over inventory as usual. They are play-wide, so every host of the play must get the same value.
+  - The play does not start when a setting is wrong, with an error naming it and the fix - an unknown
+    C(hvfleet_rolling_*) variable (a typo), a value that cannot be read (V(two) as a number), or hosts
+    of the play with different values.
+  - Per-host values (domain, order, memory figures, window) are read from each host's variables
     (inventory, facts and C(set_fact) results from earlier plays of the same run, play vars).
 author: hvfleet maintainers (@hvfleet)
 options:
@@ -150,7 +156,6 @@ import datetime  # noqa: E402
 
 from ansible import constants as C  # noqa: E402
 from ansible.errors import AnsibleError  # noqa: E402
-from ansible.module_utils.parsing.convert_bool import boolean  # noqa: E402
 from ansible.plugins.strategy.free import StrategyModule as FreeStrategyModule  # noqa: E402
 from ansible.template import Templar  # noqa: E402
 from ansible.utils.display import Display  # noqa: E402
@@ -222,42 +227,30 @@ class StrategyModule(FreeStrategyModule):
         if play.serial:
             display.warning(f"{_PREFIX}: serial is set on play '{play.get_name()}'; each serial batch is admitted "
                             "separately and the failure count restarts with each batch. Remove serial.")
-        play_vars = self._variable_manager.get_vars(play=play, _hosts=self._hosts_cache,
-                                                    _hosts_all=self._hosts_cache_all)
-        templar = self._rolling_templar(play_vars)
-
-        def setting(name, default):
-            if name not in play_vars:
-                return default
-            value = templar.template(play_vars[name])
-            return default if value is None else value
-
+        hosts_vars = {name: self._variable_manager.get_vars(play=play, host=self._inventory.get_host(name),
+                                                            _hosts=self._hosts_cache,
+                                                            _hosts_all=self._hosts_cache_all)
+                      for name in self._hosts_cache}
+        if not hosts_vars:  # nobody to admit; still refuse a bad setting of the play
+            hosts_vars = {"the play": self._variable_manager.get_vars(play=play, _hosts=self._hosts_cache,
+                                                                      _hosts_all=self._hosts_cache_all)}
         try:
-            max_in_flight = int(setting("hvfleet_rolling_max_in_flight", 1))
-            max_failures = int(setting("hvfleet_rolling_max_failures", 0))
-            capacity_check = boolean(setting("hvfleet_rolling_capacity_check", True), strict=True)
-        except (TypeError, ValueError) as ex:
-            raise AnsibleError(f"{_PREFIX}: invalid setting: {ex}") from ex
-        try:
-            self._rolling_settings = RA.Settings(max_in_flight, max_failures, capacity_check)
+            settings = RA.read_settings({name: self._rolling_setting_values(name, host_vars)
+                                         for name, host_vars in hosts_vars.items()})
         except RA.RollingConfigError as ex:
             raise AnsibleError(f"{_PREFIX}: {ex}") from ex
-        domain_key = setting("hvfleet_rolling_failure_domain_key", None)
-        order_key = setting("hvfleet_rolling_order_key", None)
+        self._rolling_settings = settings
+        max_in_flight, max_failures = settings.max_in_flight, settings.max_failures
+        domain_key, order_key = settings.failure_domain_key, settings.order_key
 
-        hosts = []
-        for name in self._hosts_cache:
-            host = self._inventory.get_host(name)
-            host_vars = self._variable_manager.get_vars(play=play, host=host, _hosts=self._hosts_cache,
-                                                        _hosts_all=self._hosts_cache_all)
-            hosts.append(self._rolling_host(name, host_vars, domain_key, order_key))
+        hosts = [self._rolling_host(name, hosts_vars[name], domain_key, order_key) for name in self._hosts_cache]
         self._rolling_hosts = RA.order_hosts(hosts)
 
         forks = getattr(self._tqm, "_forks", None) or C.DEFAULT_FORKS
         if forks < max_in_flight:
             display.warning(f"{_PREFIX}: forks={forks} is below hvfleet_rolling_max_in_flight={max_in_flight}; "
                             "tasks of in-flight hosts will queue for workers.")
-        if capacity_check and not RA.capacity_known(self._rolling_hosts):
+        if settings.capacity_check and not RA.capacity_known(self._rolling_hosts):
             missing = [h.name for h in self._rolling_hosts
                        if h.vm_memory_mib is None or h.free_memory_mib is None]
             display.warning(f"{_PREFIX}: capacity check skipped: hvfleet_vm_memory_mib or hvfleet_free_memory_mib "
@@ -265,6 +258,20 @@ class StrategyModule(FreeStrategyModule):
         display.display(f"{_PREFIX}: admission order: {', '.join(h.name for h in self._rolling_hosts)} "
                         f"(max in flight {max_in_flight}, failure domain key {domain_key or 'none'}, "
                         f"max failures {max_failures})")
+
+    def _rolling_setting_values(self, host, host_vars):
+        """The hvfleet_rolling_* variables a host of the play sees (inventory, play vars, -e), templated."""
+        templar = self._rolling_templar(host_vars)
+        values = {}
+        for name in host_vars:
+            if not name.startswith(RA.SETTING_PREFIX):
+                continue
+            try:
+                values[name] = templar.template(host_vars[name])
+            except AnsibleError as ex:
+                raise AnsibleError(f"{_PREFIX}: {name} of {host} cannot be read: {ex}. Fix: give it a value that "
+                                   "templates without error when the play starts.") from ex
+        return values
 
     def _rolling_host(self, name, host_vars, domain_key, order_key):
         templar = self._rolling_templar(host_vars)

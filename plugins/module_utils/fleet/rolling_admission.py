@@ -4,7 +4,9 @@
 
 Pure and stateless (no Ansible imports): the strategy says which hosts are in flight (admitted,
 not finished), which finished, which failed and what time it is; `decide` answers which waiting
-hosts to admit now and why each other one waits. Rules, checked in this order:
+hosts to admit now and why each other one waits. `read_settings` turns the hvfleet_rolling_*
+variables the hosts of the play see into Settings, refusing unknown names, hosts that disagree and
+unreadable values. Admission rules, checked in this order:
 
 1. more failed hosts than `max_failures`: nobody is admitted any more (final);
 2. a host outside its maintenance window is not admitted;
@@ -22,10 +24,11 @@ is busy, it does not fit) does not hold back the ones behind it.
 from __future__ import annotations
 
 import datetime
+import difflib
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Optional, Protocol, Union
+from typing import Any, Optional, Protocol, Union
 
 from ansible_collections.hvfleet.drain.plugins.module_utils.common.errors import HvfleetError
 
@@ -40,6 +43,7 @@ REASON_DOMAIN = "failure domain busy"
 REASON_CAPACITY = "remaining hosts cannot absorb its VMs"
 
 _DAILY = re.compile(r"^\s*(\d{1,2}):(\d{2})\s*-\s*(\d{1,2}):(\d{2})\s*$")
+_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*(\.[A-Za-z0-9_-]+)*$")  # a variable name or a dotted path
 
 
 class RollingConfigError(HvfleetError):
@@ -195,6 +199,8 @@ class Settings:
     max_in_flight: int = 1
     max_failures: int = 0
     capacity_check: bool = True
+    failure_domain_key: Optional[str] = None  # host variable (or dotted path) naming the failure domain
+    order_key: Optional[str] = None  # host variable (or dotted path) giving the admission order
 
     def __post_init__(self) -> None:
         if isinstance(self.max_in_flight, bool) or not isinstance(self.max_in_flight, int) or self.max_in_flight < 1:
@@ -207,6 +213,94 @@ class Settings:
                 f"hvfleet_rolling_max_failures must be an integer >= 0, got {self.max_failures!r}.",
                 "0 stops admission after the first failed host.",
             )
+        for name, key in (("hvfleet_rolling_failure_domain_key", self.failure_domain_key),
+                          ("hvfleet_rolling_order_key", self.order_key)):
+            if key is not None and not (isinstance(key, str) and _KEY.match(key)):
+                raise RollingConfigError(
+                    f"{name} must name a host variable (or a dotted path into one), got {key!r}.",
+                    f"for example {name}: rack, or hvfleet_hypervisor.rack; leave it unset for none.",
+                )
+
+
+# --------------------------------------------------------------------------- reading the settings
+
+SETTING_PREFIX = "hvfleet_rolling_"
+# variable -> (Settings field, kind)
+SETTINGS = {
+    "hvfleet_rolling_max_in_flight": ("max_in_flight", "integer"),
+    "hvfleet_rolling_failure_domain_key": ("failure_domain_key", "key"),
+    "hvfleet_rolling_order_key": ("order_key", "key"),
+    "hvfleet_rolling_max_failures": ("max_failures", "integer"),
+    "hvfleet_rolling_capacity_check": ("capacity_check", "boolean"),
+}
+_TRUE = {"true", "yes", "on", "1"}
+_FALSE = {"false", "no", "off", "0"}
+_FIX = ("it is one setting for the whole play: set it where every host of the play gets it (group_vars of a "
+        "group they all belong to, such as all or hypervisors), in the play's vars, or with -e.")
+
+
+def _names(hosts: list[str], most: int = 5) -> str:
+    shown = ", ".join(hosts[:most])
+    return shown if len(hosts) <= most else f"{shown} and {len(hosts) - most} more"
+
+
+def _convert(name: str, value: object) -> object:
+    """The value of setting `name` as its Settings field wants it; RollingConfigError when unreadable."""
+    kind = SETTINGS[name][1]
+    text = str(value).strip().lower() if isinstance(value, (str, int)) else None
+    if kind == "integer":
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if text is not None and re.fullmatch(r"[+-]?\d+", text):
+            return int(text)
+        raise RollingConfigError(f"{name} must be a whole number, got {value!r}.",
+                                 f"write it as a number, for example {name}: 2.")
+    if kind == "boolean":
+        if isinstance(value, bool):
+            return value
+        if text in _TRUE or text in _FALSE:
+            return text in _TRUE
+        raise RollingConfigError(f"{name} must be true or false, got {value!r}.", f"write {name}: true or false.")
+    return value.strip() if isinstance(value, str) else value  # a key: Settings checks it
+
+
+def read_settings(values_by_host: dict[str, dict[str, object]]) -> Settings:
+    """The play's Settings from the hvfleet_rolling_* variables of each host of the play.
+
+    values_by_host: host name -> that host's hvfleet_rolling_* variables, as Ansible resolved them
+    (inventory group and host vars, overridden by play vars and extra vars) and templated. The settings
+    are play-wide, so every host must see the same value (or none). An unknown hvfleet_rolling_* name,
+    hosts that disagree, or a value that cannot be read raise RollingConfigError naming the setting.
+    A value of None or "" means unset (the default).
+    """
+    for values in values_by_host.values():
+        for name in values:
+            if name.startswith(SETTING_PREFIX) and name not in SETTINGS:
+                where = sorted(h for h, v in values_by_host.items() if name in v)
+                close = difflib.get_close_matches(name, SETTINGS, n=1)
+                raise RollingConfigError(
+                    f"unknown setting {name} (set for {_names(where)}).",
+                    (f"did you mean {close[0]}? " if close else "")
+                    + f"The settings of the rolling strategy are {', '.join(SETTINGS)}; rename or remove it.",
+                )
+    fields: dict[str, Any] = {}
+    for name, (field_name, _kind) in SETTINGS.items():
+        seen: list[tuple[object, list[str]]] = []  # (converted value, hosts); unset is None
+        for host in sorted(values_by_host):
+            value = values_by_host[host].get(name)
+            value = None if value is None or value == "" else _convert(name, value)
+            for known, hosts in seen:
+                if known == value:
+                    hosts.append(host)
+                    break
+            else:
+                seen.append((value, [host]))
+        if len(seen) > 1:
+            found = "; ".join(f"{'unset' if v is None else repr(v)} on {_names(h)}" for v, h in seen)
+            raise RollingConfigError(f"{name} differs between the hosts of the play: {found}.", _FIX)
+        if seen and seen[0][0] is not None:
+            fields[field_name] = seen[0][0]
+    return Settings(**fields)
 
 
 @dataclass(frozen=True)

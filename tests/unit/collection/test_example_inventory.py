@@ -1,11 +1,18 @@
-"""The production example inventory stays valid: its policies load and select as documented."""
+"""The production example inventory stays valid: its policies load and select as documented, and its
+rolling settings take effect."""
 
+import json
+import os
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import yaml
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning import policy
 
-EXAMPLE = Path(__file__).resolve().parents[3] / "inventories" / "example"
+REPO = Path(__file__).resolve().parents[3]
+EXAMPLE = REPO / "inventories" / "example"
 
 
 def test_example_policies_load_and_each_policy_is_reachable():
@@ -26,3 +33,27 @@ def test_example_policies_load_and_each_policy_is_reachable():
 def test_example_uses_encrypted_libvirt_transport():
     data = yaml.safe_load((EXAMPLE / "group_vars" / "hypervisors.yml").read_text())
     assert data["hvfleet_libvirt_uri"].startswith(("qemu+tls://", "qemu+ssh://"))
+
+
+def test_example_rack_setting_takes_effect_in_the_rolling_strategy(tmp_path):
+    """group_vars/hypervisors.yml sets the failure domain key: two in flight are never of one rack."""
+    playbook = tmp_path / "roll.yml"
+    playbook.write_text(yaml.safe_dump([{
+        "name": "Roll through the example fleet", "hosts": "hypervisors", "strategy": "hvfleet.drain.rolling",
+        "gather_facts": False,
+        "tasks": [{"name": "Stand in for the maintenance", "ansible.builtin.debug": {"msg": "done"}}],
+    }]))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ANSIBLE_")}
+    env.update(ANSIBLE_COLLECTIONS_PATH=str(REPO / ".collections"), ANSIBLE_DEPRECATION_WARNINGS="false",
+               ANSIBLE_NOCOLOR="1", ANSIBLE_RETRY_FILES_ENABLED="false")
+    # the example's windows depend on the time of day: open them for the test (extra vars win)
+    settings = {"hvfleet_rolling_max_in_flight": 2, "hvfleet_maintenance_window": "00:00-24:00"}
+    res = subprocess.run([Path(sys.executable).parent / "ansible-playbook", "-i", EXAMPLE, playbook,
+                          "-e", json.dumps(settings)],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120, check=False)
+    out = res.stdout + res.stderr
+    assert res.returncode == 0, out
+    assert "(max in flight 2, failure domain key rack, max failures 0)" in out
+    admissions = re.findall(r"hvfleet\.drain\.rolling: admitting (\S+) \(in flight \d/2: ([^)]*)\)", out)
+    # in name order kvm-a01 and kvm-a02 come first, but they share rack a
+    assert admissions[:2] == [("kvm-a01", "kvm-a01"), ("kvm-b01", "kvm-a01, kvm-b01")], out

@@ -148,6 +148,64 @@ def test_invalid_settings(kw):
         RA.Settings(**kw)
 
 
+# ------------------------------------------------------------------------------ reading the settings
+
+
+def test_settings_default_when_no_host_sets_them():
+    assert RA.read_settings({"a": {}, "b": {"other_var": 1}}) == RA.Settings()
+    assert RA.read_settings({}) == RA.Settings()
+
+
+def test_settings_read_from_every_host_of_the_play_and_converted():
+    same = {"hvfleet_rolling_max_in_flight": "2", "hvfleet_rolling_failure_domain_key": " rack ",
+            "hvfleet_rolling_order_key": "hvfleet_hypervisor.prio", "hvfleet_rolling_max_failures": 1,
+            "hvfleet_rolling_capacity_check": "no"}
+    settings = RA.read_settings({"a": dict(same), "b": dict(same, hvfleet_rolling_max_in_flight=2)})
+    assert settings == RA.Settings(max_in_flight=2, max_failures=1, capacity_check=False,
+                                   failure_domain_key="rack", order_key="hvfleet_hypervisor.prio")
+
+
+def test_empty_or_none_setting_is_unset():
+    values = {"hvfleet_rolling_failure_domain_key": "", "hvfleet_rolling_max_in_flight": None}
+    assert RA.read_settings({"a": values, "b": {}}) == RA.Settings()
+
+
+def test_unknown_setting_is_an_error_naming_it_and_the_fix():
+    with pytest.raises(RA.RollingConfigError) as err:
+        RA.read_settings({"a": {"hvfleet_rolling_max_inflight": 2}, "b": {"hvfleet_rolling_max_inflight": 2}})
+    assert "unknown setting hvfleet_rolling_max_inflight (set for a, b)" in str(err.value)
+    assert "did you mean hvfleet_rolling_max_in_flight?" in err.value.hint
+
+
+def test_hosts_that_disagree_are_an_error_naming_the_setting_and_the_hosts():
+    hosts = {f"h{i}": {"hvfleet_rolling_failure_domain_key": "rack"} for i in range(7)}
+    hosts["z1"] = {"hvfleet_rolling_failure_domain_key": "zone"}
+    hosts["z2"] = {}
+    with pytest.raises(RA.RollingConfigError) as err:
+        RA.read_settings(hosts)
+    assert str(err.value).startswith(
+        "hvfleet_rolling_failure_domain_key differs between the hosts of the play: "
+        "'rack' on h0, h1, h2, h3, h4 and 2 more; 'zone' on z1; unset on z2.")
+    assert "group_vars" in err.value.hint and "-e" in err.value.hint
+
+
+@pytest.mark.parametrize(("name", "value", "message"), [
+    ("hvfleet_rolling_max_in_flight", "two", "hvfleet_rolling_max_in_flight must be a whole number, got 'two'."),
+    ("hvfleet_rolling_max_in_flight", 1.5, "hvfleet_rolling_max_in_flight must be a whole number, got 1.5."),
+    ("hvfleet_rolling_max_in_flight", True, "hvfleet_rolling_max_in_flight must be a whole number, got True."),
+    ("hvfleet_rolling_max_in_flight", "0", "hvfleet_rolling_max_in_flight must be an integer >= 1, got 0."),
+    ("hvfleet_rolling_max_failures", "-1", "hvfleet_rolling_max_failures must be an integer >= 0, got -1."),
+    ("hvfleet_rolling_capacity_check", "maybe", "hvfleet_rolling_capacity_check must be true or false, got 'maybe'."),
+    ("hvfleet_rolling_failure_domain_key", ["rack"], "hvfleet_rolling_failure_domain_key must name a host variable"),
+    ("hvfleet_rolling_order_key", "prio order", "hvfleet_rolling_order_key must name a host variable"),
+])
+def test_unreadable_setting_is_an_error_naming_it_and_the_fix(name, value, message):
+    with pytest.raises(RA.RollingConfigError) as err:
+        RA.read_settings({"a": {name: value}})
+    assert str(err.value).startswith(message)
+    assert err.value.hint
+
+
 # ------------------------------------------------------------------------------ properties
 
 

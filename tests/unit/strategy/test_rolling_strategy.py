@@ -55,6 +55,12 @@ SCENARIOS = {
                    f"{WINDOW_SECONDS}, utc=True) }}}}",
         },
     }),
+    # settings from inventory group vars (invset), then play vars over them, then settings refused
+    "inventory": ("playbook.yml", "invset", {}),
+    "play_vars": ("playbook_play_vars.yml", "invset", {}),
+    "typo": ("playbook.yml", "typoset", {}),
+    "unreadable": ("playbook.yml", "unreadableset", {}),
+    "disagree": ("playbook.yml", "disagreeset", {}),
 }
 
 
@@ -299,3 +305,45 @@ def test_window_closing_mid_run(runs):
             first_start.setdefault(r["host"], r["wall"])
     late = {h: wall - window_end for h, wall in first_start.items() if wall > window_end + START_LATENCY}
     assert not late, f"hosts started after the window closed: {late}"
+
+
+# ------------------------------------------------------------------------------ settings from inventory
+
+
+def test_settings_come_from_inventory_group_vars(runs):
+    """invset's group vars: two in flight, one per rack (no -e, no play vars)."""
+    run = runs["inventory"]
+    assert run.rc == 0, run.output
+    assert "max in flight 2, failure domain key rack" in run.output
+    hosts = group_hosts("invset")
+    intervals = run.intervals()
+    assert set(intervals) == set(hosts)
+    assert max_overlap(intervals) == 2, run.output  # the default would be 1
+    for rack in ("r1", "r2"):
+        assert max_overlap({h: iv for h, iv in intervals.items() if hosts[h]["rack"] == rack}) == 1
+    # in name order i01 and i02 share r1: the domain key made i03 start with i01 instead
+    assert [host for host, _ in run.admissions()[:2]] == ["i01", "i03"]
+
+
+def test_play_vars_win_over_inventory(runs):
+    run = runs["play_vars"]
+    assert run.rc == 0, run.output
+    assert "max in flight 1, failure domain key rack" in run.output  # the domain key still from inventory
+    intervals = run.intervals()
+    assert set(intervals) == set(group_hosts("invset"))
+    assert max_overlap(intervals) == 1
+
+
+@pytest.mark.parametrize(("scenario", "message"), [
+    ("typo", "hvfleet.drain.rolling: unknown setting hvfleet_rolling_max_inflight (set for t01). "
+             "Fix: did you mean hvfleet_rolling_max_in_flight?"),
+    ("unreadable", "hvfleet.drain.rolling: hvfleet_rolling_max_in_flight must be a whole number, got 'two'. "
+                   "Fix: write it as a number"),
+    ("disagree", "hvfleet.drain.rolling: hvfleet_rolling_failure_domain_key differs between the hosts of the play: "
+                 "'rack' on d01; 'zone' on d02. Fix: it is one setting for the whole play"),
+])
+def test_a_wrong_setting_stops_the_play_before_any_host_starts(runs, scenario, message):
+    run = runs[scenario]
+    assert run.rc != 0, run.output
+    assert message in " ".join(run.output.split()), run.output
+    assert run.records == [], "a host started although the settings were refused"
