@@ -15,14 +15,10 @@ from __future__ import annotations
 
 import datetime
 import errno
+import fcntl  # hypervisors are Linux
 import json
 import os
 import socket
-
-try:
-    import fcntl
-except ImportError:  # pragma: no cover - hypervisors are Linux
-    fcntl = None
 
 from ansible_collections.hvfleet.drain.plugins.module_utils.common.errors import HvfleetError
 
@@ -84,8 +80,6 @@ class DrainLock:
         """Take the lock or raise DrainLocked naming the holder. Never blocks."""
         if self._fd is not None:
             return self
-        if fcntl is None:  # pragma: no cover
-            raise HvfleetError("This platform has no fcntl.flock; the drain lock needs Linux.")
         os.makedirs(self.state_dir, mode=0o700, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o600)
         try:
@@ -125,7 +119,7 @@ class DrainLock:
 
         A read-only probe for check mode: it creates nothing and writes nothing.
         """
-        if self._fd is not None or fcntl is None:
+        if self._fd is not None:
             return None
         try:
             fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))

@@ -197,8 +197,8 @@ class Restorer:
 
     def _plan(self, away: list[_Away]) -> list[PlanItem]:
         by_host: dict[str, list[_Away]] = {}
-        for item in away:
-            by_host.setdefault(item.host.name, []).append(item)
+        for one in away:
+            by_host.setdefault(one.host.name, []).append(one)
         infos = {}
         for items in by_host.values():
             host = items[0].host
@@ -207,10 +207,10 @@ class Restorer:
                                                 measure=self.ctx.config.measure_dirty_rate):
                 if vm.name in wanted:
                     infos[vm.name] = (vm, host)
-        for item in away:
-            if item.name not in infos:
-                self.result.block(Blocker(item.name, "not_found", f"'{item.name}' is no longer listed on "
-                                          f"{item.host.name}.", "run the restore again."))
+        for missing in away:
+            if missing.name not in infos:
+                self.result.block(Blocker(missing.name, "not_found", f"'{missing.name}' is no longer listed on "
+                                          f"{missing.host.name}.", "run the restore again."))
         home_conn = self.conns.get(self.home.uri)
         cap = self.ctx.backend.capacity(home_conn, self.home, self.ctx.config.anti_affinity_labels)
         home_cap = dataclasses.replace(cap, name=self.home.name, cordoned=False)

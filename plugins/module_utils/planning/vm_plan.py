@@ -169,7 +169,7 @@ def forecast_vm(vm: VmInfo, settings: dict, bandwidth_bps: float) -> tuple[Optio
 def plan_vm(vm: VmInfo, settings: dict, policy: str, policy_reason: str, source: Host, dest: Host, *,
             placement_reason: str, bandwidth_bps: float) -> VmDecision:
     """Plan moving `vm` from `source` to `dest` with the bandwidth it gets there."""
-    base = dict(vm=vm.name, kind=str(vm.kind), source=source.name, destination=dest.name,
+    base: dict[str, Any] = dict(vm=vm.name, kind=str(vm.kind), source=source.name, destination=dest.name,
                 destination_uri=dest.target_uri, migrate_uri=dest.migrate_uri, policy=policy,
                 policy_reason=policy_reason, placement_reason=placement_reason, settings=dict(settings),
                 state=vm.state, memory_mib=vm.memory_mib, vcpus=vm.vcpus, dirty_rate_bps=vm.dirty_rate_bps,
