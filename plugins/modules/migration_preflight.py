@@ -102,9 +102,11 @@ options:
     type: int
     default: 1
   default_link_mbit:
-    description: Migration link bandwidth in Mbit/s for destinations without O(destinations[].link_mbit).
+    description:
+      - Migration link bandwidth in Mbit/s for destinations without O(destinations[].link_mbit), and of the source.
+      - The same default as M(hvfleet.drain.host_drain), so both forecast a VM alike.
     type: float
-    default: 10000
+    default: 1000
   fail_on_blockers:
     description:
       - Fail the task when a VM cannot go to any of the destinations. The results are returned either way.
@@ -222,6 +224,16 @@ from ansible_collections.hvfleet.drain.plugins.module_utils.planning.facts impor
     host_facts,
     is_local_uri,
     measure_dirty_rates,
+    resident_mib,
+)
+from ansible_collections.hvfleet.drain.plugins.module_utils.planning.model import (  # noqa: E402
+    DEFAULT_LINK_MBIT,
+    Host,
+    VmInfo,
+)
+from ansible_collections.hvfleet.drain.plugins.module_utils.planning.vm_plan import (  # noqa: E402
+    lane_bandwidth,
+    plan_vm,
 )
 
 ARGUMENT_SPEC = dict(
@@ -242,7 +254,7 @@ ARGUMENT_SPEC = dict(
     dirty_rates=dict(type="dict"),
     measure_dirty_rate=dict(type="bool", default=True),
     dirty_rate_seconds=dict(type="int", default=1),
-    default_link_mbit=dict(type="float", default=10000.0),
+    default_link_mbit=dict(type="float", default=DEFAULT_LINK_MBIT),
     fail_on_blockers=dict(type="bool", default=False),
     state_dir=dict(type="path", default="/var/lib/hvfleet"),
     connect_timeout=dict(type="int", default=30),
@@ -348,17 +360,33 @@ class MigrationPreflightModule:
             facts = dataclasses.replace(facts, cordon=cordon_override(dest["cordoned"]))
         return conn, facts, None
 
-    def forecast(self, dom_facts, match, rate, link_mbit, note):
-        if dom_facts.state != "running":
-            return None
-        if rate is None:
-            return {"mode": None, "reason": f"dirty rate unknown: {note or 'not measured'}"}
-        try:
-            prediction = fc.forecast_for_settings(match.settings, dom_facts.memory_mib * fc.MIB, rate,
-                                                  link_mbit * 1e6 / 8)
-        except fc.ForecastError as exc:
-            return {"mode": None, "reason": str(exc)}
-        return prediction.as_dict()
+    def forecast(self, vm, match, dest, note):
+        """(forecast dict or None, mode): the drain's own per-VM planning (vm_plan.plan_vm), one lane."""
+        if vm.state != "running":
+            return None, match.settings.get("mode")
+        if vm.dirty_rate_bps is None:
+            return {"mode": None, "reason": f"dirty rate unknown: {note or 'not measured'}"}, match.settings.get("mode")
+        p = self.params
+        source = Host(p["name"] or "source", p["uri"])
+        target = Host(dest["name"], dest["uri"], migration_address=dest.get("migration_address"),
+                      link_mbit=dest.get("link_mbit"))
+        bandwidth = lane_bandwidth(source, target, 1, default_link_mbit=p["default_link_mbit"], max_inbound=None,
+                                   budget_bps=None)
+        decision = plan_vm(vm, match.settings, match.policy.name, match.reason, source, target,
+                           placement_reason="checked by migration_preflight", bandwidth_bps=bandwidth)
+        if decision.item is None:
+            reason = decision.blocker.message if decision.blocker else "refused"
+            return dict(decision.forecast.as_dict() if decision.forecast else {}, mode=None, reason=reason), None
+        prediction = decision.forecast.as_dict() if decision.forecast else {"mode": None, "reason": "no forecast"}
+        return dict(prediction, planned_mode=decision.item.mode, mode_reason=decision.item.mode_reason), \
+            decision.item.mode
+
+    @staticmethod
+    def vm_info(dom, dom_facts, rate):
+        return VmInfo(dom_facts.name, dom_facts.memory_mib, dom_facts.vcpus, active=dom_facts.running,
+                      persistent=bool(dom_facts.persistent), state=dom_facts.state, labels=dict(dom_facts.labels),
+                      dirty_rate_bps=rate, facts=dom_facts,
+                      resident_mib=resident_mib(dom) if dom_facts.running else None)
 
     def preflight(self):  # pylint: disable=too-many-locals
         p = self.params
@@ -372,6 +400,7 @@ class MigrationPreflightModule:
         for dom in doms:
             facts[dom.name()] = domain_facts(dom)
         rates, notes = self.dirty_rates(doms, facts)
+        infos = {dom.name(): self.vm_info(dom, facts[dom.name()], rates.get(dom.name())) for dom in doms}
         matches = {name: policy_mod.select_policy(policies, name, f.labels, f.memory_mib) for name, f in facts.items()}
         dests = [(d, *self.destination(d)) for d in p["destinations"]]
         probe = preflight.LocalProbe()
@@ -386,9 +415,7 @@ class MigrationPreflightModule:
                 "destinations_ok": [], "blocked": {},
             }
             for dest, conn, dest_facts, error in dests:
-                link = dest.get("link_mbit") or p["default_link_mbit"]
-                prediction = self.forecast(dom_facts, match, rates.get(name), link, notes.get(name))
-                mode = (prediction or {}).get("mode") or match.settings.get("mode")
+                prediction, mode = self.forecast(infos[name], match, dest, notes.get(name))
                 checked = preflight.run_prechecks(
                     src, conn, dom_facts, source, dest_facts, match.settings,
                     migration_address=dest.get("migration_address"), mode=mode,

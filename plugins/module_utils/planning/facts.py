@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
+from ansible_collections.hvfleet.drain.plugins.module_utils.common import bounded
 from ansible_collections.hvfleet.drain.plugins.module_utils.common.errors import HvfleetError
 from ansible_collections.hvfleet.drain.plugins.module_utils.fleet import maintenance
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning.policy import LABEL_NAMESPACE
@@ -412,6 +413,20 @@ def measure_dirty_rates(doms: Iterable[Domain], seconds: float = 1, timeout_s: f
         if started:
             wait(0.2)
     return results
+
+
+RESIDENT_TIMEOUT_S = 5.0
+
+
+def resident_mib(dom: Domain) -> int | None:
+    """The QEMU process's resident size in MiB (libvirt reads it on the host, no guest agent needed), or
+    None. It is how much guest memory was touched - what a forecast must send. Bounded: the call queues
+    behind a domain's job, and a busy domain must not hold up the plan."""
+    try:
+        stats = bounded.call(dom.memoryStats, timeout_s=RESIDENT_TIMEOUT_S, what="memory stats")
+        return int(stats["rss"]) // 1024 if stats.get("rss") else None
+    except Exception:  # pylint: disable=broad-except
+        return None
 
 
 def measure_dirty_rate(dom: Domain, seconds: float = 1, timeout_s: float | None = None,
