@@ -62,6 +62,8 @@ import json
 import os
 import threading
 import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import IO, Any, Optional, Union
 
 from ansible_collections.hvfleet.drain.plugins.module_utils.common.redact import scrub
 from ansible_collections.hvfleet.drain.plugins.module_utils.common.vocabulary import CycleState, Kind, VmState
@@ -86,7 +88,6 @@ BLOCKED = VmState.BLOCKED
 RETURNING = VmState.RETURNING
 RETURN_PAUSED_POSTCOPY = VmState.RETURN_PAUSED_POSTCOPY
 HOME = VmState.HOME
-VM_STATES = tuple(VmState)
 
 DRAINING = CycleState.DRAINING
 DRAINED = CycleState.DRAINED
@@ -94,18 +95,16 @@ DRAIN_FAILED = CycleState.FAILED
 INTERRUPTED = CycleState.INTERRUPTED
 RESTORING = CycleState.RESTORING
 RESTORED = CycleState.RESTORED
-UNFINISHED = (DRAINING, RESTORING)  # a run was in progress: if nobody holds the lock, it was interrupted
-FINISHED_STATES = (HOME,)
 
 
 UTC = datetime.timezone.utc  # noqa: UP017 - module_utils also run on Python < 3.11
 
 
-def now_iso():
+def now_iso() -> str:
     return datetime.datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
-def atomic_write_json(path, data):
+def atomic_write_json(path: Union[str, os.PathLike[str]], data: object) -> None:
     """Write JSON to `path` so that a crash leaves either the old or the new file, never half of one."""
     directory = os.path.dirname(os.path.abspath(path))
     tmp = f"{path}.tmp.{os.getpid()}.{threading.get_ident()}"
@@ -133,7 +132,7 @@ def atomic_write_json(path, data):
         os.close(dir_fd)
 
 
-def validate(data: dict, path: str) -> None:
+def validate(data: dict[str, Any], path: str) -> None:
     """Refuse a journal whose entries a run could not act on safely, before anything changes."""
     hint = (f"inspect {path}: fix or remove the entry named (its VM is then found by looking at the hosts), "
             "or move the file aside to start a new maintenance cycle.")
@@ -163,7 +162,8 @@ def validate(data: dict, path: str) -> None:
 class Journal:  # pylint: disable=too-many-instance-attributes
     """The journal of one host; thread-safe (migrations run in threads and all write here)."""
 
-    def __init__(self, state_dir, host, data=None, clock=time.monotonic, persist=True):
+    def __init__(self, state_dir: Union[str, os.PathLike[str]], host: str, data: Optional[dict[str, Any]] = None,
+                 clock: Callable[[], float] = time.monotonic, persist: bool = True) -> None:
         self.state_dir = os.fspath(state_dir)
         self.host = host
         self.path = os.path.join(self.state_dir, JOURNAL_NAME)
@@ -173,12 +173,12 @@ class Journal:  # pylint: disable=too-many-instance-attributes
         self._lock = threading.RLock()
         self._seq = 0
         self._run_start = clock()
-        self.run_id = None
+        self.run_id: Optional[str] = None
         self.action = "drain"
         self.data = data if data is not None else self.empty(host)
 
     @staticmethod
-    def empty(host):
+    def empty(host: str) -> dict[str, Any]:
         return {"version": VERSION, "host": host, "source_uri": None, "state": None, "cycle_started": None,
                 "updated": None, "reason": None, "by": None, "runs": [], "forecast": None, "blockers": [],
                 "vms": {}}
@@ -186,7 +186,7 @@ class Journal:  # pylint: disable=too-many-instance-attributes
     # ---- loading -------------------------------------------------------------------------
 
     @classmethod
-    def load(cls, state_dir, host, persist=True):
+    def load(cls, state_dir: Union[str, os.PathLike[str]], host: str, persist: bool = True) -> Journal:
         """The host's journal from disk, or a new empty one."""
         path = os.path.join(os.fspath(state_dir), JOURNAL_NAME)
         try:
@@ -205,16 +205,16 @@ class Journal:  # pylint: disable=too-many-instance-attributes
         return cls(state_dir, host, data=data, persist=persist)
 
     @property
-    def exists(self):
+    def exists(self) -> bool:
         return self.data.get("state") is not None
 
     @property
-    def state(self):
+    def state(self) -> Optional[str]:
         return self.data.get("state")
 
     # ---- writing -------------------------------------------------------------------------
 
-    def save(self):
+    def save(self) -> None:
         with self._lock:
             self.data["updated"] = now_iso()
             if not self.persist:
@@ -222,7 +222,8 @@ class Journal:  # pylint: disable=too-many-instance-attributes
             os.makedirs(self.state_dir, mode=0o700, exist_ok=True)
             atomic_write_json(self.path, self.data)
 
-    def begin_run(self, action, reason=None, by=None, source_uri=None, options=None):
+    def begin_run(self, action: str, reason: Optional[str] = None, by: Optional[str] = None,
+                  source_uri: Optional[str] = None, options: Optional[dict[str, Any]] = None) -> None:
         """A drain or restore run starts: new run record, progress file emptied."""
         with self._lock:
             self.action = action
@@ -248,30 +249,33 @@ class Journal:  # pylint: disable=too-many-instance-attributes
                     pass
             self.save()
 
-    def end_run(self, state, summary=None):
+    def end_run(self, state: str, summary: Optional[dict[str, Any]] = None) -> None:
         with self._lock:
             self.data["state"] = state
             if self.data["runs"]:
                 self.data["runs"][-1].update(finished=now_iso(), state=state, summary=summary)
             self.save()
 
-    def set_plan(self, forecast=None, blockers=None):
+    def set_plan(self, forecast: Optional[dict[str, Any]] = None,
+                 blockers: Optional[Iterable[dict[str, Any]]] = None) -> None:
         with self._lock:
             self.data["forecast"] = forecast
             self.data["blockers"] = list(blockers or [])
             self.save()
 
-    def vm(self, name):
+    def vm(self, name: str) -> Any:  # a dict[str, Any], or None
         """A copy of one VM's entry (None when not in the journal)."""
+        # Any rather than Optional[dict[str, Any]]: drain/resume.py indexes the result for names it has just
+        # found among vms(); tighten this once those callers check for None.
         with self._lock:
             entry = self.data["vms"].get(name)
             return copy.deepcopy(entry) if entry is not None else None
 
-    def vms(self):
+    def vms(self) -> dict[str, dict[str, Any]]:
         with self._lock:
             return copy.deepcopy(self.data["vms"])
 
-    def put_vm(self, name, entry, note=None, save=True):
+    def put_vm(self, name: str, entry: Mapping[str, Any], note: Optional[str] = None, save: bool = True) -> None:
         """Add or replace the plan of a VM, keeping what the journal already knows about its origin."""
         with self._lock:
             old = self.data["vms"].get(name) or {}
@@ -290,7 +294,8 @@ class Journal:  # pylint: disable=too-many-instance-attributes
             if save:
                 self.save()
 
-    def update_vm(self, name, state=None, note=None, **fields):
+    def update_vm(self, name: str, state: Optional[str] = None, note: Optional[str] = None,
+                  **fields: Any) -> dict[str, Any]:
         """Change one VM's entry (state change recorded in its history) and save."""
         with self._lock:
             entry = self.data["vms"][name]
@@ -311,14 +316,14 @@ class Journal:  # pylint: disable=too-many-instance-attributes
             self.save()
             return copy.deepcopy(entry)
 
-    def drop_vm(self, name):
+    def drop_vm(self, name: str) -> None:
         with self._lock:
             self.data["vms"].pop(name, None)
             self.save()
 
     # ---- progress events -----------------------------------------------------------------
 
-    def event(self, kind, **fields):
+    def event(self, kind: str, **fields: Any) -> dict[str, Any]:
         """Append one progress event (see the module docstring); returns it. Never raises on I/O."""
         with self._lock:
             self._seq += 1
@@ -336,7 +341,7 @@ class Journal:  # pylint: disable=too-many-instance-attributes
 
     # ---- end of a cycle ------------------------------------------------------------------
 
-    def archive(self):
+    def archive(self) -> Optional[str]:
         """Move the finished cycle aside (drain-journal.<cycle start>.json); returns the new path."""
         with self._lock:
             if not self.persist or not os.path.exists(self.path):
@@ -347,7 +352,7 @@ class Journal:  # pylint: disable=too-many-instance-attributes
             return target
 
 
-def read_events(state_dir, offset=0):
+def read_events(state_dir: Union[str, os.PathLike[str]], offset: int = 0) -> tuple[list[dict[str, Any]], int]:
     """Progress events from byte `offset` on; returns (events, new_offset). For pollers and tests.
 
     A new run empties the file and may have written more than `offset` bytes by the next poll: an
@@ -378,6 +383,6 @@ def read_events(state_dir, offset=0):
     return events, offset + end
 
 
-def _line_starts_at(handle, offset):
+def _line_starts_at(handle: IO[bytes], offset: int) -> bool:
     handle.seek(offset - 1)
     return handle.read(1) == b"\n"

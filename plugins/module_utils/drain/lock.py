@@ -19,6 +19,8 @@ import fcntl  # hypervisors are Linux
 import json
 import os
 import socket
+from collections.abc import Mapping
+from typing import Any, Optional, Union
 
 from ansible_collections.hvfleet.drain.plugins.module_utils.common.errors import HvfleetError
 
@@ -28,16 +30,16 @@ LOCK_NAME = "drain.lock"
 class DrainLocked(HvfleetError):
     """Another drain or restore of this host is running; `holder` says which (dict, may be empty)."""
 
-    def __init__(self, message, hint=None, holder=None):
+    def __init__(self, message: str, hint: Optional[str] = None, holder: Optional[dict[str, Any]] = None) -> None:
         super().__init__(message, hint)
         self.holder = holder or {}
 
 
-def now_iso():
+def now_iso() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")  # noqa: UP017 (Python < 3.11)
 
 
-def describe_holder(holder):
+def describe_holder(holder: Optional[Mapping[str, Any]]) -> str:
     """'pid 1234 (drain, started 2024-05-01T10:00:00+00:00 by alice@ctl, host hv1)'."""
     if not holder:
         return "a process that has not written its details yet"
@@ -55,19 +57,20 @@ def describe_holder(holder):
 class DrainLock:
     """flock-based lock; use as a context manager or acquire()/release()."""
 
-    def __init__(self, state_dir, host="", purpose="drain", by=""):
+    def __init__(self, state_dir: Union[str, os.PathLike[str]], host: str = "", purpose: str = "drain",
+                 by: str = "") -> None:
         self.state_dir = os.fspath(state_dir)
         self.path = os.path.join(self.state_dir, LOCK_NAME)
         self.host = host
         self.purpose = purpose
         self.by = by
-        self._fd = None
+        self._fd: Optional[int] = None
 
     @property
-    def held(self):
+    def held(self) -> bool:
         return self._fd is not None
 
-    def holder(self):
+    def holder(self) -> dict[str, Any]:
         """Who holds (or last held) the lock, from the file; {} when unknown."""
         try:
             with open(self.path, encoding="utf-8") as handle:
@@ -76,7 +79,7 @@ class DrainLock:
         except (OSError, ValueError):
             return {}
 
-    def acquire(self):
+    def acquire(self) -> DrainLock:
         """Take the lock or raise DrainLocked naming the holder. Never blocks."""
         if self._fd is not None:
             return self
@@ -104,7 +107,7 @@ class DrainLock:
         os.fsync(fd)
         return self
 
-    def release(self):
+    def release(self) -> None:
         if self._fd is None:
             return
         fd, self._fd = self._fd, None
@@ -114,7 +117,7 @@ class DrainLock:
         finally:
             os.close(fd)
 
-    def is_locked_elsewhere(self):
+    def is_locked_elsewhere(self) -> Optional[dict[str, Any]]:
         """The holder's details (dict) when another process holds the lock now, else None.
 
         A read-only probe for check mode: it creates nothing and writes nothing.
@@ -133,8 +136,8 @@ class DrainLock:
             os.close(fd)  # closing drops the probe's shared lock
         return None
 
-    def __enter__(self):
+    def __enter__(self) -> DrainLock:
         return self.acquire()
 
-    def __exit__(self, *_exc):
+    def __exit__(self, *_exc: object) -> None:
         self.release()

@@ -19,14 +19,26 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable, Mapping
+from typing import Any, Literal, Optional, TypedDict, Union
 
 from ansible_collections.hvfleet.drain.plugins.module_utils.drain.journal import PROGRESS_NAME, now_iso, read_events
 
 # events that end a long poll at once; vm_progress samples are batched until `wait` runs out
 PROMPT_EVENTS = ("run_started", "run_finished", "vm_started", "vm_finished", "note")
 
+JobState = Literal["running", "finished", "missing"]
 
-def job_state(async_dir, job_id):
+
+class Cursor(TypedDict):
+    """Where a poller stands: the byte offset it read up to, the run it follows and the last seq it got."""
+
+    offset: int
+    run: Optional[str]
+    seq: int
+
+
+def job_state(async_dir: str, job_id: str) -> JobState:
     """State of an Ansible async job from its results file: 'running', 'finished' or 'missing'.
 
     async_wrapper writes {"started": true, "finished": false, ...} when the job starts and replaces
@@ -49,7 +61,8 @@ def job_state(async_dir, job_id):
     return "finished"
 
 
-def _select(events, cursor, since):
+def _select(events: list[dict[str, Any]], cursor: Mapping[str, Any],
+            since: Optional[str]) -> tuple[list[dict[str, Any]], Optional[str]]:
     """The events of the followed run after the cursor's seq; picks the run when none is followed yet."""
     run = cursor.get("run")
     last = cursor.get("seq") or 0
@@ -62,7 +75,8 @@ def _select(events, cursor, since):
     return [e for e in events if e.get("run") == run and (e.get("seq") or 0) > last], run
 
 
-def read_new(state_dir, cursor, since=None):
+def read_new(state_dir: Union[str, os.PathLike[str]], cursor: Mapping[str, Any],
+             since: Optional[str] = None) -> tuple[list[dict[str, Any]], Cursor]:
     """(new events, new cursor). `cursor` is {"offset", "run", "seq"}; an empty one starts afresh."""
     offset = int(cursor.get("offset") or 0)
     run = cursor.get("run")
@@ -77,14 +91,16 @@ def read_new(state_dir, cursor, since=None):
     return selected, {"offset": new_offset, "run": run, "seq": last}
 
 
-def mark(state_dir):
+def mark(state_dir: Union[str, os.PathLike[str]]) -> dict[str, Any]:
     """No events: the host's time now (a `since` for the calls that follow a drain started after this)."""
     return {"events": [], "offset": 0, "run": None, "seq": 0, "finished": False, "job": None, "now": now_iso(),
             "progress_path": os.path.join(os.fspath(state_dir), PROGRESS_NAME)}
 
 
-def follow(state_dir, cursor=None, since=None, wait=0.0, job=None, interval=0.5, clock=time.monotonic,
-           sleep=time.sleep):
+def follow(state_dir: Union[str, os.PathLike[str]], cursor: Optional[Mapping[str, Any]] = None,
+           since: Optional[str] = None, wait: Optional[float] = 0.0, job: Optional[Callable[[], str]] = None,
+           interval: float = 0.5, clock: Callable[[], float] = time.monotonic,
+           sleep: Callable[[float], object] = time.sleep) -> dict[str, Any]:
     """One poll: new events, the next cursor and whether the run is over.
 
     `job` is a callable returning the async job's state ('running', 'finished', 'missing') or None

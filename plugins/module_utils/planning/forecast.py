@@ -39,11 +39,12 @@ from __future__ import annotations
 import dataclasses
 import heapq
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, cast
 
 from ansible_collections.hvfleet.drain.plugins.module_utils.common.errors import HvfleetError
 from ansible_collections.hvfleet.drain.plugins.module_utils.common.vocabulary import ForecastVerdict, Mode, OnTimeout
-from ansible_collections.hvfleet.drain.plugins.module_utils.planning.scheduler import Scheduler
+from ansible_collections.hvfleet.drain.plugins.module_utils.planning.scheduler import Limits, Migration, Scheduler
 
 MIB = 1024 ** 2
 GIB = 1024 ** 3
@@ -117,7 +118,7 @@ class Forecast:  # pylint: disable=too-many-instance-attributes
     deadline_s: float | None = None
     throttle_pct: int = 0
 
-    def as_dict(self):
+    def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
@@ -129,12 +130,12 @@ class DrainForecast:
     serial_s: float
     concurrency: int
     migrations: int
-    blocked: tuple
+    blocked: tuple[str, ...]
     predicted_bytes: int
     worst_downtime_ms: float
     summary: str
 
-    def as_dict(self):
+    def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
@@ -148,14 +149,15 @@ class ScheduledMigration:
     start_bandwidth: float
     forecast: Forecast | None
 
-    def as_dict(self):
+    def as_dict(self) -> dict[str, Any]:
         return {"vm": self.vm, "start_s": round(self.start_s, 3),
                 "end_s": None if self.end_s is None else round(self.end_s, 3),
                 "start_bandwidth_mib": round(self.start_bandwidth / MIB, 1),
                 "mode": self.forecast.mode if self.forecast else None}
 
 
-def guest_memory(ram_bytes, resident_bytes, domain_type="kvm", params=DEFAULT_PARAMS):
+def guest_memory(ram_bytes: float, resident_bytes: float | None, domain_type: str = "kvm",
+                 params: ModelParams = DEFAULT_PARAMS) -> tuple[float, float | None]:
     """(transferable_ratio, dirty_working_set) from the QEMU process's resident size, or (1.0, None).
 
     QEMU sends a never-written (zero) page as a few bytes, and a page the guest never touched is not
@@ -170,12 +172,14 @@ def guest_memory(ram_bytes, resident_bytes, domain_type="kvm", params=DEFAULT_PA
     return ratio, ratio * float(ram_bytes)
 
 
-def deadline_for(ram_bytes, completion_timeout_per_gib_s=150.0, params=DEFAULT_PARAMS):
+def deadline_for(ram_bytes: float, completion_timeout_per_gib_s: float = 150.0,
+                 params: ModelParams = DEFAULT_PARAMS) -> float:
     """The engine's completion deadline: per GiB of RAM, rounded up, at least the floor."""
     return float(max(params.completion_timeout_min_s, math.ceil(completion_timeout_per_gib_s * ram_bytes / GIB)))
 
 
-def _check(ram_bytes, dirty_rate, bandwidth, transferable_ratio=1.0, dirty_working_set=None):
+def _check(ram_bytes: float | None, dirty_rate: float | None, bandwidth: float | None,
+           transferable_ratio: float = 1.0, dirty_working_set: float | None = None) -> None:
     if not ram_bytes or ram_bytes <= 0:
         raise ForecastError(f"RAM must be positive, got {ram_bytes!r}.", "pass the domain's memory in bytes.")
     if not bandwidth or bandwidth <= 0:
@@ -192,10 +196,12 @@ def _check(ram_bytes, dirty_rate, bandwidth, transferable_ratio=1.0, dirty_worki
                             "give the dirty working set in bytes, or leave it unset (all of RAM).")
 
 
-def simulate_precopy(ram_bytes, dirty_rate, bandwidth, deadline_s, max_downtime_ms, *,
-                     escalate_to_ms=None, transferable_ratio=1.0, dirty_working_set=None,
-                     auto_converge=False, throttle_initial_pct=None, throttle_increment_pct=None,
-                     max_passes=None, params=DEFAULT_PARAMS):
+def simulate_precopy(ram_bytes: float, dirty_rate: float, bandwidth: float, deadline_s: float,
+                     max_downtime_ms: float, *, escalate_to_ms: float | None = None,
+                     transferable_ratio: float = 1.0, dirty_working_set: float | None = None,
+                     auto_converge: bool = False, throttle_initial_pct: int | None = None,
+                     throttle_increment_pct: int | None = None, max_passes: int | None = None,
+                     params: ModelParams = DEFAULT_PARAMS) -> PrecopyRun:
     """Iterate pre-copy passes until convergence, the deadline, or `max_passes` (see module doc)."""
     # pylint: disable=too-many-locals,too-many-branches,too-many-statements
     _check(ram_bytes, dirty_rate, bandwidth, transferable_ratio, dirty_working_set)
@@ -204,7 +210,7 @@ def simulate_precopy(ram_bytes, dirty_rate, bandwidth, deadline_s, max_downtime_
     initial = throttle_initial_pct or params.throttle_initial_pct
     increment = throttle_increment_pct or params.throttle_increment_pct
 
-    def limit_ms(i):
+    def limit_ms(i: int) -> float:
         if escalate_to_ms is not None and i > params.escalate_after_passes:
             return max(max_downtime_ms, escalate_to_ms)
         return max_downtime_ms
@@ -279,10 +285,11 @@ class _Inputs:  # pylint: disable=too-many-instance-attributes
     params: ModelParams
 
 
-def _precopy(inp, auto_converge):
+def _precopy(inp: _Inputs, auto_converge: bool) -> PrecopyRun:
     """The engine's pre-copy: at max downtime; if that misses the deadline, with the ladder's cap."""
-    common = {"transferable_ratio": inp.ratio, "dirty_working_set": inp.wss, "auto_converge": auto_converge,
-              "throttle_initial_pct": inp.initial, "throttle_increment_pct": inp.increment, "params": inp.params}
+    common: dict[str, Any] = {"transferable_ratio": inp.ratio, "dirty_working_set": inp.wss,
+                              "auto_converge": auto_converge, "throttle_initial_pct": inp.initial,
+                              "throttle_increment_pct": inp.increment, "params": inp.params}
     run = simulate_precopy(inp.ram, inp.dirty, inp.bw, inp.deadline, inp.downtime_ms, **common)
     if run.converged or inp.cap_ms <= inp.downtime_ms:
         return run
@@ -290,44 +297,45 @@ def _precopy(inp, auto_converge):
                             escalate_to_ms=inp.cap_ms, **common)
 
 
-def _switch(inp, run):
+def _switch(inp: _Inputs, run: PrecopyRun) -> tuple[float, float, float]:
     """Post-copy after `run` stopped: pause, then what is left at the post-copy bandwidth."""
     duration = run.elapsed_s + inp.params.postcopy_switchover_ms / 1000.0 + run.remaining_bytes / inp.pc_bw
     return duration, inp.params.postcopy_switchover_ms, run.bytes_sent + run.remaining_bytes
 
 
-def _mib(rate):
+def _mib(rate: float) -> str:
     value = rate / MIB
     return f"{value:.0f}" if value >= 10 else f"{value:.1f}"
 
 
-def _head(inp):
+def _head(inp: _Inputs) -> str:
     ratio = inp.dirty / inp.bw
     shown = f"{ratio:.2f}" if ratio >= 0.1 or ratio == 0 else f"{ratio:.1g}"
     touched = f", ~{inp.ram * inp.ratio / MIB:.0f} of {inp.ram / MIB:.0f} MiB in use" if inp.ratio < 1 else ""
     return f"dirty {_mib(inp.dirty)} MiB/s = {shown} x link {_mib(inp.bw)} MiB/s{touched}"
 
 
-def _converged_text(run, inp):
+def _converged_text(run: PrecopyRun, inp: _Inputs) -> str:
     limit = f"{run.limit_ms:.0f} ms" + (" (raised to the cap)" if run.limit_ms > inp.downtime_ms else "")
     throttle = f", guest throttled up to {run.throttle_pct}%" if run.throttle_pct else ""
     return (f"pre-copy converges in {run.iterations} pass{'es' if run.iterations != 1 else ''}, "
             f"{run.elapsed_s:.1f} s <= deadline {inp.deadline:.0f} s, pause {run.pause_ms:.0f} ms <= {limit}{throttle}")
 
 
-def _miss_text(run, inp, what="pre-copy"):
+def _miss_text(run: PrecopyRun, inp: _Inputs, what: str = "pre-copy") -> str:
     throttle = f" (guest throttled up to {run.throttle_pct}%)" if run.throttle_pct else ""
     if run.stalled:
         return f"{what} cannot converge{throttle}: dirty set above what {inp.cap_ms:.0f} ms of link can send"
     return f"{what} does not converge within the deadline {inp.deadline:.0f} s{throttle}"
 
 
-def _precopy_forecast(inp, run, mode, auto_converge, reason):
-    return Forecast(mode, auto_converge, reason, round(run.elapsed_s, 3), round(run.pause_ms, 1),
+def _precopy_forecast(inp: _Inputs, run: PrecopyRun, mode: str, auto_converge: bool, reason: str) -> Forecast:
+    """The forecast of a converged `run` (so it has its pause)."""
+    return Forecast(mode, auto_converge, reason, round(run.elapsed_s, 3), round(cast(float, run.pause_ms), 1),
                     int(run.bytes_sent), run.iterations, True, inp.deadline, run.throttle_pct)
 
 
-def _explicit_precopy(inp):
+def _explicit_precopy(inp: _Inputs) -> Forecast:
     run = _precopy(inp, inp.auto_converge)
     if run.converged:
         return _precopy_forecast(inp, run, PRECOPY, inp.auto_converge, f"{_head(inp)}: {_converged_text(run, inp)}")
@@ -349,7 +357,7 @@ def _explicit_precopy(inp):
                     run.throttle_pct)
 
 
-def _postcopy(inp, mode=POSTCOPY):
+def _postcopy(inp: _Inputs, mode: str = POSTCOPY) -> Forecast:
     """Mode postcopy: switch after the first pass. postcopy_after_precopy: only if pre-copy fails."""
     if mode == POSTCOPY_AFTER_PRECOPY:
         full = _precopy(inp, inp.auto_converge)
@@ -376,7 +384,7 @@ def _postcopy(inp, mode=POSTCOPY):
                     inp.deadline, run.throttle_pct)
 
 
-def _auto(inp):
+def _auto(inp: _Inputs) -> Forecast:
     head = _head(inp)
     run = _precopy(inp, inp.auto_converge)
     if run.converged:
@@ -384,7 +392,7 @@ def _auto(inp):
                                  f"{head}: {_converged_text(run, inp)} -> pre-copy")
     miss = _miss_text(run, inp)
     post = _postcopy(inp) if inp.allow_postcopy else None
-    if post is not None and post.predicted_duration_s <= inp.deadline:
+    if post is not None and cast(float, post.predicted_duration_s) <= inp.deadline:  # post-copy always has one
         return dataclasses.replace(post, reason=(
             f"{head}: {miss}; post-copy allowed -> post-copy ({post.predicted_duration_s:.1f} s, "
             f"pause ~{post.predicted_downtime_ms:.0f} ms)"))
@@ -402,10 +410,14 @@ def _auto(inp):
                     f"{why_not_post} -> refuse", None, None, None, 0, False, inp.deadline, throttled.throttle_pct)
 
 
-def forecast(ram_bytes, dirty_rate, bandwidth, *, mode=AUTO, allow_postcopy=True,  # pylint: disable=too-many-locals
-             max_downtime_ms=500, max_downtime_cap_ms=2000, deadline_s=None, completion_timeout_per_gib_s=150.0,
-             on_timeout=OnTimeout.ABORT, auto_converge=False, auto_converge_initial=None, auto_converge_increment=None,
-             postcopy_bandwidth=None, transferable_ratio=1.0, dirty_working_set=None, params=None):
+def forecast(ram_bytes: float, dirty_rate: float, bandwidth: float, *,  # pylint: disable=too-many-locals
+             mode: str = AUTO, allow_postcopy: bool = True, max_downtime_ms: float = 500,
+             max_downtime_cap_ms: float = 2000, deadline_s: float | None = None,
+             completion_timeout_per_gib_s: float = 150.0, on_timeout: str = OnTimeout.ABORT,
+             auto_converge: bool = False, auto_converge_initial: int | None = None,
+             auto_converge_increment: int | None = None, postcopy_bandwidth: float | None = None,
+             transferable_ratio: float = 1.0, dirty_working_set: float | None = None,
+             params: ModelParams | None = None) -> Forecast:
     """Forecast one migration; for `auto`, choose its mode. Rates and bandwidths in bytes/s."""
     params = params or DEFAULT_PARAMS
     _check(ram_bytes, dirty_rate, bandwidth, transferable_ratio, dirty_working_set)
@@ -435,8 +447,9 @@ def forecast(ram_bytes, dirty_rate, bandwidth, *, mode=AUTO, allow_postcopy=True
     return _postcopy(inp, mode)
 
 
-def forecast_for_settings(settings, ram_bytes, dirty_rate, link_bandwidth, *, transferable_ratio=1.0,
-                          dirty_working_set=None, params=None):
+def forecast_for_settings(settings: Mapping[str, Any], ram_bytes: float, dirty_rate: float, link_bandwidth: float,
+                          *, transferable_ratio: float = 1.0, dirty_working_set: float | None = None,
+                          params: ModelParams | None = None) -> Forecast:
     """Forecast with a policy's effective settings (policy.select_policy): its limits cap the link."""
     bw = float(link_bandwidth)
     if settings.get("bandwidth_mib"):
@@ -457,7 +470,8 @@ def forecast_for_settings(settings, ram_bytes, dirty_rate, link_bandwidth, *, tr
         params=params)
 
 
-def forecast_drain(forecasts, concurrency=1):
+def forecast_drain(forecasts: Mapping[str, Forecast] | Iterable[Forecast],
+                   concurrency: int = 1) -> DrainForecast:
     """Wall time of a drain: list scheduling, in the given order, on `concurrency` lanes.
 
     Each migration starts when a lane frees up (what a worker pool does); a VM predicted to
@@ -495,16 +509,17 @@ def forecast_drain(forecasts, concurrency=1):
     return DrainForecast(round(total, 3), round(serial, 3), concurrency, moved, tuple(blocked), sent, worst, summary)
 
 
-def share_rates(running, link_bps, *, destination_bps=None, budget_bps=None):
+def share_rates(running: Sequence[Migration], link_bps: float, *, destination_bps: Mapping[str, float] | None = None,
+                budget_bps: float | None = None) -> dict[str, float]:
     """Bytes/s of each running migration (scheduler.Migration): the source link (and the budget)
     split equally among all of them, each destination's link among the ones going there."""
     if not running:
         return {}
     count = len(running)
-    inbound = {}
+    inbound: dict[str, int] = {}
     for mig in running:
         inbound[mig.destination] = inbound.get(mig.destination, 0) + 1
-    rates = {}
+    rates: dict[str, float] = {}
     for mig in running:
         rate = link_bps / count
         if budget_bps:
@@ -516,7 +531,10 @@ def share_rates(running, link_bps, *, destination_bps=None, budget_bps=None):
     return rates
 
 
-def simulate_drain(moves, limits, link_bps, predict, *, destination_bps=None, budget_bps=None):
+def simulate_drain(moves: Iterable[Migration], limits: Limits, link_bps: float,
+                   predict: Callable[[str, float], Forecast | None], *,
+                   destination_bps: Mapping[str, float] | None = None,
+                   budget_bps: float | None = None) -> list[ScheduledMigration]:
     """Play a drain's schedule forward on predicted durations; returns [ScheduledMigration] in start order.
 
     `moves` are scheduler.Migration (their `predicted_seconds` only rank them, as in the real
@@ -541,11 +559,11 @@ def simulate_drain(moves, limits, link_bps, predict, *, destination_bps=None, bu
     by_vm = {m.vm: m for m in moves}
     sched = Scheduler(moves, limits)
     now = 0.0
-    left = {}  # running vm -> bytes left (shared) or None (fixed end)
-    fixed_end = {}
-    finished = set()
-    out = {}
-    order = []
+    left: dict[str, float | None] = {}  # running vm -> bytes left (shared) or None (fixed end)
+    fixed_end: dict[str, float] = {}
+    finished: set[str] = set()
+    out: dict[str, ScheduledMigration] = {}
+    order: list[str] = []
     eps = 1e-9
     for _round in range(10 * len(moves) + 10):
         # start what may start now; a refused or unforecast VM is done at once, so ask again
@@ -578,9 +596,13 @@ def simulate_drain(moves, limits, link_bps, predict, *, destination_bps=None, bu
         step = max(0.0, min(steps))
         now += step
         for vm in sorted(left):
-            if left[vm] is not None:
-                left[vm] -= rates[vm] * step
-            done = (fixed_end[vm] <= now + eps) if left[vm] is None else left[vm] <= eps * max(1.0, rates[vm])
+            bytes_left = left[vm]
+            if bytes_left is None:
+                done = fixed_end[vm] <= now + eps
+            else:
+                bytes_left -= rates[vm] * step
+                left[vm] = bytes_left
+                done = bytes_left <= eps * max(1.0, rates[vm])
             if done:
                 del left[vm]
                 finished.add(vm)
@@ -588,7 +610,7 @@ def simulate_drain(moves, limits, link_bps, predict, *, destination_bps=None, bu
     return [out[v] for v in order]
 
 
-def forecast_drain_shared(schedule, concurrency=1):
+def forecast_drain_shared(schedule: Iterable[ScheduledMigration], concurrency: int = 1) -> DrainForecast:
     """A DrainForecast from simulate_drain's result: the total is when the last migration ends."""
     serial = 0.0
     sent = 0
