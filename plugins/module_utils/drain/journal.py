@@ -263,10 +263,8 @@ class Journal:  # pylint: disable=too-many-instance-attributes
             self.data["blockers"] = list(blockers or [])
             self.save()
 
-    def vm(self, name: str) -> Any:  # a dict[str, Any], or None
+    def vm(self, name: str) -> Optional[dict[str, Any]]:
         """A copy of one VM's entry (None when not in the journal)."""
-        # Any rather than Optional[dict[str, Any]]: drain/resume.py indexes the result for names it has just
-        # found among vms(); tighten this once those callers check for None.
         with self._lock:
             entry = self.data["vms"].get(name)
             return copy.deepcopy(entry) if entry is not None else None
@@ -376,9 +374,11 @@ def read_events(state_dir: Union[str, os.PathLike[str]], offset: int = 0) -> tup
         try:
             event = json.loads(line.decode("utf-8"))
         except ValueError:
+            event = None
+        if not isinstance(event, dict):
             if offset:  # not an event boundary of this file: it was rewritten
                 return read_events(state_dir, 0)
-            continue
+            continue  # not an event: never handed to a poller
         events.append(event)
     return events, offset + end
 

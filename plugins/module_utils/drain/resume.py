@@ -180,8 +180,9 @@ class Resumer:
         self._set(name, VmState.MOVED, f"found on {verdict.host} after an interrupted run",
                   destination=verdict.host, destination_uri=dest.target_uri if dest else entry.get("destination_uri"),
                   result=dict(entry.get("result") or {}, outcome="moved", ok=True, message=verdict.reason))
-        if self.act:
-            self.result.vms.append(vm_result(self.journal.vm(name)))
+        entry_now = self.journal.vm(name)
+        if self.act and entry_now is not None:
+            self.result.vms.append(vm_result(entry_now))
         self.out.skip.add(name)
         return True
 
@@ -249,12 +250,12 @@ class Resumer:
     def _sweep_leftovers(self) -> None:
         """A shut-off definition on the source of a VM that runs on a destination is a leftover, never a VM
         whose definition should move."""
-        known = set(self.journal.vms())
         src_conn = self.conns.get(self.ctx.source.uri)
         for vm in self.ctx.backend.list_vms(src_conn, self.ctx.source, measure=False):
             if vm.active or vm.name in self.out.skip or vm.name in self.out.pinned:
                 continue
-            if vm.name in known and VmState(self.journal.vm(vm.name)["state"]) not in (
+            entry = self.journal.vm(vm.name)
+            if entry is not None and VmState(entry["state"]) not in (
                     VmState.PLANNED, VmState.HOME, VmState.STAYED, VmState.FAILED, VmState.BLOCKED):
                 continue
             where = locate(self.ctx.backend, self.conns, vm.name, [self.ctx.source, *self.ctx.destinations])
