@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import contextlib
 import threading
+from typing import Any, Optional
 
 from ansible_collections.hvfleet.drain.plugins.module_utils.common import bounded
 from ansible_collections.hvfleet.drain.plugins.module_utils.common.connection import close_quietly, connect
 from ansible_collections.hvfleet.drain.plugins.module_utils.common.errors import HvfleetError
 from ansible_collections.hvfleet.drain.plugins.module_utils.drain.backend import Backend
-from ansible_collections.hvfleet.drain.plugins.module_utils.drain.report import progress_from_sample
+from ansible_collections.hvfleet.drain.plugins.module_utils.engine.control import MigrationControl
 from ansible_collections.hvfleet.drain.plugins.module_utils.engine.migration import Migration
 from ansible_collections.hvfleet.drain.plugins.module_utils.fleet import maintenance
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning import facts as hvfacts
@@ -31,16 +32,6 @@ VIR_DOMAIN_XML_MIGRATABLE = 8
 _PAUSED = 3
 _POSTCOPY_PAUSED_REASONS = (12, 13)
 RESIDENT_TIMEOUT_S = 5.0
-
-
-class _WatchedMigration(Migration):
-    """The engine's Migration, with its job monitor exposed for progress events."""
-
-    monitor = None
-
-    def _watch(self, dom, worker, monitor):
-        self.monitor = monitor
-        return super()._watch(dom, worker, monitor)
 
 
 class LibvirtBackend(Backend):
@@ -158,18 +149,10 @@ class LibvirtBackend(Backend):
 
     # ---- actions ----------------------------------------------------------------------------
 
-    def migrate(self, src_conn, dst_conn, name, dest_uri, spec, source_uri, control):
-        job = _WatchedMigration(src_conn, dst_conn, name, dest_uri, spec, source_uri=source_uri)
-
-        def sample():
-            monitor = job.monitor
-            return progress_from_sample(monitor.last()) if monitor is not None else None
-
-        def abort():
-            src_conn.lookupByName(name).abortJob()
-
-        control.attach(sample=sample, abort=abort, postcopy=lambda: job.postcopy_started)
-        return job.run()
+    def migrate(self, src_conn: Any, dst_conn: Any, name: str, dest_uri: str, spec: Any, source_uri: str,
+                control: Optional[MigrationControl]) -> Any:
+        """The engine's migration of `name`; the drain aborts it and sets its bandwidth through `control`."""
+        return Migration(src_conn, dst_conn, name, dest_uri, spec, source_uri=source_uri, control=control).run()
 
     def move_definition(self, src_conn, dst_conn, name):
         try:

@@ -30,6 +30,11 @@ from __future__ import annotations
 import dataclasses
 import math
 import statistics
+from collections.abc import Iterable, Sequence
+from typing import Any, Optional
+
+from ansible_collections.hvfleet.drain.plugins.module_utils.engine.monitor import JobSample
+from ansible_collections.hvfleet.drain.plugins.module_utils.engine.spec import MigrationSpec
 
 SHRINK_MARGIN = 0.10  # the dirty set must shrink by 10 % over the window to count as progress
 MAX_THROTTLE_PCT = 99  # QEMU's default max-cpu-throttle
@@ -42,28 +47,6 @@ ABORT = "abort"
 SUSPEND = "suspend"
 
 
-@dataclasses.dataclass
-class LadderState:
-    """What the ladder already did; updated by the caller after applying a decision."""
-
-    downtime_ms: int
-    last_step_iteration: int = 0
-    postcopy_requested: bool = False
-    final_action: str | None = None
-
-    def record(self, decision, iteration):
-        """Note an applied decision so the next one waits for fresh evidence."""
-        if decision.action == CONTINUE:
-            return
-        self.last_step_iteration = iteration
-        if decision.action == RAISE_DOWNTIME:
-            self.downtime_ms = decision.downtime_ms
-        elif decision.action == POSTCOPY:
-            self.postcopy_requested = True
-        if decision.final:
-            self.final_action = decision.action
-
-
 @dataclasses.dataclass(frozen=True)
 class Decision:
     action: str
@@ -71,8 +54,46 @@ class Decision:
     downtime_ms: int | None = None
     final: bool = False
 
-    def to_dict(self):
+    def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass
+class LadderState:
+    """What the ladder already did; updated by the caller after applying a decision.
+
+    Only what libvirt accepted is recorded (record). A refused switch to post-copy (refused) is not
+    post-copy: the ladder tries it again at its next step, and past the deadline once more before
+    the final action - the completion deadline keeps applying. A refused final action is simply
+    decided again at the next sample.
+    """
+
+    downtime_ms: int
+    last_step_iteration: int = 0
+    postcopy_requested: bool = False
+    final_action: Optional[str] = None
+    postcopy_refused_t: Optional[float] = None  # when libvirt last refused the switch (seconds since start)
+
+    def record(self, decision: Decision, iteration: int) -> None:
+        """Note an applied decision so the next one waits for fresh evidence."""
+        if decision.action == CONTINUE:
+            return
+        self.last_step_iteration = iteration
+        if decision.action == RAISE_DOWNTIME:
+            self.downtime_ms = int(decision.downtime_ms or self.downtime_ms)
+        elif decision.action == POSTCOPY:
+            self.postcopy_requested = True
+        if decision.final:
+            self.final_action = decision.action
+
+    def refused(self, decision: Decision, iteration: int, t: float) -> None:
+        """Note a switch to post-copy that libvirt refused at `t`: tried again after a fresh iteration."""
+        if decision.action == POSTCOPY:
+            self.last_step_iteration = iteration
+            self.postcopy_refused_t = t
+
+    def postcopy_refused_since(self, t: float) -> bool:
+        return self.postcopy_refused_t is not None and self.postcopy_refused_t >= t
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,11 +114,11 @@ class Analysis:  # pylint: disable=too-many-instance-attributes
     late: bool  # projected finish beyond the deadline (or never)
 
     @property
-    def converging(self):
+    def converging(self) -> bool:
         """Fits now, or not stalled and not projected late; no figures yet counts as converging."""
         return self.fits_downtime or (not self.stalled and not self.late)
 
-    def describe(self):
+    def describe(self) -> str:
         parts = [f"iteration {self.iteration}", f"remaining {self.remaining / MIB:.0f} MiB"]
         if self.bandwidth_bps:
             parts.append(f"link {self.bandwidth_bps / MIB:.1f} MiB/s")
@@ -113,12 +134,12 @@ class Analysis:  # pylint: disable=too-many-instance-attributes
         return ", ".join(parts)
 
 
-def _median_positive(values):
+def _median_positive(values: Iterable[float]) -> float:
     values = [v for v in values if v and v > 0]
     return statistics.median(values) if values else 0.0
 
 
-def bandwidth(series, window=3):
+def bandwidth(series: Sequence[JobSample], window: int = 3) -> float:
     """Bytes/s the link moves now: QEMU's figure, or the processed-bytes slope."""
     recent = series[-window:]
     bps = _median_positive(s.bandwidth_bps for s in recent)
@@ -132,16 +153,16 @@ def bandwidth(series, window=3):
     return 0.0
 
 
-def dirty_sets(series, first_iteration, current_iteration):
+def dirty_sets(series: Sequence[JobSample], first_iteration: int, current_iteration: int) -> tuple[int, ...]:
     """Largest remaining seen in each complete iteration in [first, current): its dirty set."""
-    sets = {}
+    sets: dict[int, int] = {}
     for sample in series:
         if first_iteration <= sample.iteration < current_iteration and sample.phase == "precopy":
             sets[sample.iteration] = max(sets.get(sample.iteration, 0), sample.memory_remaining)
     return tuple(sets[i] for i in sorted(sets))
 
 
-def analyse(series, spec, state, deadline_s):
+def analyse(series: Sequence[JobSample], spec: MigrationSpec, state: LadderState, deadline_s: float) -> Analysis:
     """Read progress from the series (pre-copy only)."""
     last = series[-1]
     current = last.iteration
@@ -181,14 +202,28 @@ def analyse(series, spec, state, deadline_s):
         settled=current >= 2 and current > state.last_step_iteration, throttle_rising=rising, late=late)
 
 
-def _final(spec, reason):
+def _final(spec: MigrationSpec, reason: str, state: LadderState, deadline_s: float) -> Decision:
     action = spec.on_timeout
+    if action == POSTCOPY and state.postcopy_refused_since(deadline_s):
+        return Decision(ABORT, f"{reason}; post-copy was refused at the deadline, aborting instead (the VM stays "
+                        "on the source)", final=True)
     verb = {ABORT: "aborting (the VM stays on the source)", SUSPEND: "suspending the VM so the copy can finish",
             POSTCOPY: "switching to post-copy"}[action]
     return Decision(action, f"{reason}; {verb}", final=True)
 
 
-def decide(series, spec, state, deadline_s):
+def at_deadline(spec: MigrationSpec, state: LadderState, deadline_s: float, t: float) -> Decision:
+    """The completion deadline passed at `t` (also without a fresh sample): post-copy if it is a rung
+    and was not refused since the deadline, else the final action."""
+    reason = f"completion deadline of {deadline_s:g} s reached at {t:.0f} s"
+    if spec.ladder_has_postcopy and not state.postcopy_refused_since(deadline_s):
+        return Decision(POSTCOPY, f"{reason}; switching to post-copy")
+    if spec.ladder_has_postcopy:
+        reason += "; post-copy was refused"
+    return _final(spec, reason, state, deadline_s)
+
+
+def decide(series: Sequence[JobSample], spec: MigrationSpec, state: LadderState, deadline_s: float) -> Decision:
     """Next step for the migration given its samples so far."""
     last = series[-1] if series else None
     if last is None or not last.active:
@@ -197,13 +232,11 @@ def decide(series, spec, state, deadline_s):
         return Decision(CONTINUE, f"final action '{state.final_action}' taken; waiting for libvirt to finish")
     if last.phase != "precopy" or state.postcopy_requested:
         return Decision(CONTINUE, "in post-copy: it can only complete (or be recovered), nothing to escalate")
-    if spec.mode == "postcopy" and spec.ladder_has_postcopy and last.iteration >= 2:
+    if spec.mode == "postcopy" and spec.ladder_has_postcopy and last.iteration >= 2 \
+            and last.iteration > state.last_step_iteration:
         return Decision(POSTCOPY, f"mode postcopy: first pass done (iteration {last.iteration}); switching")
     if last.t >= deadline_s:
-        reason = f"completion deadline of {deadline_s:g} s reached at {last.t:.0f} s"
-        if spec.ladder_has_postcopy:
-            return Decision(POSTCOPY, f"{reason}; switching to post-copy")
-        return _final(spec, reason)
+        return at_deadline(spec, state, deadline_s, last.t)
 
     analysis = analyse(series, spec, state, deadline_s)
     if analysis.converging:
@@ -229,6 +262,6 @@ def decide(series, spec, state, deadline_s):
     if spec.ladder_has_postcopy:
         return Decision(POSTCOPY, f"{'; '.join(notes)}; switching to post-copy")
     if analysis.stalled:
-        return _final(spec, "; ".join(notes) + "; no rung left")
+        return _final(spec, "; ".join(notes) + "; no rung left", state, deadline_s)
     return Decision(CONTINUE, f"{'; '.join(notes)}; no rung left, final action '{spec.on_timeout}' "
                     f"at the deadline ({deadline_s:g} s) unless it recovers")

@@ -160,7 +160,7 @@ class Verdict:
     loud: bool = False  # a state that should never happen; report it prominently
 
 
-def _no_domain(exc):
+def no_domain(exc: BaseException) -> bool:
     """libvirt's "domain not found" (VIR_ERR_NO_DOMAIN = 42), told apart from a broken connection."""
     get_code = getattr(exc, "get_error_code", None)
     return get_code is not None and get_code() == VIR_ERR_NO_DOMAIN
@@ -185,7 +185,7 @@ def observe(conn, name, uri, timeout_s=None):
         dom = ask(lambda: conn.lookupByName(name), "lookup")
         state, reason = ask(dom.state, "state")
     except Exception as exc:  # pylint: disable=broad-except
-        if _no_domain(exc):
+        if no_domain(exc):
             return SideView(uri=uri, present=False)
         return SideView(uri=uri, reachable=False, error=str(exc), no_answer=isinstance(exc, bounded.NoAnswer))
     job_active = False

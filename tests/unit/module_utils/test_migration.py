@@ -71,9 +71,23 @@ class Dom:
         self.on_resume = []  # callables, one per post-copy resume attempt
         self.job = 0
         self.completed = None
+        self.uuid = f"uuid-of-{name}"  # the same domain has the same UUID on every host
+        self.undefine_error = None  # raised by undefineFlags when set
 
     def name(self):
         return self._name
+
+    def UUIDString(self):  # noqa: N802 - libvirt's name
+        return self.uuid
+
+    def isActive(self):  # noqa: N802
+        return int(self.st[0] in (rc.RUNNING, rc.BLOCKED, rc.PAUSED))
+
+    def undefineFlags(self, flags=0):  # noqa: N802
+        self.calls.append(("undefineFlags", flags))
+        if self.undefine_error is not None:
+            raise self.undefine_error
+        del self.host.domains[self._name]
 
     def state(self):
         return list(self.st)
