@@ -11,14 +11,18 @@ libvirt and never logged, journalled or returned.
 from __future__ import annotations
 
 import contextlib
+import shlex
 import threading
+from collections.abc import Callable
 from typing import Any, Optional
 
 from ansible_collections.hvfleet.drain.plugins.module_utils.common import bounded
 from ansible_collections.hvfleet.drain.plugins.module_utils.common.connection import close_quietly, connect
-from ansible_collections.hvfleet.drain.plugins.module_utils.common.errors import HvfleetError
+from ansible_collections.hvfleet.drain.plugins.module_utils.common.errors import DomainNotFound, HvfleetError
 from ansible_collections.hvfleet.drain.plugins.module_utils.drain.backend import Backend
+from ansible_collections.hvfleet.drain.plugins.module_utils.engine import leftover, reconcile
 from ansible_collections.hvfleet.drain.plugins.module_utils.engine.control import MigrationControl
+from ansible_collections.hvfleet.drain.plugins.module_utils.engine.core import ACTION_TIMEOUT_S, conn_uri
 from ansible_collections.hvfleet.drain.plugins.module_utils.engine.migration import Migration
 from ansible_collections.hvfleet.drain.plugins.module_utils.fleet import maintenance
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning import facts as hvfacts
@@ -154,43 +158,53 @@ class LibvirtBackend(Backend):
         """The engine's migration of `name`; the drain aborts it and sets its bandwidth through `control`."""
         return Migration(src_conn, dst_conn, name, dest_uri, spec, source_uri=source_uri, control=control).run()
 
-    def move_definition(self, src_conn, dst_conn, name):
+    def move_definition(self, src_conn: Any, dst_conn: Any, name: str) -> None:
+        """Define the shut-off domain on the destination, then undefine it on the source - keeping its
+        NVRAM and TPM state (leftover.undefine). When the source's undefine is refused (snapshots,
+        checkpoints, a managed-save image), the new definition on the destination is removed again, so
+        the domain stays defined on exactly one host; the error names the reason and the fix."""
+        src_uri, dst_uri = conn_uri(src_conn) or "the source", conn_uri(dst_conn) or "the destination"
+        defined_here = _bounded(lambda: _define_on_destination(src_conn, dst_conn, name), f"define '{name}'",
+                                f"check both hosts: '{name}' is defined on {src_uri}, maybe also on {dst_uri}.")
         try:
-            dom = src_conn.lookupByName(name)
-        except Exception as exc:  # pylint: disable=broad-except
-            raise HvfleetError(f"'{name}' is no longer defined on the source: {exc}",
-                               "run again; the drain looks at the host afresh.") from exc
+            leftover.undefine(src_conn, name, src_uri, then="run the drain again: it moves the definition then")
+        except leftover.DefinitionKept as exc:
+            raise HvfleetError(*_rolled_back(dst_conn, name, src_uri, dst_uri, defined_here, exc)) from exc
+
+    def drop_leftover_definition(self, src_conn: Any, dst_conn: Any, name: str) -> None:
+        """Undefine the shut-off definition a finished migration left on the source - only when the
+        destination holds the same domain, running or paused, and persistent (leftover.py's rule, the one
+        the engine follows). Nothing to do when the source has no definition; HvfleetError otherwise."""
+        src_uri, dst_uri = conn_uri(src_conn) or "the source", conn_uri(dst_conn) or "the destination"
+        src = reconcile.observe(src_conn, name, src_uri)
+        dst = reconcile.observe(dst_conn, name, dst_uri)
+        leftover.drop_leftover(src_conn, dst_conn, name, src, dst, timeout_s=ACTION_TIMEOUT_S)
+
+    def pause(self, conn: Any, name: str) -> None:
+        """Suspend the running copy of `name` on `conn` (one of two found running). A copy that is already
+        paused or not active is left as it is; HvfleetError when it cannot be paused (or is not there)."""
+        uri = conn_uri(conn) or "that host"
+
+        def suspend() -> None:
+            dom = conn.lookupByName(name)
+            state = dom.state()[0]
+            if state in (reconcile.RUNNING, reconcile.BLOCKED):
+                dom.suspend()
+
         try:
-            if dom.isActive():
-                raise HvfleetError(f"'{name}' was started meanwhile; its definition was not moved.",
-                                   "run the drain again: it is now migrated live.")
-            uuid = dom.UUIDString()
-            existing = None
-            with contextlib.suppress(Exception):
-                existing = dst_conn.lookupByName(name)
-            if existing is not None:
-                if existing.UUIDString() != uuid:
-                    raise HvfleetError(f"The destination already has a different domain named '{name}'.",
-                                       "rename one of them, then run again.")
-                if existing.isActive():
-                    raise HvfleetError(f"'{name}' runs on the destination while its definition is still on the "
-                                       "source.", "inspect both hosts; undefine the stale copy by hand.")
-            else:
-                xml = dom.XMLDesc(VIR_DOMAIN_XML_INACTIVE | VIR_DOMAIN_XML_SECURE | VIR_DOMAIN_XML_MIGRATABLE)
-                dst_conn.defineXML(xml)
-                del xml
-            dom.undefine()
-        except HvfleetError:
-            raise
+            bounded.call(suspend, timeout_s=ACTION_TIMEOUT_S, what=f"suspend '{name}'")
         except Exception as exc:  # pylint: disable=broad-except
-            raise HvfleetError(f"Moving the definition of '{name}' failed: {exc}",
-                               "inspect both hosts: it is defined on at least one of them; run again.") from exc
+            if reconcile.no_domain(exc):
+                raise DomainNotFound(name, uri, hint="look at both hosts again: the copy is no longer there.") from exc
+            why = f"no answer within {ACTION_TIMEOUT_S:g} s (the daemon is busy or stuck)" \
+                if isinstance(exc, bounded.NoAnswer) else str(exc)
+            raise HvfleetError(f"Could not pause '{name}' on {uri}: {why}.",
+                               f"it may still run on two hosts: pause it by hand (virsh -c {shlex.quote(uri)} suspend "
+                               f"{shlex.quote(name)}), then decide which copy is current.") from exc
 
-    def abort_job(self, conn, name):
-        conn.lookupByName(name).abortJob()
-
-    def set_speed(self, conn, name, mib):
-        conn.lookupByName(name).migrateSetMaxSpeed(int(mib), 0)
+    def abort_job(self, conn: Any, name: str) -> None:
+        _bounded(lambda: conn.lookupByName(name).abortJob(), f"abort the job of '{name}'",
+                 f"abort it by hand: virsh -c {shlex.quote(conn_uri(conn) or 'URI')} domjobabort {shlex.quote(name)}")
 
     # ---- cordon -----------------------------------------------------------------------------
 
@@ -201,6 +215,68 @@ class LibvirtBackend(Backend):
         changed, _before, _after = maintenance.set_state(
             state_dir, maintenance.CORDONED if cordoned else maintenance.ACTIVE, reason=reason, by=by)
         return changed
+
+
+def _bounded(fn: Callable[[], Any], what: str, hint: str) -> Any:
+    """fn() within ACTION_TIMEOUT_S, its failure an HvfleetError naming `what` with `hint`."""
+    try:
+        return bounded.call(fn, timeout_s=ACTION_TIMEOUT_S, what=what)
+    except HvfleetError:
+        raise
+    except bounded.NoAnswer as exc:
+        raise HvfleetError(f"Could not {what}: no answer within {ACTION_TIMEOUT_S:g} s (the daemon is busy or stuck).",
+                           hint) from exc
+    except Exception as exc:  # pylint: disable=broad-except
+        raise HvfleetError(f"Could not {what}: {exc}", hint) from exc
+
+
+def _define_on_destination(src_conn: Any, dst_conn: Any, name: str) -> bool:
+    """Define the source's inactive domain on the destination; True when this defined it (False: the same
+    domain, shut off, was already defined there). Runs bounded."""
+    try:
+        dom = src_conn.lookupByName(name)
+    except Exception as exc:  # pylint: disable=broad-except
+        raise HvfleetError(f"'{name}' is no longer defined on the source: {exc}",
+                           "run again; the drain looks at the host afresh.") from exc
+    if dom.isActive():
+        raise HvfleetError(f"'{name}' was started meanwhile; its definition was not moved.",
+                           "run the drain again: it is now migrated live.")
+    existing = None
+    with contextlib.suppress(Exception):
+        existing = dst_conn.lookupByName(name)
+    if existing is not None:
+        if existing.UUIDString() != dom.UUIDString():
+            raise HvfleetError(f"The destination already has a different domain named '{name}'.",
+                               "rename one of them, then run again.")
+        if existing.isActive():
+            raise HvfleetError(f"'{name}' runs on the destination while its definition is still on the source.",
+                               "inspect both hosts; undefine the stale copy by hand.")
+        return False
+    xml = dom.XMLDesc(VIR_DOMAIN_XML_INACTIVE | VIR_DOMAIN_XML_SECURE | VIR_DOMAIN_XML_MIGRATABLE)
+    dst_conn.defineXML(xml)
+    del xml
+    return True
+
+
+def _rolled_back(dst_conn: Any, name: str, src_uri: str, dst_uri: str, defined_here: bool,
+                 kept: leftover.DefinitionKept) -> tuple[str, str]:
+    """The source kept its definition: remove the one just made on the destination, so the domain is
+    defined on one host only. Returns the (message, hint) of the error to raise."""
+    if not defined_here:
+        return (f"'{name}' is defined on both {src_uri} and {dst_uri} (it was already defined there): {kept.message}",
+                str(kept.hint))
+    if kept.unsure:  # the source's undefine may have happened after all: the new definition may be the only one
+        return (f"'{name}' is defined on {dst_uri} and maybe still on {src_uri}: {kept.message}",
+                f"look at {src_uri}; if '{name}' is still defined there, remove one of the two definitions: "
+                f"{leftover.undefine_command(src_uri, name)}")
+    try:
+        leftover.undefine(dst_conn, name, dst_uri)
+    except leftover.DefinitionKept as again:
+        return (f"'{name}' is now defined on both {src_uri} and {dst_uri}: {kept.message} Removing the new definition "
+                f"on {dst_uri} failed too: {again.message}",
+                f"remove one of them by hand ({leftover.undefine_command(dst_uri, name)}); {kept.hint}")
+    return (f"The definition of '{name}' was not moved: {kept.message} The new definition on {dst_uri} was removed "
+            f"again: '{name}' is defined on {src_uri} only, as before.", str(kept.hint))
 
 
 def _resident_mib(dom):
