@@ -1,5 +1,5 @@
 # Copyright: hvfleet maintainers
-# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Action plugin of hvfleet.drain.drain_progress: carries the cursor from one `until` attempt to the next.
 
 An `until` loop templates a task's arguments once, so `offset: "{{ progress.offset }}"` would read the

@@ -1,5 +1,5 @@
 # Copyright: hvfleet maintainers
-# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """`maintenance_window`: is a maintenance window open now, when does it close, when does it open next.
 
 Windows are parsed by rolling_admission.parse_window (the same parser the hvfleet.drain.rolling

@@ -1,4 +1,5 @@
-"""The built collection tarball installs into a clean collections path and its modules run from there."""
+"""The built collection tarball holds the collection and its docs but not the checkout's tooling, installs into a
+clean collections path, and its modules run from there."""
 
 import json
 import os
@@ -9,6 +10,17 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[3]
 BIN = Path(sys.executable).parent
+
+
+# What the tarball must hold (the collection and its documentation) and leave out (the checkout's tooling).
+SHIPPED = ["LICENSE", "README.md", "CHANGELOG.md", "MANIFEST.json", "FILES.json", "bindep.txt", "requirements.txt",
+           "meta/runtime.yml", "meta/execution-environment.yml", "changelogs/changelog.yaml",
+           "plugins/modules/domain_migration.py", "plugins/strategy/rolling.py", "plugins/filter/upgrade.py",
+           "roles/rolling_upgrade/tasks/main.yml", "playbooks/drain-host.yml", "docs/ROLLING.md",
+           "inventories/example/hosts.yml", "examples/gitops/.gitlab-ci.yml"]
+LEFT_OUT = ["tests", "benchmarks", "scripts", "extensions", ".ci", "reports", ".venv", ".collections", ".git",
+            "inventories/lab", "ansible.cfg", "pyproject.toml", "requirements-test.txt", ".ansible-lint", ".yamllint",
+            ".gitignore", ".hypothesis", ".pytest_cache", ".ruff_cache"]
 
 
 def run(argv, cwd, env=None):
@@ -26,8 +38,12 @@ def test_tarball_installs_and_its_module_runs(tmp_path):
     (tarball,) = tmp_path.glob("hvfleet-drain-*.tar.gz")
     with tarfile.open(tarball) as tar:
         names = tar.getnames()
-    assert "plugins/modules/domain_migration.py" in names
-    assert not [n for n in names if n.startswith((".venv", ".collections", ".git/"))], "build_ignore leaks"
+        license_text = tar.extractfile("LICENSE").read().decode()
+    assert set(SHIPPED) <= set(names), set(SHIPPED) - set(names)
+    leaks = [n for n in names if n in LEFT_OUT or n.startswith(tuple(f"{d}/" for d in LEFT_OUT))
+             or "__pycache__" in n or n.endswith(".pyc")]
+    assert not leaks, f"build_ignore leaks: {leaks}"
+    assert "GNU GENERAL PUBLIC LICENSE" in license_text and "Version 3, 29 June 2007" in license_text
 
     colls = tmp_path / "collections"
     run([BIN / "ansible-galaxy", "collection", "install", str(tarball), "-p", str(colls)], cwd=tmp_path, env=env)
