@@ -1,4 +1,4 @@
-"""Drain benchmark on the lab (issue 7): hvfleet.drain against the usual alternatives; not a test.
+"""Drain benchmark on the lab: hvfleet.drain against the usual alternatives; not a test (docs/BENCHMARKS.md).
 
 One scenario, every contender in the same run: hv1 holds a mix of guests (two idle, one moderately
 dirty, one dirtying faster than the link), hv1's link is shaped with tc to a fixed rate, hv2 and hv3
@@ -70,7 +70,7 @@ from hvlab.vm import HB_RE, boot_ids  # noqa: E402
 MIB = 2**20
 GIB = 2**30
 LOCK = "/tmp/hvfleet-lab.lock"
-VCPU_OVERCOMMIT = 8.0  # hvfleet's placement on the lab: its 2-CPU hosts may hold other sessions' guests
+VCPU_OVERCOMMIT = 8.0  # hvfleet's placement on the lab: its 2-CPU hosts may already hold other guests
 SOURCE, DESTS = "hv1", ("hv2", "hv3")
 HB_MS = 50
 CONSOLES = Path("/tmp/drain-bench-consoles")  # console logs of guests that rebooted, hung or did not move
@@ -287,8 +287,8 @@ def hvfleet(lab, guests, mbit):
     with tempfile.TemporaryDirectory(prefix="hvfleet-drain-bench-") as state_dir:
         source = Host(name=SOURCE, uri=lab.uri(SOURCE), migration_address=lab.addr(SOURCE), link_mbit=mbit)
         dests = [Host(name=h, uri=lab.uri(h), migration_address=lab.addr(h)) for h in DESTS]
-        # the lab's hosts report 2 CPUs and other sessions may leave guests on hv2/hv3 (e.g. the README
-        # demo's); the other contenders check no capacity, so hvfleet may overcommit vCPUs here too
+        # the lab's hosts report 2 CPUs and hv2/hv3 may hold other guests (e.g. the README demo's); the
+        # other contenders check no capacity, so hvfleet may overcommit vCPUs here too
         config = DrainConfig(reason="benchmark", placement=PlacementConfig(vcpu_overcommit=VCPU_OVERCOMMIT))
         drainer = Drainer(LibvirtBackend(state_dir=state_dir), source, dests, config, state_dir=state_dir)
         result = drainer.drain()

@@ -1,4 +1,4 @@
-"""Figures for the migration engine on the lab (issue 3, "Figures to print"); not a test.
+"""Figures for the migration engine on the lab; not a test (docs/BENCHMARKS.md, docs/MIGRATION.md).
 
 1. Idle VM: wall time of the engine's migration - run the way the domain_migration module runs
    it (open source, destination and call connections, preflight, migrate while sampling job
@@ -13,7 +13,7 @@
 Run as root from the repository root:
     .venv/bin/python benchmarks/migration_bench.py [--runs 5] [--hot-mbit 100] [--hot-runs 1]
     .venv/bin/python benchmarks/migration_bench.py --record-series tests/unit/module_utils/data
-The lab is brought up if needed and left up (it is shared with other sessions).
+The lab is brought up if needed and left up (other lab users may need it).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Time placement planning on a synthetic fleet of 2,000 hypervisors with ~40 VMs each.
 
-Issue 5 asks for planning under 2 s. This prints figures; it asserts nothing, because timing
-depends on the machine. Run: .venv/bin/python benchmarks/placement_bench.py
+The goal is planning under 2 s for such a fleet. This prints figures; it asserts nothing, because
+timing depends on the machine it runs on. Run: .venv/bin/python benchmarks/placement_bench.py
 """
 
 import os
