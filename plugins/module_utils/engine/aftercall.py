@@ -24,6 +24,7 @@ from ansible_collections.hvfleet.drain.plugins.module_utils.engine.result import
     SPLIT_BRAIN_PAUSED,
     STAYED,
     MigrationResult,
+    Step,
 )
 
 VIR_DOMAIN_JOB_STATS_COMPLETED = 1
@@ -163,10 +164,10 @@ class AfterCall(MigrationCore):
             if "error" in box:
                 raise box["error"]
 
+        began = self.clock() - (self.start if self.start is not None else self.clock())
         report = reconcile.recover_postcopy(self.observe, resume, self.spec.postcopy_recovery_timeout_s,
                                             clock=self.clock, wait=self.wait)
-        for attempt in report.attempts:
-            self.step("postcopy_resume", attempt["result"])
+        self._resume_steps(report.attempts, began)
         self._record_states(report.source, report.destination)
         if report.ok:
             note = self._drop_stale_source(report.source, report.destination)
@@ -187,6 +188,18 @@ class AfterCall(MigrationCore):
                            "destination's QEMU log for when it failed; if the guest never ran there, the "
                            "source copy is intact, otherwise destroy it and start the VM from its disk."))
         self._postcopy_paused(report)
+
+    def _resume_steps(self, attempts: list[dict], began: float) -> None:
+        """One step per resume attempt, at its time; the same answer again and again is one step."""
+        runs: list[list[dict]] = []
+        for attempt in attempts:
+            if runs and runs[-1][0]["result"] == attempt["result"]:
+                runs[-1].append(attempt)
+            else:
+                runs.append([attempt])
+        for run in runs:
+            more = f" ({len(run)} attempts, the last at {began + run[-1]['t']:.1f} s)" if len(run) > 1 else ""
+            self.result.steps.append(Step(round(began + run[0]["t"], 3), "postcopy_resume", run[0]["result"] + more))
 
     def _postcopy_paused(self, report: reconcile.RecoveryReport) -> NoReturn:
         self._fail(POSTCOPY_PAUSED, True,

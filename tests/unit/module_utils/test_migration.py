@@ -371,6 +371,8 @@ def test_unrecoverable_postcopy_leaves_it_paused_and_says_what_to_run(hosts):
     assert f"--postcopy-resume --migrateuri tcp://10.254.0.12 vm1 {DST_URI}" in result.recovery
     assert sum(clock.waits) == pytest.approx(40, abs=0.5)
     assert str(info.value).startswith("'vm1' is stuck in an interrupted post-copy")
+    resumes = [s for s in result.steps if s.action == "postcopy_resume"]
+    assert len(resumes) == 1 and "attempts, the last at" in resumes[0].reason, "the same refusal is one step"
 
 
 def test_rerun_after_an_interrupted_postcopy_resumes_it(hosts):
