@@ -100,8 +100,8 @@ def answers(tmp_path_factory):
         if cordoned:
             (state / "maintenance.json").write_text(json.dumps({"state": "cordoned", "reason": "test"}))
         if marker:
-            (state / "rolling-upgrade.json").write_text(json.dumps({"state": marker, "reason": "CHG-1",
-                                                                     "at": "2025-06-01T22:00:00Z"}))
+            record = {"state": marker, "reason": "CHG-1", "at": "2025-06-01T22:00:00Z"}
+            (state / "rolling-upgrade.json").write_text(json.dumps(record))
         hosts[name] = {
             "drain_host_state_dir": str(state),
             "rolling_upgrade_kernel_dir": str(boot),
