@@ -10,6 +10,7 @@ a job, and the result then names the state the VM was left in and what to do.
 
 from __future__ import annotations
 
+import shlex
 import threading
 from typing import Any, NoReturn, Optional
 
@@ -92,7 +93,11 @@ class AfterCall(MigrationCore):
             cause = self._cause(call_error)
             self._fail(STAYED, False, f"'{self.name}' did not move and is still on {self.source_uri} "
                        f"({src.label()}): {cause}", recovery=None)
-        self._fail(verdict.placement, True, f"'{self.name}': {verdict.reason}", recovery=self._where_text(src, dst))
+        recovery = self._where_text(src, dst)
+        if verdict.placement == reconcile.IN_FLIGHT:
+            recovery += (" A migration job is still active: wait for it to end, or abort it while it is not in "
+                         f"post-copy (virsh -c {shlex.quote(self.source_uri)} domjobabort {shlex.quote(self.name)}).")
+        self._fail(verdict.placement, True, f"'{self.name}': {verdict.reason}", recovery=recovery)
 
     def _drop_stale_source(self, src: SideView, dst: SideView) -> str:
         """A migration that libvirt did not finish itself (the call failed, then the VM completed or the

@@ -16,6 +16,7 @@ import test_migration as tm  # the engine's fakes (same directory; prepend impor
 from ansible_collections.hvfleet.drain.plugins.module_utils.common.errors import MigrationFailed
 from ansible_collections.hvfleet.drain.plugins.module_utils.engine import convergence
 from ansible_collections.hvfleet.drain.plugins.module_utils.engine import reconcile as rc
+from ansible_collections.hvfleet.drain.plugins.module_utils.engine.migration import Migration
 from ansible_collections.hvfleet.drain.plugins.module_utils.engine.spec import MigrationSpec
 
 MIB = tm.MIB
@@ -115,3 +116,26 @@ def test_on_timeout_postcopy_refused_at_the_deadline_aborts():
     state.refused(first, iteration=3, t=10.0)
     again = convergence.at_deadline(spec, state, 10.0, 11.0)
     assert again.action == convergence.ABORT and "aborting instead" in again.reason
+
+
+def test_a_job_that_never_ends_is_given_up_on_past_the_deadline_and_named():
+    """The daemon refuses every abort and the migrate call never returns: the engine stops waiting
+    settle_timeout_s past the deadline and reports the job as still in flight, with what to run."""
+    src_host = tm.Host()
+    dom = RefusingDom("vm1", src_host, abort_refusals=10**6)
+    dom.samples = [tm.stats(1, 400 * MIB)] * 10**5  # the job never ends by itself
+    clock = tm.Clock()
+    migration = Migration(src_host, tm.Host(), "vm1", tm.DST_URI, MigrationSpec(completion_timeout_s=1, **tm.FAST),
+                          source_uri=tm.SRC_URI, clock=clock, wait=clock.wait, settle_timeout_s=1)
+    started = time.monotonic()
+    try:
+        with pytest.raises(MigrationFailed) as failed:
+            migration.run()
+    finally:
+        dom.done.set()  # let the fake call end
+    result = failed.value.result
+    assert time.monotonic() - started < 5
+    assert result.outcome == "in_flight", result.message
+    assert any(s.action == "call_abandoned" and "past the completion deadline" in s.reason for s in result.steps)
+    assert f"virsh -c {tm.SRC_URI} domjobabort vm1" in result.recovery
+    assert result.error == "the migration call did not return"
