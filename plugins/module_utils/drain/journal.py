@@ -101,7 +101,9 @@ UTC = datetime.timezone.utc  # noqa: UP017 - module_utils also run on Python < 3
 
 
 def now_iso() -> str:
-    return datetime.datetime.now(UTC).isoformat(timespec="milliseconds")
+    """UTC, to the microsecond: progress pollers compare event times with a mark taken just before a run
+    started, and at millisecond resolution the two could not be told apart."""
+    return datetime.datetime.now(UTC).isoformat(timespec="microseconds")
 
 
 def atomic_write_json(path: Union[str, os.PathLike[str]], data: object) -> None:
