@@ -43,7 +43,6 @@ CASES = {
     "new_kernel_and_flag": ([RUNNING, NEWER], False, "done", False, True, None),
     "cordoned": ([RUNNING], True, "done", False, False, None),
     "stopped_earlier": ([RUNNING], False, "started", False, False, None),
-    "step_has_work": ([RUNNING], False, None, True, False, None),
     "no_hook": ([RUNNING], False, None, None, False, None),
 }
 
@@ -139,7 +138,6 @@ def test_a_host_in_service_with_nothing_to_do_is_left_alone(answers):
                             "the system asks for it (/var/run/reboot-required)"),
     ("cordoned", "it is cordoned"),
     ("stopped_earlier", "an earlier run started on it (CHG-1, 2025-06-01T22:00:00Z) and did not finish"),
-    ("step_has_work", "the upgrade step has work to do"),
     ("no_hook", "the upgrade step is a custom one without rolling_upgrade_pending_tasks: it always runs"),
 ])
 def test_a_host_with_anything_left_is_not_skipped(answers, name, reason):
