@@ -17,7 +17,7 @@ from typing import Any, Optional
 
 from ansible_collections.hvfleet.drain.plugins.module_utils.drain.backend import Backend
 from ansible_collections.hvfleet.drain.plugins.module_utils.drain.journal import Journal
-from ansible_collections.hvfleet.drain.plugins.module_utils.drain.model import DrainConfig
+from ansible_collections.hvfleet.drain.plugins.module_utils.drain.model import DrainConfig, DrainError
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning.model import Host
 
 
@@ -41,6 +41,13 @@ class RunContext:  # pylint: disable=too-many-instance-attributes
         self._controls: dict[str, Any] = {}
         self._controls_lock = threading.Lock()
 
+    @property
+    def jr(self) -> Journal:
+        """The run's journal (loaded when the run starts, under its lock)."""
+        if self.journal is None:
+            raise DrainError("The drain's journal is not loaded.", "this is a bug; report it.")
+        return self.journal
+
     # ---- hosts ------------------------------------------------------------------------------
 
     def host(self, name: Optional[str]) -> Optional[Host]:
@@ -48,6 +55,13 @@ class RunContext:  # pylint: disable=too-many-instance-attributes
         if name == self.source.name:
             return self.source
         return next((d for d in self.destinations if d.name == name), None)
+
+    def known_host(self, name: Optional[str]) -> Host:
+        """The source or a destination a plan names (planning only names hosts it was given)."""
+        host = self.host(name)
+        if host is None:
+            raise DrainError(f"The plan names {name}, which is not among the hosts given.", "this is a bug; report it.")
+        return host
 
     # ---- cancel -----------------------------------------------------------------------------
 

@@ -134,13 +134,11 @@ class Drainer:
                 return self._drain_locked(conns, result, reviewed)
 
     def _unfinished(self) -> bool:
-        assert self.ctx.journal is not None
-        return any(e.get("state") not in (VmState.HOME, VmState.PLANNED) for e in self.ctx.journal.vms().values())
+        return any(e.get("state") not in (VmState.HOME, VmState.PLANNED) for e in self.ctx.jr.vms().values())
 
     def _drain_locked(self, conns: Connections, result: DrainResult, reviewed: Optional[dict]) -> DrainResult:
         ctx = self.ctx
-        journal = ctx.journal
-        assert journal is not None
+        journal = ctx.jr
         was_cordoned = ctx.backend.read_cordon(ctx.state_dir)
         vms_now = ctx.backend.list_vms(conns.get(ctx.source.uri), ctx.source, measure=False)
         unfinished = self._unfinished()
@@ -172,7 +170,7 @@ class Drainer:
         ctx.event("run_started", vms=len(plan), blocked=len(result.blockers),
                   forecast_total_s=(result.forecast or {}).get("total_s"), max_parallel=ctx.config.max_parallel,
                   resumed=result.resumed)
-        jobs = [Job(item, ctx.source, self._host(item.destination), Action.DRAIN) for item in plan]
+        jobs = [Job(item, ctx.source, ctx.known_host(item.destination), Action.DRAIN) for item in plan]
         outcomes = execute(ctx, jobs, result)
         if outcomes.attempted:
             result.changed = True
@@ -180,17 +178,10 @@ class Drainer:
         self._finish(result, outcomes, round(ctx.clock() - started, 3))
         return result
 
-    def _host(self, name: str) -> Host:
-        host = self.ctx.host(name)
-        if host is None:
-            raise DrainError(f"The plan names {name}, which is not among the destinations.", "this is a bug.")
-        return host
-
     def _record_plan(self, plan: list[PlanItem], result: DrainResult) -> None:
         """The plan goes into the journal before anything starts; blocked VMs are recorded as blocked."""
         ctx = self.ctx
-        journal = ctx.journal
-        assert journal is not None
+        journal = ctx.jr
         for item in plan:
             entry = {k: v for k, v in item.to_dict().items() if k != "labels"}
             old = journal.vm(item.vm)
@@ -225,7 +216,6 @@ class Drainer:
 
     def _finish(self, result: DrainResult, outcomes: Any, duration_s: float) -> None:
         ctx = self.ctx
-        assert ctx.journal is not None
         failed = [r for r in result.vms if not r.get("ok")]
         result.summary = report.summary(result, len(outcomes.not_started))
         result.actual = report.actual(result, duration_s)
@@ -241,7 +231,7 @@ class Drainer:
             result, ctx.source.name, cancelled=ctx.cancelled,
             stopped_after=outcomes.failures if outcomes.stopped else None, max_failures=ctx.config.max_failures,
             window_closed=outcomes.window_closed)
-        ctx.journal.end_run(state, {"message": result.message, **result.summary})
+        ctx.jr.end_run(state, {"message": result.message, **result.summary})
         ctx.event("run_finished", state=str(state), moved=result.summary["moved"], failed=len(failed),
                   blocked=len(result.blockers), not_started=len(outcomes.not_started), duration_s=duration_s,
                   forecast_total_s=(result.forecast or {}).get("total_s"), message=result.message)

@@ -154,11 +154,10 @@ def _run_live(ctx: RunContext, jobs: list[Job], result: DrainResult, out: Outcom
 
 
 def _record_not_moved(ctx: RunContext, job: Job, why: str) -> None:
-    assert ctx.journal is not None
     if job.returning:
-        ctx.journal.update_vm(job.vm, note=why, restore_error=why)
+        ctx.jr.update_vm(job.vm, note=why, restore_error=why)
     else:
-        ctx.journal.update_vm(job.vm, VmState.BLOCKED, note=why, error=why)
+        ctx.jr.update_vm(job.vm, VmState.BLOCKED, note=why, error=why)
 
 
 def _recheck(ctx: RunContext, job: Job) -> tuple[bool, str]:
@@ -209,9 +208,8 @@ def _progress_loop(ctx: RunContext, running: dict, stop: threading.Event) -> Non
 
 
 def journal_start(ctx: RunContext, job: Job) -> None:
-    assert ctx.journal is not None
     state = VmState.RETURNING if job.returning else VmState.MIGRATING
-    ctx.journal.update_vm(job.vm, state, note=f"to {job.dst.name}")
+    ctx.jr.update_vm(job.vm, state, note=f"to {job.dst.name}")
 
 
 def settle_state(ctx: RunContext, job: Job, res: dict) -> tuple[VmState, dict]:
@@ -239,15 +237,14 @@ def settle_state(ctx: RunContext, job: Job, res: dict) -> tuple[VmState, dict]:
 
 
 def journal_finish(ctx: RunContext, job: Job, res: dict) -> dict:
-    assert ctx.journal is not None
     state, res = settle_state(ctx, job, res)
     if job.returning:
-        entry = ctx.journal.update_vm(job.vm, state, note=res.get("message"), restore_result=res,
+        entry = ctx.jr.update_vm(job.vm, state, note=res.get("message"), restore_result=res,
                                       restore_error=None if res.get("ok") else res.get("message"))
         item = vm_result(dict(entry, result=res))
         item.update(source=job.src.name, destination=job.dst.name)
     else:
-        entry = ctx.journal.update_vm(job.vm, state, note=res.get("message"), result=res,
+        entry = ctx.jr.update_vm(job.vm, state, note=res.get("message"), result=res,
                                       error=None if res.get("ok") else res.get("message"),
                                       recovery=res.get("recovery"))
         item = vm_result(entry)

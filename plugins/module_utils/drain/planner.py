@@ -89,8 +89,7 @@ def plan_drain(ctx: RunContext, conns: Connections, result: DrainResult, *, revi
     decided: dict[str, VmDecision] = {}
     for assignment in placement.assignments:
         cand = candidates[assignment.vm]
-        dest = ctx.host(assignment.destination)
-        assert dest is not None
+        dest = ctx.known_host(assignment.destination)
         bandwidth = lane_bandwidth(ctx.source, dest, lanes, default_link_mbit=ctx.config.default_link_mbit,
                                    max_inbound=ctx.config.max_inbound, budget_bps=ctx.config.budget_bps)
         decided[cand.vm.name] = plan_vm(cand.vm, cand.settings, cand.policy, cand.policy_reason, ctx.source, dest,
@@ -98,8 +97,7 @@ def plan_drain(ctx: RunContext, conns: Connections, result: DrainResult, *, revi
 
     def replan(name: str, bandwidth: float) -> VmDecision:
         cand = candidates[name]
-        dest = ctx.host(decided[name].destination)
-        assert dest is not None
+        dest = ctx.known_host(decided[name].destination)
         return plan_vm(cand.vm, cand.settings, cand.policy, cand.policy_reason, ctx.source, dest,
                        placement_reason=reasons[name], bandwidth_bps=bandwidth)
 
@@ -230,4 +228,3 @@ def _compare_with_review(ctx: RunContext, reviewed: dict, plan: list, candidates
         if old and old.get("mode") and old.get("mode") != item.mode:
             plan[index] = item.replace(mode_reason=f"{item.mode_reason} (reviewed plan said {old['mode']}; the "
                                        "forecast changed)")
-

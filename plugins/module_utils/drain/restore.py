@@ -53,8 +53,7 @@ class Restorer:
         self.conns = conns
         self.result = result
         self.plan_only = plan_only
-        assert ctx.journal is not None
-        self.journal = ctx.journal
+        self.journal = ctx.jr
         self.home = dataclasses.replace(ctx.source, cordoned=False)
 
     def entries(self) -> dict:
@@ -306,4 +305,3 @@ class Restorer:
 
 def restore(ctx: RunContext, conns: Connections, result: DrainResult, plan_only: bool) -> None:
     Restorer(ctx, conns, result, plan_only).run()
-

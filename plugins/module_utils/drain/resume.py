@@ -54,8 +54,7 @@ class Resumer:
         self.result = result
         self.act = act
         self.out = Resumed()
-        assert ctx.journal is not None
-        self.journal = ctx.journal
+        self.journal = ctx.jr
 
     def run(self) -> Resumed:
         for name, entry in sorted(self.journal.vms().items()):

@@ -34,7 +34,6 @@ STORAGE: dict[str, str | None] = {
     Storage.SHARED_ONLY: None, Storage.COPY_ALL: "all", Storage.COPY_INCREMENTAL: "incremental"}
 
 
-
 class ModeChoice(Protocol):
     """What is read of a forecast: forecast.Forecast, or the mode a reviewed plan recorded."""
 

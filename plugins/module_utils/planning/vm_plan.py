@@ -169,11 +169,12 @@ def forecast_vm(vm: VmInfo, settings: dict, bandwidth_bps: float) -> tuple[Optio
 def plan_vm(vm: VmInfo, settings: dict, policy: str, policy_reason: str, source: Host, dest: Host, *,
             placement_reason: str, bandwidth_bps: float) -> VmDecision:
     """Plan moving `vm` from `source` to `dest` with the bandwidth it gets there."""
-    base: dict[str, Any] = dict(vm=vm.name, kind=str(vm.kind), source=source.name, destination=dest.name,
-                destination_uri=dest.target_uri, migrate_uri=dest.migrate_uri, policy=policy,
-                policy_reason=policy_reason, placement_reason=placement_reason, settings=dict(settings),
-                state=vm.state, memory_mib=vm.memory_mib, vcpus=vm.vcpus, dirty_rate_bps=vm.dirty_rate_bps,
-                persistent=vm.persistent, labels=dict(vm.labels), order=int(settings.get("drain_order", 0) or 0))
+    base: dict[str, Any] = dict(
+        vm=vm.name, kind=str(vm.kind), source=source.name, destination=dest.name, destination_uri=dest.target_uri,
+        migrate_uri=dest.migrate_uri, policy=policy, policy_reason=policy_reason, placement_reason=placement_reason,
+        settings=dict(settings), state=vm.state, memory_mib=vm.memory_mib, vcpus=vm.vcpus,
+        dirty_rate_bps=vm.dirty_rate_bps, persistent=vm.persistent, labels=dict(vm.labels),
+        order=int(settings.get("drain_order", 0) or 0))
     if vm.kind == Kind.DEFINITION:
         return VmDecision(PlanItem(mode=DEFINITION_MODE, mode_reason="shut off and persistent: its definition "
                                    "moves (defined on the destination, undefined here)", **base),

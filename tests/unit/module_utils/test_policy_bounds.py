@@ -31,8 +31,9 @@ BASE = {"name": "edge", "selector": {"domains": ["web-*"]}}
 SETTINGS = SCHEMA["$defs"]["settings"]["properties"]
 
 
-def numeric_fields(node=SCHEMA["$defs"]["policy"], path=()):
+def numeric_fields(node=None, path=()):
     """(path of keys inside one policy, its schema) for every integer or number a policy may hold."""
+    node = SCHEMA["$defs"]["policy"] if node is None else node
     if "$ref" in node:
         node = SCHEMA["$defs"][node["$ref"].rsplit("/", 1)[-1]]
     if node.get("type") in ("integer", "number"):
@@ -59,7 +60,7 @@ def policy_with(path, value):
 
 def test_every_number_in_the_schema_has_a_finite_minimum_and_maximum():
     # the walk finds them all: priority, memory min/max, and the ten numeric settings
-    assert {".".join(p) for p, _ in FIELDS} >= {
+    assert {".".join(path) for path, _node in FIELDS} >= {
         "priority", "selector.memory_mib.min", "selector.memory_mib.max", "settings.max_downtime_ms",
         "settings.max_downtime_cap_ms", "settings.bandwidth_mib", "settings.postcopy_bandwidth_mib",
         "settings.auto_converge_initial", "settings.auto_converge_increment", "settings.parallel_connections",
