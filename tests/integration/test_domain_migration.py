@@ -36,6 +36,7 @@ from ansible_collections.hvfleet.drain.plugins.module_utils.common.errors import
     MigrationFailed,
 )
 from ansible_collections.hvfleet.drain.plugins.module_utils.engine import migration  # noqa: E402
+from ansible_collections.hvfleet.drain.plugins.module_utils.engine.control import MigrationControl  # noqa: E402
 from ansible_collections.hvfleet.drain.plugins.module_utils.engine.spec import MigrationSpec  # noqa: E402
 from hvlab.faults import qemu_pid  # noqa: E402
 from lab_helpers import ansible, assert_only_on, booted, timed  # noqa: E402
@@ -68,12 +69,12 @@ def spec_for(lab, dst, **kw):
     return MigrationSpec(migrate_uri=f"tcp://{lab.addr(dst)}", **kw)
 
 
-def engine(lab, vm, src, dst, spec, dst_via="tcp"):
+def engine(lab, vm, src, dst, spec, dst_via="tcp", control=None):
     """migration.migrate from the controller; returns the result whether it moved or not."""
     src_conn = source_conn(lab, src)
     dst_conn = connection.connect(lab.unix_uri(dst) if dst_via == "unix" else lab.uri(dst), timeout_s=10)
     try:
-        return migration.migrate(src_conn, dst_conn, vm, lab.uri(dst), spec, source_uri=lab.uri(src))
+        return migration.migrate(src_conn, dst_conn, vm, lab.uri(dst), spec, source_uri=lab.uri(src), control=control)
     except MigrationFailed as exc:
         return exc.result
     finally:
@@ -400,6 +401,39 @@ def test_a_destination_qemu_that_stops_answering_in_postcopy_does_not_hold_the_e
         free_stuck_daemons(lab, vm)
     assert not both, f"two running copies seen: {both}"
     assert "resume_source" not in actions(result), "the stale source copy must never be resumed"
+
+
+def test_a_bandwidth_change_and_a_cancel_reach_the_running_job(lab, make_vm):
+    """The drain's MigrationControl against real libvirt: the share set before the start is the job's
+    bandwidth, a change while it runs is applied to the job, and abort() from another thread ends it
+    with the VM still running on the source."""
+    vm = make_vm("hv1", **HOT)
+    before = booted(lab, vm)
+    probe = source_conn(lab, "hv1")
+    control = MigrationControl()
+    control.set_bandwidth(4)
+    try:
+        job = Background(lambda: engine(lab, vm, "hv1", "hv2", spec_for(lab, "hv2", completion_timeout_s=300),
+                                        control=control))
+        wait_job(probe, vm, transferring, 60, "pre-copy transferring")
+        dom = probe.lookupByName(vm)
+        assert dom.migrateGetMaxSpeed(0) == 4, "the share set before the start is the job's bandwidth"
+        control.set_bandwidth(6)
+        deadline = time.monotonic() + 15
+        while dom.migrateGetMaxSpeed(0) != 6:
+            assert time.monotonic() < deadline, f"bandwidth still {dom.migrateGetMaxSpeed(0)} MiB/s"
+            time.sleep(0.2)
+        assert control.sample()["phase"] == "precopy"
+        assert control.abort() is True
+        with timed("cancel of a running pre-copy"):
+            result = job.result(60)
+        show(result)
+    finally:
+        connection.close_quietly(probe)
+    assert result.outcome == "stayed" and not result.changed, result.message
+    assert any(s.action == "abort" and "cancelled by the caller" in s.reason and not s.error for s in result.steps)
+    assert [s.reason for s in result.steps if s.action == "set_bandwidth"] == ["the bandwidth share changed to 6 MiB/s"]
+    assert_only_on(lab, vm, "hv1", before)
 
 
 def test_destination_libvirtd_stopped_during_precopy_leaves_vm_on_source(lab, make_vm):
