@@ -169,7 +169,7 @@ class AfterCall(MigrationCore):
             if "error" in box:
                 raise box["error"]
 
-        began = self.clock() - (self.start if self.start is not None else self.clock())
+        began = self.elapsed()
         report = reconcile.recover_postcopy(self.observe, resume, self.spec.postcopy_recovery_timeout_s,
                                             clock=self.clock, wait=self.wait)
         self._resume_steps(report.attempts, began)

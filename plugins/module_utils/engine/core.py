@@ -118,9 +118,12 @@ class MigrationCore:  # pylint: disable=too-many-instance-attributes
         self.result.source_state = src.to_dict()
         self.result.destination_state = dst.to_dict()
 
+    def elapsed(self) -> float:
+        """Seconds since run() started (0 before)."""
+        return 0.0 if self.start is None else self.clock() - self.start
+
     def step(self, action: str, reason: str, error: Optional[str] = None) -> None:
-        t = 0.0 if self.start is None else round(self.clock() - self.start, 3)
-        self.result.steps.append(Step(t, action, reason, error))
+        self.result.steps.append(Step(round(self.elapsed(), 3), action, reason, error))
 
     # ---- bounded libvirt calls ------------------------------------------------------------
 

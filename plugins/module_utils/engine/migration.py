@@ -168,8 +168,7 @@ class Migration(Watch):
         elif what == "resume_postcopy":
             plan["message"] = f"would resume the interrupted post-copy of '{self.name}' to {self.dest_uri}"
         else:
-            assert self._views is not None
-            changed, note = self._leftover_note(*self._views)
+            changed, note = self._leftover_note(*(self._views or self.observe()))
             plan["changed"] = changed
             plan["message"] = f"'{self.name}' already runs on {self.dest_uri}; nothing to do{note}"
         return plan
@@ -218,8 +217,7 @@ class Migration(Watch):
 
     def _already_there(self) -> MigrationResult:
         """Nothing to migrate; a shut-off definition the source kept is removed (leftover.py's rule)."""
-        assert self._views is not None
-        note = self._drop_stale_source(*self._views)
+        note = self._drop_stale_source(*(self._views or self.observe()))
         done = f"removed its leftover definition on {self.source_uri}" if self.result.changed else "nothing done"
         return self._finish(ALREADY_THERE, self.result.changed,
                             f"'{self.name}' already runs on {self.dest_uri}; {done}.{note}")

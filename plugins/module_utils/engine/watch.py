@@ -132,7 +132,6 @@ class Watch(AfterCall):
         """Why to stop waiting for a call that should have returned by now, or None."""
         now = self.clock()
         stalled = now - loop.progress_t
-        assert self.start is not None
         if loop.abort_taken_t is not None and now - loop.abort_taken_t > self.settle_timeout_s:
             return (f"the migration call had not returned {now - loop.abort_taken_t:.0f} s after libvirt accepted "
                     "the abort; no longer waiting for it")
@@ -145,17 +144,16 @@ class Watch(AfterCall):
         if loop.suspended_t is not None and stalled > self.settle_timeout_s:
             return f"the suspended VM's copy made no progress for {stalled:.0f} s; no longer waiting for the call"
         deadline = self.result.deadline_s or 0.0
-        late = now - self.start > deadline + self.settle_timeout_s
+        late = self.elapsed() > deadline + self.settle_timeout_s
         if late and not self.postcopy_started and loop.suspended_t is None:
-            return (f"{now - self.start - deadline:.0f} s past the completion deadline the migration job has not "
+            return (f"{self.elapsed() - deadline:.0f} s past the completion deadline the migration job has not "
                     "ended (its abort was refused or not answered); no longer waiting for the call")
         return None
 
     # ---- the ladder -------------------------------------------------------------------------
 
     def _climb(self, dom: Any, monitor: JobMonitor, sample: Optional[JobSample], loop: _Loop) -> None:
-        assert self.start is not None
-        elapsed = self.clock() - self.start
+        elapsed = self.elapsed()
         deadline = self.result.deadline_s or 0.0
         if sample is not None and sample.active and sample.started:
             if not loop.downtime_set:
@@ -182,8 +180,7 @@ class Watch(AfterCall):
     def _ladder_call(self, dom: Any, loop: _Loop, decision: convergence.Decision, iteration: int,
                      label: Optional[str] = None) -> None:
         """Carry out one ladder decision; only what libvirt accepted is recorded as done."""
-        assert self.start is not None
-        t = self.clock() - self.start
+        t = self.elapsed()
         action = decision.action
         if action == convergence.ABORT:
             if self._abort(dom, loop, decision.reason):

@@ -91,7 +91,7 @@ def test_an_abort_before_the_job_exists_is_retried_until_libvirt_takes_it():
     control = MigrationControl()
     src_host, dst_host = tm.Host(), tm.Host()
     dom = LateJobDom("vm1", src_host, prepare_s=0.3)
-    dom.before_call = lambda: control.abort()
+    dom.before_call = control.abort
     dom.samples = [tm.stats(1, 400 * MIB)] * 200
     with pytest.raises(MigrationFailed) as failed:
         run(src_host, dst_host, MigrationSpec(**tm.FAST), control)

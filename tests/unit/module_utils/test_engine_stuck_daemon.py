@@ -188,8 +188,8 @@ CASES = {
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_a_call_that_never_returns_after_a_postcopy_failure_does_not_hold_the_engine(case, tiny_bounds,
-                                                                                   monkeypatch):
+def test_a_call_that_never_returns_after_a_postcopy_failure_does_not_hold_the_engine(
+        case, tiny_bounds, monkeypatch):
     hang, outcomes, last_step = CASES[case]
     armed, release = threading.Event(), threading.Event()
     src_host, dst_host = HangingHost(hang, armed, release), tm.Host()
