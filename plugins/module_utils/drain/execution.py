@@ -240,13 +240,13 @@ def journal_finish(ctx: RunContext, job: Job, res: dict) -> dict:
     state, res = settle_state(ctx, job, res)
     if job.returning:
         entry = ctx.jr.update_vm(job.vm, state, note=res.get("message"), restore_result=res,
-                                      restore_error=None if res.get("ok") else res.get("message"))
+                                 restore_error=None if res.get("ok") else res.get("message"))
         item = vm_result(dict(entry, result=res))
         item.update(source=job.src.name, destination=job.dst.name)
     else:
         entry = ctx.jr.update_vm(job.vm, state, note=res.get("message"), result=res,
-                                      error=None if res.get("ok") else res.get("message"),
-                                      recovery=res.get("recovery"))
+                                 error=None if res.get("ok") else res.get("message"),
+                                 recovery=res.get("recovery"))
         item = vm_result(entry)
     ctx.event("vm_finished", vm=job.vm, destination=job.dst.name, ok=item["ok"], state=str(state),
               outcome=res.get("outcome"), mode=res.get("mode_used"), duration_s=res.get("duration_s"),

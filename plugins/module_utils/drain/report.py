@@ -41,19 +41,6 @@ def vm_result(entry: dict) -> dict:
             "started": entry.get("started"), "finished": entry.get("finished")}
 
 
-def progress_from_sample(sample: Any, started_at: Optional[float] = None) -> Optional[dict]:
-    """A vm_progress payload from a monitor.JobSample (pure)."""
-    if sample is None:
-        return None
-    total = sample.data_total or sample.memory_total
-    remaining = sample.data_remaining if sample.data_total else sample.memory_remaining
-    percent = round(100.0 * (total - remaining) / total, 1) if total else None
-    eta = round(remaining / sample.bandwidth_bps, 1) if sample.bandwidth_bps else None
-    return {"phase": sample.phase, "percent": percent, "eta_s": eta, "iteration": sample.iteration,
-            "remaining_bytes": remaining, "bandwidth_bps": sample.bandwidth_bps,
-            "elapsed_s": round(sample.t, 1) if started_at is None else started_at}
-
-
 def summary(result: DrainResult, not_started: int) -> dict:
     failed = [r for r in result.vms if not r.get("ok")]
     moved = [r for r in result.vms if r.get("ok")]

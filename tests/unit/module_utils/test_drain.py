@@ -386,12 +386,10 @@ def test_restore_failure_keeps_the_host_cordoned(tmp_path):
 
 
 def test_progress_payload_from_a_job_sample():
-    from ansible_collections.hvfleet.drain.plugins.module_utils.drain.report import progress_from_sample
+    from ansible_collections.hvfleet.drain.plugins.module_utils.engine.control import progress
     from ansible_collections.hvfleet.drain.plugins.module_utils.engine.monitor import JobSample
 
     sample = JobSample(t=12.34, phase="precopy", data_total=1000 * MIB, data_remaining=250 * MIB,
                        bandwidth_bps=50 * MIB, iteration=1)
-    assert progress_from_sample(sample) == {"phase": "precopy", "percent": 75.0, "eta_s": 5.0, "iteration": 1,
-                                            "remaining_bytes": 250 * MIB, "bandwidth_bps": 50 * MIB,
-                                            "elapsed_s": 12.3}
-    assert progress_from_sample(None) is None
+    assert progress(sample) == {"phase": "precopy", "percent": 75.0, "eta_s": 5.0, "iteration": 1,
+                                "remaining_bytes": 250 * MIB, "bandwidth_bps": 50 * MIB, "elapsed_s": 12.3}
