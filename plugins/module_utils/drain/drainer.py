@@ -26,9 +26,10 @@ to abort (the VM stays on its source), post-copies complete; the journal says wh
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, Optional
 
 from ansible_collections.hvfleet.drain.plugins.module_utils.common.vocabulary import Action, CycleState, VmState
@@ -114,24 +115,34 @@ class Drainer:
         if reviewed_plan is not None:  # a garbled or hand-edited plan is refused before anything changes
             reviewed = check_reviewed_plan(reviewed_plan, ctx.source.name, [d.name for d in ctx.destinations])
         result = DrainResult(action=str(Action.DRAIN), host=ctx.source.name)
-        lock = DrainLock(ctx.state_dir, ctx.source.name, "drain", ctx.config.by or "")
+        with self._session(result, plan_only) as conns:
+            if not plan_only:
+                return self._drain_locked(conns, result, reviewed)
+            resumed = reconcile_journal(ctx, conns, result, act=False)
+            plan_drain(ctx, conns, result, reviewed=reviewed, pinned=resumed.pinned, skip=frozenset(resumed.skip))
+        result.state = "planned"
+        result.changed = bool(result.plan) or not ctx.backend.read_cordon(ctx.state_dir)
+        result.message = report.plan_message(result, ctx.source.name)
+        return result
+
+    @contextlib.contextmanager
+    def _session(self, result: DrainResult, plan_only: bool) -> Iterator[Connections]:
+        """The journal and connections of one run, under the host's drain lock; check mode takes no lock
+        and keeps the journal in memory (it only says who holds the lock)."""
+        ctx = self.ctx
+        lock = DrainLock(ctx.state_dir, ctx.source.name, result.action, ctx.config.by or "")
         if plan_only:
             result.lock_holder = lock.is_locked_elsewhere()
             ctx.journal = jr.Journal.load(ctx.state_dir, ctx.source.name, persist=False)
             with Connections(ctx.backend) as conns:
-                resumed = reconcile_journal(ctx, conns, result, act=False)
-                plan_drain(ctx, conns, result, reviewed=reviewed, pinned=resumed.pinned,
-                           skip=frozenset(resumed.skip))
-            result.state = "planned"
-            result.changed = bool(result.plan) or not ctx.backend.read_cordon(ctx.state_dir)
-            result.message = report.plan_message(result, ctx.source.name)
-            return result
+                yield conns
+            return
         with lock:
             ctx.journal = jr.Journal.load(ctx.state_dir, ctx.source.name)
             result.journal_path = ctx.journal.path
             result.progress_path = ctx.journal.progress_path
             with Connections(ctx.backend) as conns:
-                return self._drain_locked(conns, result, reviewed)
+                yield conns
 
     def _unfinished(self) -> bool:
         return any(e.get("state") not in (VmState.HOME, VmState.PLANNED) for e in self.ctx.jr.vms().values())
@@ -246,19 +257,7 @@ class Drainer:
 
     def restore(self, plan_only: bool = False) -> DrainResult:
         """Bring the VMs the journal moved away back to the source, then uncordon it."""
-        ctx = self.ctx
-        result = DrainResult(action=str(Action.RESTORE), host=ctx.source.name)
-        lock = DrainLock(ctx.state_dir, ctx.source.name, "restore", ctx.config.by or "")
-        if plan_only:
-            result.lock_holder = lock.is_locked_elsewhere()
-            ctx.journal = jr.Journal.load(ctx.state_dir, ctx.source.name, persist=False)
-            with Connections(ctx.backend) as conns:
-                run_restore(ctx, conns, result, plan_only=True)
-            return result
-        with lock:
-            ctx.journal = jr.Journal.load(ctx.state_dir, ctx.source.name)
-            result.journal_path = ctx.journal.path
-            result.progress_path = ctx.journal.progress_path
-            with Connections(ctx.backend) as conns:
-                run_restore(ctx, conns, result, plan_only=False)
-            return result
+        result = DrainResult(action=str(Action.RESTORE), host=self.ctx.source.name)
+        with self._session(result, plan_only) as conns:
+            run_restore(self.ctx, conns, result, plan_only=plan_only)
+        return result
