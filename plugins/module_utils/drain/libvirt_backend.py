@@ -27,7 +27,7 @@ from ansible_collections.hvfleet.drain.plugins.module_utils.engine.migration imp
 from ansible_collections.hvfleet.drain.plugins.module_utils.fleet import maintenance
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning import facts as hvfacts
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning import preflight
-from ansible_collections.hvfleet.drain.plugins.module_utils.planning.model import CheckResult, VmInfo
+from ansible_collections.hvfleet.drain.plugins.module_utils.planning.model import CheckResult, Host, VmInfo
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning.placement import HostCapacity
 
 VIR_DOMAIN_XML_SECURE = 1
@@ -41,31 +41,31 @@ RESIDENT_TIMEOUT_S = 5.0
 class LibvirtBackend(Backend):
     """drain.Backend over libvirt; `state_dir` is this host's /var/lib/hvfleet."""
 
-    def __init__(self, connect_timeout_s=30.0, state_dir=maintenance.DEFAULT_DIR, memory_headroom_mib=0,
-                 dirty_rate_seconds=1):
+    def __init__(self, connect_timeout_s: float = 30.0, state_dir: str = maintenance.DEFAULT_DIR,
+                 memory_headroom_mib: int = 0, dirty_rate_seconds: float = 1) -> None:
         self.connect_timeout_s = connect_timeout_s
         self.state_dir = state_dir
         self.memory_headroom_mib = memory_headroom_mib
         self.dirty_rate_seconds = dirty_rate_seconds
-        self._facts = {}
+        self._facts: dict[str, hvfacts.HostFacts] = {}
         self._facts_lock = threading.Lock()
 
     # ---- connections ------------------------------------------------------------------------
 
-    def connect(self, uri):
+    def connect(self, uri: str) -> Any:
         return connect(uri, timeout_s=self.connect_timeout_s)
 
-    def close(self, conn):
+    def close(self, conn: Any) -> None:
         close_quietly(conn)
 
     # ---- facts ------------------------------------------------------------------------------
 
-    def list_vms(self, conn, host, measure=True):
+    def list_vms(self, conn: Any, host: Host, measure: bool = True) -> list[VmInfo]:
         try:
             doms = conn.listAllDomains(0)
         except Exception as exc:  # pylint: disable=broad-except
             raise HvfleetError(f"Cannot list the domains of {host.name}: {exc}", "check its libvirt daemon.") from exc
-        found = []
+        found: list[tuple[Any, VmInfo]] = []
         for dom in doms:
             try:
                 active = bool(dom.isActive())
@@ -88,11 +88,11 @@ class LibvirtBackend(Backend):
             found = [(dom, _with_rate(vm, rates.get(vm.name))) for dom, vm in found]
         return [vm for _dom, vm in found]
 
-    def _dirty_rates(self, doms):
+    def _dirty_rates(self, doms: list[Any]) -> dict[str, float]:
         """Measure all running domains at once (each takes about `dirty_rate_seconds`)."""
-        rates = {}
+        rates: dict[str, float] = {}
 
-        def one(dom):
+        def one(dom: Any) -> None:
             with contextlib.suppress(Exception):
                 rates[dom.name()] = hvfacts.measure_dirty_rate(dom, seconds=self.dirty_rate_seconds)
 
@@ -103,7 +103,7 @@ class LibvirtBackend(Backend):
             t.join(self.dirty_rate_seconds + 15)
         return rates
 
-    def host_facts(self, conn, host):
+    def host_facts(self, conn: Any, host: Host) -> hvfacts.HostFacts:
         local = hvfacts.is_local_uri(host.uri)
         hf = hvfacts.host_facts(conn, name=host.name, uri=host.uri, local=local, state_dir=self.state_dir)
         if host.facts:
@@ -112,17 +112,17 @@ class LibvirtBackend(Backend):
             self._facts[host.name] = hf
         return hf
 
-    def _cached_facts(self, conn, host):
+    def _cached_facts(self, conn: Any, host: Host) -> hvfacts.HostFacts:
         with self._facts_lock:
             hf = self._facts.get(host.name)
         return hf if hf is not None else self.host_facts(conn, host)
 
-    def capacity(self, conn, host, anti_affinity_labels=()):
+    def capacity(self, conn: Any, host: Host, anti_affinity_labels: tuple[str, ...] = ()) -> HostCapacity:
         try:
             hf = self.host_facts(conn, host)
         except hvfacts.FactsError as exc:
             raise HvfleetError(exc.message, exc.hint) from exc
-        held = {}
+        held: dict[str, set[str]] = {}
         if anti_affinity_labels:
             with contextlib.suppress(Exception):
                 for dom in conn.listAllDomains(1):  # active
@@ -139,7 +139,8 @@ class LibvirtBackend(Backend):
 
     # ---- checks -----------------------------------------------------------------------------
 
-    def prechecks(self, src_conn, dst_conn, vm, source, destination, settings):
+    def prechecks(self, src_conn: Any, dst_conn: Any, vm: VmInfo, source: Host, destination: Host,
+                  settings: dict) -> list[CheckResult]:
         src_facts = self._cached_facts(src_conn, source)
         dst_facts = self._cached_facts(dst_conn, destination)
         domain = vm.facts if vm.facts is not None else hvfacts.domain_facts(src_conn.lookupByName(vm.name))
@@ -208,10 +209,11 @@ class LibvirtBackend(Backend):
 
     # ---- cordon -----------------------------------------------------------------------------
 
-    def read_cordon(self, state_dir):
+    def read_cordon(self, state_dir: str) -> bool:
         return maintenance.read_state(state_dir).cordoned
 
-    def set_cordon(self, state_dir, cordoned, reason=None, by=None):
+    def set_cordon(self, state_dir: str, cordoned: bool, reason: Optional[str] = None,
+                   by: Optional[str] = None) -> bool:
         changed, _before, _after = maintenance.set_state(
             state_dir, maintenance.CORDONED if cordoned else maintenance.ACTIVE, reason=reason, by=by)
         return changed
@@ -279,7 +281,7 @@ def _rolled_back(dst_conn: Any, name: str, src_uri: str, dst_uri: str, defined_h
             f"again: '{name}' is defined on {src_uri} only, as before.", str(kept.hint))
 
 
-def _resident_mib(dom):
+def _resident_mib(dom: Any) -> Optional[int]:
     """The QEMU process's resident size (libvirt reads it from the host, no guest agent needed), or None.
     Bounded: the call queues behind a domain's job, and a busy domain must not hold up the plan."""
     try:
@@ -289,15 +291,16 @@ def _resident_mib(dom):
         return None
 
 
-def _with_rate(vm, rate):
+def _with_rate(vm: VmInfo, rate: Optional[float]) -> VmInfo:
     if rate is None:
         return vm
     return VmInfo(**{**{f: getattr(vm, f) for f in vm.__dataclass_fields__}, "dirty_rate_bps": rate})
 
 
-def _definition_checks(vm, domain, destination, settings):
+def _definition_checks(vm: VmInfo, domain: hvfacts.DomainFacts, destination: Host,
+                       settings: Optional[dict]) -> list[CheckResult]:
     """A shut-off definition can move unless its disks are local (it would not find them there)."""
-    out = []
+    out: list[CheckResult] = []
     storage = (settings or {}).get("storage", "shared_only")
     for disk in domain.disks:
         if disk.device in ("cdrom", "floppy") or disk.empty or disk.type == "network":

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Callable, Mapping
+from typing import Any, TypedDict
 
 # virDomainJobType
 JOB_NONE = 0
@@ -24,6 +26,14 @@ JOB_CANCELLED = 5
 _PAUSED = 3
 _PAUSED_POSTCOPY = 12
 _PAUSED_POSTCOPY_FAILED = 13
+
+
+class Summary(TypedDict):
+    """JobMonitor.summary(): the aggregates of a migration's series."""
+
+    iterations: int
+    max_dirty_rate_bps: float
+    max_throttle_pct: int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,11 +58,11 @@ class JobSample:  # pylint: disable=too-many-instance-attributes
     disk_remaining: int = 0
 
     @property
-    def active(self):
+    def active(self) -> bool:
         return self.phase in ("precopy", "postcopy", "postcopy_failed")
 
     @property
-    def started(self):
+    def started(self) -> bool:
         """QEMU itself is migrating (not libvirt still preparing the destination).
 
         While libvirt still prepares the destination the job shows as active at iteration 0 with
@@ -60,11 +70,11 @@ class JobSample:  # pylint: disable=too-many-instance-attributes
         """
         return self.iteration >= 1 or self.data_processed > 0 or self.memory_processed > 0
 
-    def to_dict(self):
+    def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
-def phase_of(job_type, state=None):
+def phase_of(job_type: int, state: tuple[int, ...] | None = None) -> str:
     """Name the migration phase from the job type and the source domain's (state, reason)."""
     if job_type in (JOB_BOUNDED, JOB_UNBOUNDED):
         if state is not None and state[0] == _PAUSED and state[1] == _PAUSED_POSTCOPY_FAILED:
@@ -75,7 +85,7 @@ def phase_of(job_type, state=None):
     return {JOB_COMPLETED: "completed", JOB_FAILED: "failed", JOB_CANCELLED: "cancelled"}.get(job_type, "none")
 
 
-def sample_from_stats(stats, t, state=None):
+def sample_from_stats(stats: Mapping[str, Any], t: float, state: tuple[int, ...] | None = None) -> JobSample:
     """Turn a virDomainGetJobStats() dict into a JobSample (pure; unit-testable)."""
     page = int(stats.get("memory_page_size") or 4096)
     downtime = stats.get("downtime")
@@ -102,14 +112,14 @@ def sample_from_stats(stats, t, state=None):
 class JobMonitor:
     """Keeps the series of samples of one domain's migration job."""
 
-    def __init__(self, domain, clock=time.monotonic, start=None):
+    def __init__(self, domain: Any, clock: Callable[[], float] = time.monotonic, start: float | None = None) -> None:
         self.domain = domain
         self.clock = clock
         self.start = clock() if start is None else start
-        self.series = []
+        self.series: list[JobSample] = []
         self.errors = 0
 
-    def sample(self):
+    def sample(self) -> JobSample | None:
         """Take one sample; returns None (and counts) when libvirt cannot answer right now."""
         try:
             stats = self.domain.jobStats()
@@ -122,10 +132,10 @@ class JobMonitor:
             self.series.append(sample)
         return sample
 
-    def last(self):
+    def last(self) -> JobSample | None:
         return self.series[-1] if self.series else None
 
-    def summary(self):
+    def summary(self) -> Summary:
         """Aggregates over the series for the result."""
         if not self.series:
             return {"iterations": 0, "max_dirty_rate_bps": 0.0, "max_throttle_pct": 0}
@@ -135,7 +145,7 @@ class JobMonitor:
             "max_throttle_pct": max(s.throttle_pct for s in self.series),
         }
 
-    def to_list(self, max_points=600):
+    def to_list(self, max_points: int = 600) -> list[dict[str, Any]]:
         """The series as dicts, thinned evenly (first and last kept) so results stay small."""
         series = self.series
         if len(series) > max_points > 1:

@@ -30,8 +30,12 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import time
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 from ansible_collections.hvfleet.drain.plugins.module_utils.common import bounded
+
+T = TypeVar("T")
 
 VIR_ERR_NO_DOMAIN = 42
 OBSERVE_CALL_TIMEOUT_S = 10.0  # a daemon that does not answer a state query in this time is busy or stuck
@@ -103,15 +107,15 @@ class SideView:  # pylint: disable=too-many-instance-attributes
     no_answer: bool = False  # the daemon is connected but did not answer in time (not a lost connection)
 
     @property
-    def running(self):
+    def running(self) -> bool:
         return self.present and self.state in (RUNNING, BLOCKED)
 
     @property
-    def paused(self):
+    def paused(self) -> bool:
         return self.present and self.state == PAUSED
 
     @property
-    def postcopy(self):
+    def postcopy(self) -> bool:
         """This copy takes part in a post-copy migration (active or failed)."""
         if not self.present:
             return False
@@ -122,31 +126,34 @@ class SideView:  # pylint: disable=too-many-instance-attributes
         return False
 
     @property
-    def postcopy_failed(self):
+    def postcopy_failed(self) -> bool:
         return self.present and (
             (self.state == PAUSED and self.reason == PAUSED_POSTCOPY_FAILED)
             or (self.state in (RUNNING, BLOCKED) and self.reason == RUNNING_POSTCOPY_FAILED))
 
     @property
-    def gone(self):
+    def gone(self) -> bool:
         """Seen, and no copy that could run: absent or shut off."""
         return self.reachable and (not self.present or self.state in (SHUTOFF, SHUTDOWN, CRASHED, NOSTATE))
 
-    def label(self):
+    def label(self) -> str:
         if not self.reachable:
             return f"unreachable ({self.error})" if self.error else "unreachable"
         if not self.present:
             return "absent"
-        names = {RUNNING: RUNNING_REASONS, BLOCKED: RUNNING_REASONS, PAUSED: PAUSED_REASONS,
-                 SHUTOFF: SHUTOFF_REASONS}.get(self.state, {})
-        text = STATE_NAMES.get(self.state, str(self.state))
+        names: dict[int, str] = {}
+        text = str(self.state)
+        if self.state is not None:
+            names = {RUNNING: RUNNING_REASONS, BLOCKED: RUNNING_REASONS, PAUSED: PAUSED_REASONS,
+                     SHUTOFF: SHUTOFF_REASONS}.get(self.state, {})
+            text = STATE_NAMES.get(self.state, text)
         if self.reason is not None and names:
             text += f" ({names.get(self.reason, self.reason)})"
         if self.job_active:
             text += ", job active"
         return text
 
-    def to_dict(self):
+    def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["label"] = self.label()
         return data
@@ -166,7 +173,7 @@ def no_domain(exc: BaseException) -> bool:
     return get_code is not None and get_code() == VIR_ERR_NO_DOMAIN
 
 
-def observe(conn, name, uri, timeout_s=None):
+def observe(conn: Any, name: str, uri: str, timeout_s: float | None = None) -> SideView:
     """Look at `name` on `conn` without changing anything; never raises, never blocks for long.
 
     The calls share one deadline: a daemon busy with a stuck job must not stall the decision. A
@@ -177,7 +184,7 @@ def observe(conn, name, uri, timeout_s=None):
         return SideView(uri=uri, reachable=False, error="no connection")
     deadline = time.monotonic() + (OBSERVE_CALL_TIMEOUT_S if timeout_s is None else timeout_s)
 
-    def ask(fn, what):
+    def ask(fn: Callable[[], T], what: str) -> T:
         left = max(0.1, deadline - time.monotonic())
         return bounded.call(fn, timeout_s=left, what=f"{what} of '{name}' on {uri}")
 
@@ -201,7 +208,8 @@ def observe(conn, name, uri, timeout_s=None):
     return SideView(uri=uri, present=True, state=state, reason=reason, job_active=job_active, persistent=persistent)
 
 
-def classify(src, dst, postcopy_started=False, was_running=True):  # pylint: disable=too-many-return-statements
+def classify(src: SideView, dst: SideView, postcopy_started: bool = False,  # pylint: disable=too-many-return-statements
+             was_running: bool = True) -> Verdict:
     """Decide placement and the one safe action from two observations (pure)."""
     where = f"source {src.uri}: {src.label()}; destination {dst.uri}: {dst.label()}"
 
@@ -284,14 +292,16 @@ def classify(src, dst, postcopy_started=False, was_running=True):  # pylint: dis
 @dataclasses.dataclass
 class RecoveryReport:
     ok: bool
-    attempts: list
+    attempts: list[dict[str, Any]]
     final: Verdict
     source: SideView
     destination: SideView
 
 
-def recover_postcopy(observe_pair, resume, deadline_s, clock=time.monotonic, wait=time.sleep,
-                     backoff=(1.0, 2.0, 4.0, 8.0, 15.0)):
+def recover_postcopy(observe_pair: Callable[[], tuple[SideView, SideView]], resume: Callable[[], object],
+                     deadline_s: float, clock: Callable[[], float] = time.monotonic,
+                     wait: Callable[[float], object] = time.sleep,
+                     backoff: Sequence[float] = (1.0, 2.0, 4.0, 8.0, 15.0)) -> RecoveryReport:
     """Bring an interrupted post-copy to completion with post-copy resume, retried with back-off.
 
     `observe_pair()` -> (src SideView, dst SideView); `resume()` runs the resume
@@ -300,7 +310,7 @@ def recover_postcopy(observe_pair, resume, deadline_s, clock=time.monotonic, wai
     Never resumes or restarts the source copy.
     """
     start = clock()
-    attempts = []
+    attempts: list[dict[str, Any]] = []
     round_no = 0
     while True:
         src, dst = observe_pair()

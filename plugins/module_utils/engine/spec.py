@@ -22,9 +22,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from urllib.parse import urlsplit
+from typing import Any, TypeGuard
+from urllib.parse import SplitResult, urlsplit
 
 from ansible_collections.hvfleet.drain.plugins.module_utils.common.errors import InvalidSpec
+from ansible_collections.hvfleet.drain.plugins.module_utils.common.vocabulary import Compression, Mode, OnTimeout
 
 # virDomainMigrateFlags (libvirt-domain.h)
 VIR_MIGRATE_LIVE = 1 << 0
@@ -50,9 +52,11 @@ PARAM_COMPRESSION = "compression"
 PARAM_PARALLEL_CONNECTIONS = "parallel.connections"
 PARAM_TLS_DESTINATION = "tls.destination"
 
-MODES = ("precopy", "postcopy", "postcopy_after_precopy")
-ON_TIMEOUT = ("abort", "suspend", "postcopy")
-COMPRESSIONS = ("xbzrle", "zstd")
+# The engine's choices, in the collection's vocabulary (plain strings, in its order): a policy's `auto` is
+# resolved to one of the modes before a spec is made, and its compression `none` is no compression (None).
+MODES: tuple[str, ...] = tuple(m for m in Mode.values() if m != Mode.AUTO)
+ON_TIMEOUT: tuple[str, ...] = tuple(OnTimeout.values())
+COMPRESSIONS: tuple[str, ...] = tuple(c for c in Compression.values() if c != Compression.NONE)
 COPY_STORAGE = ("all", "incremental")
 MIGRATE_URI_SCHEMES = ("tcp", "rdma", "unix")
 
@@ -63,12 +67,12 @@ MAX_BANDWIDTH_MIB = (2 ** 63 - 1) // (1024 * 1024)  # libvirt's limit for bandwi
 GIB = 1024 ** 3
 
 
-def _finite_number(value):
+def _finite_number(value: object) -> TypeGuard[float]:
     """An int or a finite float (not a bool, not text, not NaN or infinity)."""
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def migrate_uri_for(address, owner="migrate_address"):
+def migrate_uri_for(address: str | None, owner: str = "migrate_address") -> str | None:
     """tcp://ADDRESS on the dedicated migration network; a bare IPv6 address gets brackets."""
     if not address:
         return None
@@ -80,7 +84,7 @@ def migrate_uri_for(address, owner="migrate_address"):
     return f"tcp://{address}"
 
 
-def version_text(number):
+def version_text(number: int) -> str:
     """libvirt encodes versions as major*1e6 + minor*1e3 + micro."""
     return f"{number // 1000000}.{number // 1000 % 1000}.{number % 1000}"
 
@@ -89,7 +93,7 @@ def version_text(number):
 class MigrationSpec:  # pylint: disable=too-many-instance-attributes
     """One live migration's options; invalid combinations raise InvalidSpec at construction."""
 
-    mode: str = "precopy"
+    mode: str = Mode.PRECOPY.value
     allow_postcopy: bool = True
     migrate_uri: str | None = None
     persist_dest: bool = True
@@ -109,17 +113,17 @@ class MigrationSpec:  # pylint: disable=too-many-instance-attributes
     completion_timeout_s: float | None = None
     completion_timeout_per_gib_s: float = 150.0
     completion_timeout_min_s: float = 60.0
-    on_timeout: str = "abort"
+    on_timeout: str = OnTimeout.ABORT.value
     stall_iterations: int = 3
     stats_interval_s: float = 1.0
     postcopy_recovery_timeout_s: float = 300.0
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         self.validate()
 
     # ---- validation -------------------------------------------------------------------
 
-    def validate(self, libvirt_version=None):
+    def validate(self, libvirt_version: int | None = None) -> MigrationSpec:
         """Raise InvalidSpec for impossible combinations; `libvirt_version` = oldest of both ends."""
         self._check_choices()
         self._check_numbers()
@@ -129,7 +133,7 @@ class MigrationSpec:  # pylint: disable=too-many-instance-attributes
             self._check_versions(libvirt_version)
         return self
 
-    def _check_choices(self):
+    def _check_choices(self) -> None:
         for field, value, choices in (
             ("mode", self.mode, MODES),
             ("on_timeout", self.on_timeout, ON_TIMEOUT),
@@ -145,8 +149,9 @@ class MigrationSpec:  # pylint: disable=too-many-instance-attributes
                 "(transient on the destination, undefined on the source).",
                 "set persist_dest: true, or undefine_source: false.")
 
-    def _check_numbers(self):
-        def positive(name, value, allow_none=True, minimum=1, maximum=None):
+    def _check_numbers(self) -> None:
+        def positive(name: str, value: object, allow_none: bool = True, minimum: float = 1,
+                     maximum: float | None = None) -> None:
             if value is None and allow_none:
                 return
             if not _finite_number(value) or value < minimum:  # NaN, inf, text, bools are not numbers here
@@ -186,11 +191,11 @@ class MigrationSpec:  # pylint: disable=too-many-instance-attributes
                 raise InvalidSpec(f"{name}={value!r} must be a percentage between 1 and 99.",
                                   f"give {name} a value from 1 to 99.")
 
-    def _check_postcopy(self):
-        needs = []
-        if self.mode != "precopy":
+    def _check_postcopy(self) -> None:
+        needs: list[str] = []
+        if self.mode != Mode.PRECOPY:
             needs.append(f"mode={self.mode}")
-        if self.on_timeout == "postcopy":
+        if self.on_timeout == OnTimeout.POSTCOPY:
             needs.append("on_timeout=postcopy")
         if needs and not self.allow_postcopy:
             raise InvalidSpec(
@@ -202,16 +207,18 @@ class MigrationSpec:  # pylint: disable=too-many-instance-attributes
                 f"with postcopy-ram); post-copy is needed by {' and '.join(needs)}.",
                 "drop parallel_connections, or use mode precopy with on_timeout abort or suspend.")
 
-    def _check_data_path(self):
-        if self.compression == "zstd" and not self.parallel_connections:
+    def _check_data_path(self) -> None:
+        if self.compression == Compression.ZSTD and not self.parallel_connections:
             raise InvalidSpec("compression=zstd only works with parallel migration.",
                               "set parallel_connections (e.g. 4), or use compression xbzrle.")
-        if self.compression == "xbzrle" and self.parallel_connections:
+        if self.compression == Compression.XBZRLE and self.parallel_connections:
             raise InvalidSpec("compression=xbzrle does not work with parallel migration.",
                               "use compression zstd with parallel_connections, or drop parallel_connections.")
         if self.tls_destination and not self.tls:
             raise InvalidSpec("tls_destination is set but tls is off.", "set tls: true, or drop tls_destination.")
         if self.migrate_uri is not None:
+            parts: SplitResult | None
+            host: str | None
             try:
                 parts = urlsplit(self.migrate_uri) if isinstance(self.migrate_uri, str) else None
                 host = parts.hostname if parts is not None else None
@@ -222,8 +229,8 @@ class MigrationSpec:  # pylint: disable=too-many-instance-attributes
                     f"migrate_uri={self.migrate_uri!r} is not a migration data URI.",
                     "use tcp://ADDRESS (or tcp://ADDRESS:PORT) on the migration network.")
 
-    def _check_versions(self, libvirt_version):
-        if self.compression == "zstd" and libvirt_version < LIBVIRT_ZSTD_MIN:
+    def _check_versions(self, libvirt_version: int) -> None:
+        if self.compression == Compression.ZSTD and libvirt_version < LIBVIRT_ZSTD_MIN:
             raise InvalidSpec(
                 f"compression=zstd needs libvirt >= {version_text(LIBVIRT_ZSTD_MIN)} on both hosts; "
                 f"the older end runs {version_text(libvirt_version)}.",
@@ -238,23 +245,23 @@ class MigrationSpec:  # pylint: disable=too-many-instance-attributes
     # ---- derived values ---------------------------------------------------------------
 
     @property
-    def postcopy_armed(self):
+    def postcopy_armed(self) -> bool:
         """Post-copy capability is enabled at start only when this migration may use it."""
-        return self.allow_postcopy and (self.mode != "precopy" or self.on_timeout == "postcopy")
+        return self.allow_postcopy and (self.mode != Mode.PRECOPY or self.on_timeout == OnTimeout.POSTCOPY)
 
     @property
-    def ladder_has_postcopy(self):
+    def ladder_has_postcopy(self) -> bool:
         """Whether post-copy is a rung of the ladder before the final action."""
-        return self.postcopy_armed and self.mode in ("postcopy", "postcopy_after_precopy")
+        return self.postcopy_armed and self.mode in (Mode.POSTCOPY, Mode.POSTCOPY_AFTER_PRECOPY)
 
-    def deadline_s(self, ram_bytes):
+    def deadline_s(self, ram_bytes: float) -> float:
         """Completion deadline: explicit, or per GiB of RAM with a floor."""
         if self.completion_timeout_s is not None:
             return float(self.completion_timeout_s)
         per_ram = self.completion_timeout_per_gib_s * (ram_bytes / GIB)
         return float(max(self.completion_timeout_min_s, math.ceil(per_ram)))
 
-    def flags(self):
+    def flags(self) -> int:
         """VIR_MIGRATE_* flags for virDomainMigrateToURI3."""
         flags = VIR_MIGRATE_LIVE | VIR_MIGRATE_PEER2PEER
         if self.persist_dest:
@@ -277,13 +284,13 @@ class MigrationSpec:  # pylint: disable=too-many-instance-attributes
             flags |= VIR_MIGRATE_NON_SHARED_INC
         return flags
 
-    def resume_flags(self):
+    def resume_flags(self) -> int:
         """Flags to resume an interrupted post-copy: the original ones plus POSTCOPY_RESUME."""
         return self.flags() | VIR_MIGRATE_POSTCOPY | VIR_MIGRATE_POSTCOPY_RESUME
 
-    def params(self):
+    def params(self) -> dict[str, str | int]:
         """VIR_MIGRATE_PARAM_* typed parameters (libvirt-python picks the types by name)."""
-        params = {}
+        params: dict[str, str | int] = {}
         if self.migrate_uri:
             params[PARAM_URI] = self.migrate_uri
         if self.bandwidth_mib:
@@ -302,7 +309,7 @@ class MigrationSpec:  # pylint: disable=too-many-instance-attributes
             params[PARAM_TLS_DESTINATION] = self.tls_destination
         return params
 
-    def describe(self):
+    def describe(self) -> str:
         """One line for check mode and logs."""
         parts = [f"mode {self.mode}", f"max downtime {self.max_downtime_ms} ms (cap {self.max_downtime_cap_ms} ms)",
                  f"on timeout {self.on_timeout}"]
@@ -322,5 +329,5 @@ class MigrationSpec:  # pylint: disable=too-many-instance-attributes
             parts.append(f"data over {self.migrate_uri}")
         return ", ".join(parts)
 
-    def to_dict(self):
+    def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
