@@ -33,6 +33,7 @@ import statistics
 from collections.abc import Iterable, Sequence
 from typing import Any, Optional
 
+from ansible_collections.hvfleet.drain.plugins.module_utils.common.vocabulary import Mode
 from ansible_collections.hvfleet.drain.plugins.module_utils.engine.monitor import JobSample
 from ansible_collections.hvfleet.drain.plugins.module_utils.engine.spec import MigrationSpec
 
@@ -232,7 +233,7 @@ def decide(series: Sequence[JobSample], spec: MigrationSpec, state: LadderState,
         return Decision(CONTINUE, f"final action '{state.final_action}' taken; waiting for libvirt to finish")
     if last.phase != "precopy" or state.postcopy_requested:
         return Decision(CONTINUE, "in post-copy: it can only complete (or be recovered), nothing to escalate")
-    if spec.mode == "postcopy" and spec.ladder_has_postcopy and last.iteration >= 2 \
+    if spec.mode == Mode.POSTCOPY and spec.ladder_has_postcopy and last.iteration >= 2 \
             and last.iteration > state.last_step_iteration:
         return Decision(POSTCOPY, f"mode postcopy: first pass done (iteration {last.iteration}); switching")
     if last.t >= deadline_s:

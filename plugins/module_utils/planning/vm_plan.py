@@ -76,7 +76,7 @@ class PlanItem:  # pylint: disable=too-many-instance-attributes
     labels: dict = dataclasses.field(default_factory=dict)
     order: int = 0
     auto_converge: bool = False
-    spec: Optional[dict] = None
+    spec: Optional[str] = None  # the MigrationSpec in one line (MigrationSpec.describe)
     link_share_mib: Optional[float] = None
     forecast: Optional[dict] = None
     predicted_duration_s: Optional[float] = None
