@@ -118,13 +118,10 @@ except ImportError:
 from ansible_collections.hvfleet.drain.plugins.module_utils.common.connection import close_quietly, connect  # noqa: E402
 from ansible_collections.hvfleet.drain.plugins.module_utils.common.errors import HvfleetError  # noqa: E402
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning import policy as policy_mod  # noqa: E402
-from ansible_collections.hvfleet.drain.plugins.module_utils.planning.facts import (  # noqa: E402
-    FactsError,
-    domain_facts,
-    host_facts,
-    is_local_uri,
-)
-from ansible_collections.hvfleet.drain.plugins.module_utils.planning.preflight import LocalProbe, disk_sharing  # noqa: E402
+from ansible_collections.hvfleet.drain.plugins.module_utils.planning.disk_checks import disk_sharing  # noqa: E402
+from ansible_collections.hvfleet.drain.plugins.module_utils.planning.facts import FactsError, domain_facts  # noqa: E402
+from ansible_collections.hvfleet.drain.plugins.module_utils.planning.host_facts import host_facts, is_local_uri  # noqa: E402
+from ansible_collections.hvfleet.drain.plugins.module_utils.planning.probe import LocalProbe  # noqa: E402
 
 ARGUMENT_SPEC = dict(
     uri=dict(type="str", default="qemu:///system"),

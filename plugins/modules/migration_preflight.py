@@ -221,16 +221,20 @@ from ansible_collections.hvfleet.drain.plugins.module_utils.planning import pref
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning.facts import (  # noqa: E402
     FactsError,
     domain_facts,
-    host_facts,
-    is_local_uri,
     measure_dirty_rates,
     resident_mib,
+)
+from ansible_collections.hvfleet.drain.plugins.module_utils.planning.host_facts import (  # noqa: E402
+    host_facts,
+    is_local_uri,
 )
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning.model import (  # noqa: E402
     DEFAULT_LINK_MBIT,
     Host,
     VmInfo,
 )
+from ansible_collections.hvfleet.drain.plugins.module_utils.planning.precheck import WARN  # noqa: E402
+from ansible_collections.hvfleet.drain.plugins.module_utils.planning.probe import LocalProbe  # noqa: E402
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning.vm_plan import (  # noqa: E402
     lane_bandwidth,
     plan_vm,
@@ -403,7 +407,7 @@ class MigrationPreflightModule:
         infos = {dom.name(): self.vm_info(dom, facts[dom.name()], rates.get(dom.name())) for dom in doms}
         matches = {name: policy_mod.select_policy(policies, name, f.labels, f.memory_mib) for name, f in facts.items()}
         dests = [(d, *self.destination(d)) for d in p["destinations"]]
-        probe = preflight.LocalProbe()
+        probe = LocalProbe()
         results = []
         vms = {}
         for name, dom_facts in facts.items():
@@ -437,7 +441,7 @@ def summarize(vms, results):
     movable = sorted(n for n, v in vms.items() if v["destinations_ok"])
     stuck = sorted(n for n, v in vms.items() if not v["destinations_ok"])
     blockers = sum(len(r["blockers"]) for r in results)
-    warnings = sum(1 for r in results for c in r["checks"] if c["status"] == preflight.WARN)
+    warnings = sum(1 for r in results for c in r["checks"] if c["status"] == WARN)
     parts = [f"{len(movable)} of {len(vms)} VM(s) can migrate"]
     for name in movable:
         parts.append(f"{name} -> {', '.join(vms[name]['destinations_ok'])}")

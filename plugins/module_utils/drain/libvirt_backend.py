@@ -26,6 +26,7 @@ from ansible_collections.hvfleet.drain.plugins.module_utils.engine.core import A
 from ansible_collections.hvfleet.drain.plugins.module_utils.engine.migration import Migration
 from ansible_collections.hvfleet.drain.plugins.module_utils.fleet import maintenance
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning import facts as hvfacts
+from ansible_collections.hvfleet.drain.plugins.module_utils.planning import host_facts as hvhost
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning import preflight
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning.model import CheckResult, Host, VmInfo
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning.placement import HostCapacity
@@ -47,7 +48,7 @@ class LibvirtBackend(Backend):
         self.state_dir = state_dir
         self.memory_headroom_mib = memory_headroom_mib
         self.dirty_rate_seconds = dirty_rate_seconds
-        self._facts: dict[str, hvfacts.HostFacts] = {}
+        self._facts: dict[str, hvhost.HostFacts] = {}
         self._facts_lock = threading.Lock()
 
     # ---- connections ------------------------------------------------------------------------
@@ -103,16 +104,16 @@ class LibvirtBackend(Backend):
             t.join(self.dirty_rate_seconds + 15)
         return rates
 
-    def host_facts(self, conn: Any, host: Host) -> hvfacts.HostFacts:
-        local = hvfacts.is_local_uri(host.uri)
-        hf = hvfacts.host_facts(conn, name=host.name, uri=host.uri, local=local, state_dir=self.state_dir)
+    def host_facts(self, conn: Any, host: Host) -> hvhost.HostFacts:
+        local = hvhost.is_local_uri(host.uri)
+        hf = hvhost.host_facts(conn, name=host.name, uri=host.uri, local=local, state_dir=self.state_dir)
         if host.facts:
             hf = hf.merged_with(host.facts)  # userfaultfd, bridges, cordon as read on the host itself
         with self._facts_lock:
             self._facts[host.name] = hf
         return hf
 
-    def _cached_facts(self, conn: Any, host: Host) -> hvfacts.HostFacts:
+    def _cached_facts(self, conn: Any, host: Host) -> hvhost.HostFacts:
         with self._facts_lock:
             hf = self._facts.get(host.name)
         return hf if hf is not None else self.host_facts(conn, host)

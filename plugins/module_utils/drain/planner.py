@@ -15,12 +15,11 @@ from typing import Any, Optional
 from ansible_collections.hvfleet.drain.plugins.module_utils.common.errors import HvfleetError
 from ansible_collections.hvfleet.drain.plugins.module_utils.drain.context import Connections, RunContext
 from ansible_collections.hvfleet.drain.plugins.module_utils.drain.model import DrainResult
-from ansible_collections.hvfleet.drain.plugins.module_utils.planning.forecast import (
-    REFUSE,
-    Forecast,
+from ansible_collections.hvfleet.drain.plugins.module_utils.planning.drain_forecast import (
     forecast_drain_shared,
     simulate_drain,
 )
+from ansible_collections.hvfleet.drain.plugins.module_utils.planning.forecast import REFUSE, Forecast
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning.model import VmInfo
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning.placement import (
     HostCapacity,

@@ -22,7 +22,7 @@ from ansible_collections.hvfleet.drain.plugins.module_utils.drain.execution impo
 from ansible_collections.hvfleet.drain.plugins.module_utils.drain.model import DrainResult
 from ansible_collections.hvfleet.drain.plugins.module_utils.drain.planner import anti_affinity
 from ansible_collections.hvfleet.drain.plugins.module_utils.drain.whereabouts import Judgement, Placement, judge, locate
-from ansible_collections.hvfleet.drain.plugins.module_utils.planning.forecast import forecast_drain
+from ansible_collections.hvfleet.drain.plugins.module_utils.planning.drain_forecast import forecast_drain
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning.model import Host
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning.placement import VmDemand, plan_placement
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning.policy import select_policy

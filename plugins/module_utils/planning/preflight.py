@@ -32,280 +32,40 @@ What each check can and cannot see:
 
 from __future__ import annotations
 
-import dataclasses
-import errno
-import os
 import socket
-import xml.etree.ElementTree as ET
-from typing import Any, Protocol
-from urllib.parse import urlsplit
 
-from ansible_collections.hvfleet.drain.plugins.module_utils.common.vocabulary import (
-    ForecastVerdict,
-    Mode,
-    OnTimeout,
-    Storage,
-)
+from ansible_collections.hvfleet.drain.plugins.module_utils.common.vocabulary import ForecastVerdict, Mode, OnTimeout
+from ansible_collections.hvfleet.drain.plugins.module_utils.planning.disk_checks import DiskChecks
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning.facts import (
-    SHARED_FS_TYPES,
-    SHARED_POOL_TYPES,
     Connection,
-    Disk,
     DomainFacts,
-    HostFacts,
     Interface,
-    Mount,
-    mount_of,
-    read_mounts,
     version_text,
 )
-from ansible_collections.hvfleet.drain.plugins.module_utils.planning.policy import POSTCOPY_MODES
+from ansible_collections.hvfleet.drain.plugins.module_utils.planning.host_facts import HostFacts
+from ansible_collections.hvfleet.drain.plugins.module_utils.planning.policy_problems import POSTCOPY_MODES
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning.policy_schema import Settings
-from ansible_collections.hvfleet.drain.plugins.module_utils.planning.policy_spec import STORAGE
+from ansible_collections.hvfleet.drain.plugins.module_utils.planning.precheck import FAIL, PASS, WARN, PrecheckResult
+from ansible_collections.hvfleet.drain.plugins.module_utils.planning.probe import (
+    LocalProbe,
+    Probe,
+    probe_port,
+    split_address,
+)
 
-PASS = "pass"
-WARN = "warn"
-FAIL = "fail"
-_RANK = {PASS: 0, WARN: 1, FAIL: 2}
 DEFAULT_HEADROOM_MIB = 1024
-PROBE_TIMEOUT_S = 2.0
-URI_PORTS = {"qemu+tcp": 16509, "qemu+tls": 16514, "qemu+ssh": 22, "qemu+libssh": 22, "qemu+libssh2": 22}
-
-# the order blockers are listed in: the cause an operator must fix first comes first
-ORDER = ("dest.is_source", "dest.cordoned", "reach.libvirt", "reach.migration_address", "version.libvirt",
-         "version.qemu", "device.hostdev", "storage.disk", "storage.cdrom", "storage.copy", "network.bridge",
-         "network.mtu", "cpu.compat", "capacity.memory", "postcopy.support", "forecast.mode")
 
 VIR_CPU_COMPARE_INCOMPATIBLE = 0
 VIR_CPU_COMPARE_IDENTICAL = 1
 VIR_CPU_COMPARE_SUPERSET = 2
 VIR_CONNECT_COMPARE_CPU_FAIL_INCOMPATIBLE = 1
 
-SHARED_FIX = ("put the disk on storage every host reaches (NFS/CephFS share, Ceph RBD, iSCSI, NBD), or give the "
-              "VM a migration policy with storage: copy_all")
-
-
-@dataclasses.dataclass(frozen=True)
-class Check:  # pylint: disable=too-many-instance-attributes
-    """One prerequisite: pass, warn (it may work; read the message) or fail (it will not)."""
-
-    id: str
-    status: str
-    vm: str
-    destination: str
-    message: str
-    fix: str | None = None
-    device: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-
-@dataclasses.dataclass
-class PrecheckResult:
-    """All checks of one VM against one destination, and how its storage must move."""
-
-    vm: str
-    destination: str
-    checks: list[Check]
-    copy_storage: str | None = None  # None, "all" or "incremental": what the migration must use
-    copy_disks: tuple[str, ...] = ()  # targets of the disks that need copying
-
-    @property
-    def status(self) -> str:
-        return max((c.status for c in self.checks), key=_RANK.__getitem__, default=PASS)
-
-    @property
-    def ok(self) -> bool:
-        return self.status != FAIL
-
-    @property
-    def blockers(self) -> list[Check]:
-        fails = [c for c in self.checks if c.status == FAIL]
-        return sorted(fails, key=lambda c: ORDER.index(c.id) if c.id in ORDER else len(ORDER))
-
-    @property
-    def warnings(self) -> list[Check]:
-        return [c for c in self.checks if c.status == WARN]
-
-    def summary(self) -> str:
-        if self.ok:
-            extra = f", {len(self.warnings)} warning(s)" if self.warnings else ""
-            copy = f", storage copied ({self.copy_storage})" if self.copy_storage else ""
-            return f"{self.vm} -> {self.destination}: can migrate{copy}{extra}"
-        return f"{self.vm} -> {self.destination}: blocked: " + "; ".join(
-            f"[{c.id}] {c.message}" for c in self.blockers)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"vm": self.vm, "destination": self.destination, "status": self.status, "ok": self.ok,
-                "copy_storage": self.copy_storage, "copy_disks": list(self.copy_disks),
-                "checks": [c.to_dict() for c in self.checks], "blockers": [c.to_dict() for c in self.blockers],
-                "summary": self.summary()}
-
-
-class Probe(Protocol):
-    """What the checks ask of the machine they run on (LocalProbe; tests give their own)."""
-
-    def fs_type(self, path: str) -> tuple[str | None, str | None]: ...
-
-    def reach(self, host: str, port: int) -> tuple[str, str]: ...
-
-
-class LocalProbe:
-    """What the machine this code runs on sees: its mounts and its network path to an address."""
-
-    def __init__(self, proc: str = "/proc", timeout_s: float = PROBE_TIMEOUT_S) -> None:
-        self.proc = proc
-        self.timeout_s = timeout_s
-        self._mounts: list[Mount] | None = None
-
-    def mounts(self) -> list[Mount]:
-        if self._mounts is None:
-            self._mounts = read_mounts(self.proc) or []
-        return self._mounts
-
-    def fs_type(self, path: str) -> tuple[str | None, str | None]:
-        """(fs type, mount point) of the filesystem `path` is on, or (None, None)."""
-        found = mount_of(os.path.realpath(path), self.mounts())
-        return (found[1], found[0]) if found else (None, None)
-
-    def reach(self, host: str, port: int) -> tuple[str, str]:
-        """(status, text): does `host` answer on TCP `port` from here?"""
-        try:
-            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        except socket.gaierror as exc:
-            return FAIL, f"the name {host} does not resolve ({exc.strerror or exc})"
-        family, kind, proto, _name, sockaddr = infos[0]
-        address = sockaddr[0]
-        via = ""
-        try:
-            with socket.socket(family, socket.SOCK_DGRAM) as udp:  # route lookup only; sends nothing
-                udp.connect((address, port))
-                via = f" via local address {udp.getsockname()[0]}"
-        except OSError as exc:
-            if exc.errno in (errno.ENETUNREACH, errno.EHOSTUNREACH):
-                return FAIL, f"no route to {address} ({exc.strerror})"
-        with socket.socket(family, kind, proto) as sock:
-            sock.settimeout(self.timeout_s)
-            try:
-                sock.connect(sockaddr)
-                return PASS, f"{address}:{port} accepted a TCP connection{via}"
-            except ConnectionRefusedError:
-                return PASS, f"{address} answered on port {port} (connection refused: the host is reachable){via}"
-            except TimeoutError:
-                return WARN, (f"no answer from {address}:{port} within {self.timeout_s:g} s{via}: a firewall may drop "
-                              "traffic to it, including the migration ports 49152-49215")
-            except OSError as exc:
-                if exc.errno in (errno.ENETUNREACH, errno.EHOSTUNREACH):
-                    return FAIL, f"no route to {address} ({exc.strerror})"
-                return WARN, f"{address}:{port}: {exc.strerror or exc}{via}"
-
-
-def split_address(address: str, default_port: int) -> tuple[str, int]:
-    """('host', port) from 'host', 'host:port', '[v6]:port' or a bare IPv6 address."""
-    text = address.strip()
-    if text.startswith("["):
-        host, _sep, rest = text[1:].partition("]")
-        port = rest[1:] if rest.startswith(":") else ""
-        return host, int(port) if port.isdigit() else default_port
-    if text.count(":") == 1:
-        host, port = text.split(":")
-        return host, int(port) if port.isdigit() else default_port
-    return text, default_port
-
-
-def probe_port(dest_uri: str | None) -> int:
-    """The destination's libvirt port (from its URI) - a port that is never an incoming migration."""
-    parts = urlsplit(dest_uri or "")
-    try:
-        explicit = parts.port
-    except ValueError:
-        explicit = None
-    return explicit or URI_PORTS.get(parts.scheme, 16509)
-
-
-def _pool_type(pool: Any) -> str | None:
-    try:
-        return ET.fromstring(pool.XMLDesc(0)).get("type")
-    except Exception:  # pylint: disable=broad-except
-        return None
-
-
-def disk_sharing(conn: Connection, disk: Disk, on_source: bool, probe: Probe, host_name: str = "the source"
-                 ) -> tuple[str, str]:
-    """('shared'|'local'|'unknown'|'empty', why): can other hosts reach this disk of `host_name`?
-
-    `on_source`: this code runs on that host, so its mounts count (see the module docstring).
-    """
-    if disk.empty:
-        return "empty", "no medium"
-    if disk.type == "network":
-        return "shared", f"a {disk.protocol} network disk"
-    if disk.type == "volume":
-        try:
-            ptype = _pool_type(conn.storagePoolLookupByName(disk.pool))
-        except Exception:  # pylint: disable=broad-except
-            return "unknown", f"the pool '{disk.pool}' is not found on {host_name}"
-        if ptype in SHARED_POOL_TYPES:
-            return "shared", f"in the shared {ptype} pool '{disk.pool}'"
-        return "local", f"in the local {ptype} pool '{disk.pool}' of {host_name}"
-    if disk.type not in ("file", "block", "dir") or disk.path is None:  # no path: empty, returned above
-        return "unknown", f"a {disk.type} disk"
-    path = disk.path
-    try:
-        pool = conn.storageVolLookupByPath(path).storagePoolLookupByVolume()
-        ptype = _pool_type(pool)
-        if ptype in SHARED_POOL_TYPES:
-            return "shared", f"in the shared {ptype} pool '{pool.name()}' of {host_name}"
-        if ptype in ("logical", "disk", "zfs", "scsi"):
-            return "local", f"in the local {ptype} pool '{pool.name()}' of {host_name}"
-    # no pool knows it: look at the filesystem
-    except Exception:  # pylint: disable=broad-except
-        pass
-    if disk.type == "block":
-        return "unknown", "a block device; whether another host sees the same LUN cannot be told from here"
-    if not on_source:
-        return "unknown", (f"not checked: this runs on another host than {host_name}, and no shared storage pool "
-                           "holds it")
-    fstype, point = probe.fs_type(path)
-    if fstype is None:
-        return "unknown", "its filesystem could not be read from /proc/self/mounts"
-    if fstype in SHARED_FS_TYPES:
-        return "shared", f"on a shared {fstype} filesystem ({point})"
-    return "local", f"on a local {fstype} filesystem ({point}) of {host_name}"
-
 
 # ---- the checks -------------------------------------------------------------------------------
 
 
-class _Checker:  # pylint: disable=too-many-instance-attributes
-    def __init__(self, src_conn: Connection, dst_conn: Connection, domain: DomainFacts, source: HostFacts,
-                 destination: HostFacts, settings: Settings | None, migration_address: str | None,
-                 mode: str | None, forecast_reason: str | None, headroom: int, on_source: bool, probe: Probe,
-                 destination_error: str | None) -> None:
-        self.src_conn = src_conn
-        self.dst_conn = dst_conn
-        self.domain = domain
-        self.source = source
-        self.destination = destination
-        self.settings = settings or {}
-        self.migration_address = migration_address
-        self.mode = mode
-        self.forecast_reason = forecast_reason
-        self.headroom = headroom
-        self.on_source = on_source
-        self.probe = probe
-        self.destination_error = destination_error
-        self.dest_name = destination.name if destination is not None else "?"
-        self.checks: list[Check] = []
-        self.copy_storage = STORAGE.get(self.settings.get("storage", Storage.SHARED_ONLY))
-        self.copy_disks: list[str] = []
-        self.shared_writable: list[str] = []
-
-    def add(self, check_id: str, status: str, message: str, fix: str | None = None, device: str | None = None
-            ) -> None:
-        self.checks.append(Check(check_id, status, self.domain.name, self.dest_name, message,
-                                 fix if status != PASS else None, device))
+class _Checker(DiskChecks):
+    """Every prerequisite check of one VM against one destination; the storage ones are DiskChecks'."""
 
     # ---- destination identity, reachability, versions ----
 
@@ -390,169 +150,6 @@ class _Checker:  # pylint: disable=too-many-instance-attributes
                      f"cannot be live-migrated to {self.dest_name}.",
                      f"detach the {device.kind} from {self.domain.name} before the drain (and re-attach after), "
                      "or shut the VM down for the maintenance.", device=device.description)
-
-    # ---- storage ----
-
-    def _source_sharing(self, disk: Disk) -> tuple[str, str]:
-        return disk_sharing(self.src_conn, disk, self.on_source, self.probe, self.source.name)
-
-    def _dest_has(self, path: str) -> tuple[str, str, bool]:
-        """('present'|'absent'|'unknown', why, pool_at_dir) for the same path on the destination."""
-        def lookup() -> str:
-            vol = self.dst_conn.storageVolLookupByPath(path)
-            pool = vol.storagePoolLookupByVolume()
-            return f"{self.dest_name} has it (volume in its {_pool_type(pool)} pool '{pool.name()}')"
-        try:
-            return "present", lookup(), True
-        except Exception:  # pylint: disable=broad-except
-            pass
-        directory = os.path.dirname(path)
-        try:
-            pool = self.dst_conn.storagePoolLookupByTargetPath(directory)
-        except Exception:  # pylint: disable=broad-except
-            return "unknown", f"{self.dest_name} has no storage pool at {directory}, so libvirt cannot see it", False
-        if not pool.isActive():
-            return "unknown", f"the storage pool '{pool.name()}' at {directory} on {self.dest_name} is inactive", False
-        try:
-            pool.refresh(0)  # a dir pool only knows files that existed at its last refresh
-            return "present", lookup(), True
-        except Exception:  # pylint: disable=broad-except
-            return "absent", (f"the storage pool '{pool.name()}' at {directory} on {self.dest_name} has no "
-                              f"{os.path.basename(path)}"), True
-
-    def _volume_disk(self, disk: Disk) -> tuple[str, str]:
-        try:
-            pool = self.dst_conn.storagePoolLookupByName(disk.pool)
-            pool.storageVolLookupByName(disk.name)
-            ptype = _pool_type(pool)
-        except Exception:  # pylint: disable=broad-except
-            return "absent", f"{self.dest_name} has no volume {disk.name} in a pool named '{disk.pool}'"
-        if ptype in SHARED_POOL_TYPES:
-            return "shared", f"{self.dest_name} has it in its shared {ptype} pool '{disk.pool}'"
-        return "local", f"'{disk.pool}' is a local {ptype} pool; the volume on {self.dest_name} is another one"
-
-    def storage(self) -> None:
-        for disk in self.domain.disks:
-            if disk.device in ("cdrom", "floppy") or disk.readonly:
-                self._readonly_disk(disk)
-            else:
-                self._writable_disk(disk)
-        if self.copy_disks and self.shared_writable:
-            self.add("storage.copy", WARN,
-                     f"{self.domain.name} will be migrated with copy_storage={self.copy_storage} for "
-                     f"{', '.join(self.copy_disks)}; libvirt then also copies its shared disk(s) "
-                     f"{', '.join(self.shared_writable)} onto themselves on {self.dest_name}.",
-                     "keep VMs that need copying on local disks only, or move the shared disks' VMs with a "
-                     "shared_only policy.")
-        if not self.copy_disks:
-            self.copy_storage = None
-
-    def _describe(self, disk: Disk) -> str:
-        return f"disk {disk.target} ({disk.source})"
-
-    def _writable_disk(self, disk: Disk) -> None:
-        vm, dest, what = self.domain.name, self.dest_name, self._describe(disk)
-        if disk.type == "network":
-            self.add("storage.disk", PASS, f"{vm}: {what} is a {disk.protocol} network disk; {dest} reaches it "
-                     "over the network.", device=disk.target)
-            self.shared_writable.append(disk.target)
-            return
-        if disk.empty:
-            self.add("storage.disk", PASS, f"{vm}: disk {disk.target} has no medium.", device=disk.target)
-            return
-        if disk.type == "volume":
-            sharing, why = self._volume_disk(disk)
-            where, where_why, pool_at_dir = ("present", why, True) if sharing == "shared" else ("unknown", why, False)
-        elif disk.type in ("file", "block", "dir") and disk.path:
-            sharing, why = self._source_sharing(disk)
-            where, where_why, pool_at_dir = self._dest_has(disk.path)
-        else:
-            self.add("storage.disk", WARN, f"{vm}: {what} is a {disk.type} disk; whether {dest} can reach it is "
-                     "not checked.", "make sure the same source exists on the destination.", device=disk.target)
-            return
-        if sharing == "shared":
-            self.shared_writable.append(disk.target)
-            if where == "present":
-                self.add("storage.disk", PASS, f"{vm}: {what} is shared ({why}); {where_why}.", device=disk.target)
-            elif where == "absent":
-                self.add("storage.disk", FAIL, f"{vm}: {what} is shared on the source ({why}), but {where_why}.",
-                         f"mount the same share at the same path on {dest}.", device=disk.target)
-            else:
-                self.add("storage.disk", WARN, f"{vm}: {what} is shared on the source ({why}), but {where_why}: "
-                         "that the same share is mounted there is assumed, not proven.",
-                         f"mount the same share at the same path on {dest}, and define a storage pool for it there "
-                         "so this check can see it.", device=disk.target)
-            return
-        if self.copy_storage and disk.type != "volume":
-            self._copied_disk(disk, sharing, why, where, where_why, pool_at_dir)
-            return
-        if sharing == "unknown" and where == "present":
-            self.add("storage.disk", WARN, f"{vm}: {what}: whether it is shared is unknown ({why}); {where_why}.",
-                     "make sure both hosts see the same storage at that path.", device=disk.target)
-            return
-        if sharing == "unknown" and where == "unknown":
-            self.add("storage.disk", WARN, f"{vm}: {what}: whether {dest} can reach it is unknown ({why}; "
-                     f"{where_why}).", "run the check on the source host, or define storage pools for the disk "
-                     "directories.", device=disk.target)
-            return
-        self.add("storage.disk", FAIL,
-                 f"{vm}: {what} is not on shared storage ({why}); {dest} cannot reach it and the policy "
-                 f"({self.settings.get('storage', Storage.SHARED_ONLY)}) does not copy storage.",
-                 SHARED_FIX + ".", device=disk.target)
-
-    def _copied_disk(self, disk: Disk, sharing: str, why: str, where: str, where_why: str, pool_at_dir: bool) -> None:
-        vm, dest, what = self.domain.name, self.dest_name, self._describe(disk)
-        shared = "is not shared" if sharing == "local" else "may not be shared"
-        directory = os.path.dirname(disk.path or "")
-        if where == "present" or pool_at_dir:
-            self.copy_disks.append(disk.target)
-            target = "into the existing file" if where == "present" else f"into a new volume of the pool at {directory}"
-            self.add("storage.disk", PASS,
-                     f"{vm}: {what} {shared} ({why}); its policy allows copying, so it will be copied to {dest} "
-                     f"{target} (the migration must use copy_storage={self.copy_storage}).", device=disk.target)
-            return
-        self.add("storage.disk", FAIL,
-                 f"{vm}: {what} {shared} ({why}); its policy copies storage, but {where_why}: libvirt creates "
-                 "the copy only inside a storage pool (or into a file that already exists there).",
-                 f"define and start a dir storage pool with target {directory} on {dest}, or pre-create "
-                 f"{disk.path} there with the same size and format.", device=disk.target)
-
-    def _readonly_disk(self, disk: Disk) -> None:
-        vm, dest = self.domain.name, self.dest_name
-        kind = "CD-ROM" if disk.device == "cdrom" else ("floppy" if disk.device == "floppy" else "read-only disk")
-        what = f"{kind} {disk.target} ({disk.source})"
-        if disk.empty:
-            self.add("storage.cdrom", PASS, f"{vm}: {kind} {disk.target} is empty.", device=disk.target)
-            return
-        if disk.type == "network":
-            self.add("storage.cdrom", PASS, f"{vm}: {what} is on the network; {dest} reaches it.", device=disk.target)
-            return
-        if disk.type == "volume":
-            sharing, why = self._volume_disk(disk)
-            where = "present" if sharing != "absent" else "absent"
-            sharing, where_why = "unknown", why
-        elif disk.type in ("file", "block", "dir") and disk.path:
-            sharing, why = self._source_sharing(disk)
-            where, where_why, _pool = self._dest_has(disk.path)
-        else:
-            self.add("storage.cdrom", WARN, f"{vm}: {what} is not checked.", "make sure it exists on the destination.",
-                     device=disk.target)
-            return
-        fix = f"copy {disk.source} to the same path on {dest}, or eject the medium from {vm} before the drain"
-        if where == "present":
-            self.add("storage.cdrom", PASS, f"{vm}: {what}: {where_why}.", device=disk.target)
-        elif where == "absent":
-            self.add("storage.cdrom", FAIL, f"{vm}: {what} does not exist on {dest}: {where_why}.", fix + ".",
-                     device=disk.target)
-        elif sharing == "shared":
-            self.add("storage.cdrom", WARN, f"{vm}: {what} is on shared storage ({why}), but {where_why}: assumed "
-                     "present there, not proven.", f"{fix}; a storage pool for it on {dest} lets this check see it.",
-                     device=disk.target)
-        else:
-            self.add("storage.cdrom", WARN if sharing == "unknown" else FAIL,
-                     f"{vm}: {what} is {why}, and {where_why}: {dest} probably lacks it (read-only media are "
-                     "never copied).", f"{fix}; a storage pool for it on {dest} lets this check see it.",
-                     device=disk.target)
 
     # ---- network ----
 

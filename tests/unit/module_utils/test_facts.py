@@ -3,6 +3,7 @@
 import pytest
 from ansible_collections.hvfleet.drain.plugins.module_utils.fleet import maintenance
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning import facts as F
+from ansible_collections.hvfleet.drain.plugins.module_utils.planning import host_facts as H
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning.policy import LABEL_NAMESPACE
 from hvlab.vm import VMSpec, domain_xml
 
@@ -125,12 +126,12 @@ tmpfs /srv/with\\040space tmpfs rw 0 0
 
 
 def test_mounts_longest_prefix_and_escapes():
-    mounts = F.parse_mounts(MOUNTS)
-    assert F.mount_of("/var/lib/libvirt/images/a.qcow2", mounts)[1] == "nfs4"
-    assert F.mount_of("/var/lib/libvirt/images/local/b.qcow2", mounts)[1] == "ext4"
-    assert F.mount_of("/var/lib/libvirt/imagesX/c", mounts)[0] == "/"
-    assert F.mount_of("/srv/with space/d", mounts)[1] == "tmpfs"
-    assert "nfs4" in F.SHARED_FS_TYPES and "ext4" not in F.SHARED_FS_TYPES
+    mounts = H.parse_mounts(MOUNTS)
+    assert H.mount_of("/var/lib/libvirt/images/a.qcow2", mounts)[1] == "nfs4"
+    assert H.mount_of("/var/lib/libvirt/images/local/b.qcow2", mounts)[1] == "ext4"
+    assert H.mount_of("/var/lib/libvirt/imagesX/c", mounts)[0] == "/"
+    assert H.mount_of("/srv/with space/d", mounts)[1] == "tmpfs"
+    assert "nfs4" in H.SHARED_FS_TYPES and "ext4" not in H.SHARED_FS_TYPES
 
 
 def test_local_bridges_from_sysfs(tmp_path):
@@ -140,14 +141,14 @@ def test_local_bridges_from_sysfs(tmp_path):
         (net / name / "mtu").write_text(f"{mtu}\n")
         if bridge:
             (net / name / "bridge").mkdir()
-    assert F.local_bridges(tmp_path) == {"br-jumbo": 9000, "labbr0": 1500}
-    assert F.local_bridges(tmp_path / "missing") is None
+    assert H.local_bridges(tmp_path) == {"br-jumbo": 9000, "labbr0": 1500}
+    assert H.local_bridges(tmp_path / "missing") is None
 
 
 @pytest.mark.parametrize("uri, local", [("qemu:///system", True), (None, True), ("qemu+unix:///system", True),
                                         ("qemu+tcp://10.0.0.1/system", False), ("qemu+ssh://root@hv2/system", False)])
 def test_is_local_uri(uri, local):
-    assert F.is_local_uri(uri) is local
+    assert H.is_local_uri(uri) is local
 
 
 # ---- host facts over a fake connection ---------------------------------------------------------
@@ -217,7 +218,7 @@ class FakeConn:
         return {"total": 32 * 1024 * 1024, "free": 10 * 1024 * 1024, "buffers": 1024 * 1024, "cached": 5 * 1024 * 1024}
 
     def listAllDomains(self, flags=0):
-        assert flags == F.VIR_CONNECT_LIST_DOMAINS_ACTIVE
+        assert flags == H.VIR_CONNECT_LIST_DOMAINS_ACTIVE
         return [FakeDom("a", 2 * 1024 * 1024, 2), FakeDom("b", 512 * 1024, 1)]
 
     def listAllInterfaces(self, _flags=0):
@@ -231,7 +232,7 @@ class FakeConn:
 
 
 def test_host_facts_remote_leave_local_parts_unknown():
-    h = F.host_facts(FakeConn(), name="hv2", uri="qemu+tcp://hv2/system")
+    h = H.host_facts(FakeConn(), name="hv2", uri="qemu+tcp://hv2/system")
     assert (h.name, h.hostname, h.host_uuid, h.cpu_model, h.cpus) == (
         "hv2", "hv2.example.com", "aaaaaaaa-0000-0000-0000-000000000001", "Skylake-Client-IBRS", 16)
     assert (h.memory_total_mib, h.memory_free_mib, h.memory_available_mib) == (32768, 10240, 16384)
@@ -245,7 +246,7 @@ def test_host_facts_remote_leave_local_parts_unknown():
     assert h.postcopy["supported"] is None and h.postcopy["resume"]
     data = h.to_dict()
     assert data["libvirt_version_text"] == "9.0.0" and data["qemu_version_text"] == "7.2.0"
-    assert F.HostFacts.from_dict(data) == h
+    assert H.HostFacts.from_dict(data) == h
 
 
 def test_host_facts_local_reads_sysfs_userfaultfd_and_cordon(tmp_path):
@@ -257,7 +258,7 @@ def test_host_facts_local_reads_sysfs_userfaultfd_and_cordon(tmp_path):
     (dev / "userfaultfd").write_text("")
     state = tmp_path / "state"
     maintenance.set_state(state, maintenance.CORDONED, reason="disk swap", by="ops")
-    h = F.host_facts(FakeConn(interfaces=False), name="hv1", uri="qemu:///system", state_dir=state,
+    h = H.host_facts(FakeConn(interfaces=False), name="hv1", uri="qemu:///system", state_dir=state,
                      sysfs=sysfs, proc=tmp_path / "proc", dev=dev)
     assert h.local and h.bridges == {"labbr0": 1500} and h.bridges_source == "sysfs"
     assert h.userfaultfd is True and h.postcopy["supported"] is True
@@ -265,12 +266,12 @@ def test_host_facts_local_reads_sysfs_userfaultfd_and_cordon(tmp_path):
 
 
 def test_no_interface_driver_means_bridges_unknown():
-    h = F.host_facts(FakeConn(interfaces=False), uri="qemu+tcp://hv2/system")
+    h = H.host_facts(FakeConn(interfaces=False), uri="qemu+tcp://hv2/system")
     assert h.bridges is None and h.bridges_source is None
 
 
 def test_merged_with_takes_only_what_could_not_be_read_remotely():
-    remote = F.host_facts(FakeConn(interfaces=False), name="hv2", uri="qemu+tcp://hv2/system")
+    remote = H.host_facts(FakeConn(interfaces=False), name="hv2", uri="qemu+tcp://hv2/system")
     on_host = dict(remote.to_dict(), memory_available_mib=1, bridges={"labbr0": 1500}, bridges_source="sysfs",
                    userfaultfd=True, cordon={"state": "cordoned", "reason": "r", "by": "b", "since": "s"})
     merged = remote.merged_with(on_host)
@@ -280,11 +281,11 @@ def test_merged_with_takes_only_what_could_not_be_read_remotely():
 
 
 def test_postcopy_support_explains_old_versions():
-    h = F.HostFacts(name="old", libvirt_version=1002000, qemu_version=2004000, userfaultfd=True)
+    h = H.HostFacts(name="old", libvirt_version=1002000, qemu_version=2004000, userfaultfd=True)
     assert h.postcopy["supported"] is False
     assert "libvirt 1.2.0 < 1.3.3" in h.postcopy["reason"] and "QEMU 2.4.0 < 2.5.0" in h.postcopy["reason"]
     assert not h.postcopy["resume"]
-    assert F.HostFacts(name="k", libvirt_version=9000000, qemu_version=7002000,
+    assert H.HostFacts(name="k", libvirt_version=9000000, qemu_version=7002000,
                        userfaultfd=False).postcopy["supported"] is False
 
 

@@ -2,6 +2,7 @@
 
 import pytest
 from ansible_collections.hvfleet.drain.plugins.module_utils.common.errors import HvfleetError
+from ansible_collections.hvfleet.drain.plugins.module_utils.planning import drain_forecast as D
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning import forecast as F
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
@@ -250,7 +251,7 @@ def fc(duration, mode="precopy", completes=True, downtime=20.0, sent=GIB):
 
 
 def test_drain_is_list_scheduled_on_lanes():
-    result = F.forecast_drain({"a": fc(10), "b": fc(10), "c": fc(10), "d": fc(30)}, concurrency=2)
+    result = D.forecast_drain({"a": fc(10), "b": fc(10), "c": fc(10), "d": fc(30)}, concurrency=2)
     assert result.total_s == 40  # a,b in parallel; c after a; d after b
     assert result.serial_s == 60
     assert result.migrations == 4
@@ -259,15 +260,15 @@ def test_drain_is_list_scheduled_on_lanes():
 
 def test_one_lane_is_the_plain_sum_and_lanes_never_make_it_slower():
     items = [fc(d) for d in (5, 7, 11, 13)]
-    serial = F.forecast_drain(items, concurrency=1)
+    serial = D.forecast_drain(items, concurrency=1)
     assert serial.total_s == serial.serial_s == 36
-    assert F.forecast_drain(items, concurrency=4).total_s == 13
-    assert F.forecast_drain(items, concurrency=2).total_s >= 36 / 2
+    assert D.forecast_drain(items, concurrency=4).total_s == 13
+    assert D.forecast_drain(items, concurrency=2).total_s >= 36 / 2
 
 
 def test_refused_and_aborting_vms_block_the_drain():
     refused = F.Forecast("refuse", False, "no", None, None, None, 0, False)
-    result = F.forecast_drain({"ok": fc(10, downtime=300), "hot": refused, "late": fc(60, completes=False)})
+    result = D.forecast_drain({"ok": fc(10, downtime=300), "hot": refused, "late": fc(60, completes=False)})
     assert result.blocked == ("hot", "late")
     assert result.total_s == 70  # the aborting one still occupies its lane until its deadline
     assert result.worst_downtime_ms == 300
@@ -276,4 +277,4 @@ def test_refused_and_aborting_vms_block_the_drain():
 
 def test_drain_rejects_zero_lanes():
     with pytest.raises(F.ForecastError):
-        F.forecast_drain([fc(1)], concurrency=0)
+        D.forecast_drain([fc(1)], concurrency=0)

@@ -1,6 +1,7 @@
 """The drain forecast as a simulation: lanes from the scheduler, one link shared by what runs."""
 
 import pytest
+from ansible_collections.hvfleet.drain.plugins.module_utils.planning import drain_forecast as D
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning import forecast as F
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning.scheduler import Limits
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning.scheduler import Migration as Move
@@ -29,16 +30,16 @@ def ends(schedule):
 def test_the_last_one_gets_the_whole_link():
     moves = [Move("a", "hv1", "hv2", 20.0), Move("b", "hv1", "hv3", 60.0)]
     calls = []
-    schedule = F.simulate_drain(moves, TWO_LANES, LINK, by_bytes({"a": 1000, "b": 3000}, calls=calls))
+    schedule = D.simulate_drain(moves, TWO_LANES, LINK, by_bytes({"a": 1000, "b": 3000}, calls=calls))
     # both start at 0 with 50 B/s; a ends at 1000/50 = 20 s, b has sent 1000 and sends 2000 alone: +20 s
     assert [s.vm for s in schedule] == ["b", "a"]  # the scheduler's order: longest first
     assert sorted(calls) == [("a", 50.0), ("b", 50.0)]
     assert ends(schedule) == pytest.approx({"a": 20.0, "b": 40.0})
-    total = F.forecast_drain_shared(schedule, concurrency=2)
+    total = D.forecast_drain_shared(schedule, concurrency=2)
     assert total.total_s == pytest.approx(40.0)  # = 4000 bytes / 100 B/s: the link never idles
     assert total.serial_s == pytest.approx(80.0)  # each at the share it started with
     # the fixed lane split of forecast_drain would say 60 s (b at half the link throughout)
-    lanes = F.forecast_drain({"a": by_bytes({"a": 1000})("a", 50.0),
+    lanes = D.forecast_drain({"a": by_bytes({"a": 1000})("a", 50.0),
                               "b": by_bytes({"b": 3000})("b", 50.0)}, concurrency=2)
     assert lanes.total_s == pytest.approx(60.0)
 
@@ -46,7 +47,7 @@ def test_the_last_one_gets_the_whole_link():
 def test_lane_limit_and_start_bandwidth():
     moves = [Move(v, "hv1", d, 10.0) for v, d in (("a", "hv2"), ("b", "hv3"), ("c", "hv2"))]
     calls = []
-    schedule = F.simulate_drain(moves, TWO_LANES, LINK, by_bytes(dict.fromkeys("abc", 1000), calls=calls))
+    schedule = D.simulate_drain(moves, TWO_LANES, LINK, by_bytes(dict.fromkeys("abc", 1000), calls=calls))
     # a, b at 50 B/s end at 20 s; c starts then, alone: 100 B/s, 10 s
     assert calls == [("a", 50.0), ("b", 50.0), ("c", 100.0)]
     assert ends(schedule) == pytest.approx({"a": 20.0, "b": 20.0, "c": 30.0})
@@ -55,7 +56,7 @@ def test_lane_limit_and_start_bandwidth():
 
 def test_per_destination_limit_serialises():
     moves = [Move("a", "hv1", "hv2", 10.0), Move("b", "hv1", "hv2", 10.0)]
-    schedule = F.simulate_drain(moves, TWO_LANES, LINK, by_bytes({"a": 1000, "b": 1000}))
+    schedule = D.simulate_drain(moves, TWO_LANES, LINK, by_bytes({"a": 1000, "b": 1000}))
     # max_inbound 1: one after the other, each with the whole link: 10 s + 10 s
     assert ends(schedule) == pytest.approx({"a": 10.0, "b": 20.0})
 
@@ -63,7 +64,7 @@ def test_per_destination_limit_serialises():
 def test_reshare_when_a_third_starts():
     limits = Limits(max_outbound=3, max_inbound=None, max_total=3)
     moves = [Move("a", "hv1", "hv2", 30.0), Move("b", "hv1", "hv3", 20.0), Move("c", "hv1", "hv2", 10.0)]
-    schedule = F.simulate_drain(moves, limits, 90.0, by_bytes({"a": 900, "b": 600, "c": 300}))
+    schedule = D.simulate_drain(moves, limits, 90.0, by_bytes({"a": 900, "b": 600, "c": 300}))
     # 30 B/s each: c done at 10 s (300); a, b have 600 and 300 left at 45 B/s: b at 10 + 300/45,
     # then a has 300 left at 90 B/s
     t_b = 10 + 300 / 45
@@ -74,7 +75,7 @@ def test_reshare_when_a_third_starts():
 def test_destination_link_caps_the_share():
     moves = [Move("a", "hv1", "hv2", 10.0), Move("b", "hv1", "hv3", 10.0)]
     calls = []
-    F.simulate_drain(moves, TWO_LANES, LINK, by_bytes({"a": 1000, "b": 1000}, calls=calls),
+    D.simulate_drain(moves, TWO_LANES, LINK, by_bytes({"a": 1000, "b": 1000}, calls=calls),
                      destination_bps={"hv2": 20.0})
     assert sorted(calls) == [("a", 20.0), ("b", 50.0)]
 
@@ -83,16 +84,16 @@ def test_mode_decided_on_start_bandwidth():
     # hot needs 80 B/s: refused at the lane split, accepted when it starts alone after the others
     moves = [Move("x", "hv1", "hv2", 10.0), Move("y", "hv1", "hv3", 10.0), Move("hot", "hv1", "hv2", None)]
     sizes = {"x": 500, "y": 500, "hot": 2000}
-    schedule = F.simulate_drain(moves, TWO_LANES, LINK, by_bytes(sizes, refuse_below={"hot": 80}))
+    schedule = D.simulate_drain(moves, TWO_LANES, LINK, by_bytes(sizes, refuse_below={"hot": 80}))
     hot = schedule[-1]
     assert hot.vm == "hot" and hot.start_s == pytest.approx(10.0) and hot.start_bandwidth == 100.0
     assert hot.forecast.mode == F.PRECOPY and hot.end_s == pytest.approx(30.0)
     # ranked first (longest), it would start beside another at 50 B/s and be refused
     moves[2] = Move("hot", "hv1", "hv2", 99.0)
-    schedule = F.simulate_drain(moves, TWO_LANES, LINK, by_bytes(sizes, refuse_below={"hot": 80}))
+    schedule = D.simulate_drain(moves, TWO_LANES, LINK, by_bytes(sizes, refuse_below={"hot": 80}))
     hot = next(s for s in schedule if s.vm == "hot")
     assert hot.forecast.mode == F.REFUSE and hot.end_s is None
-    total = F.forecast_drain_shared(schedule, concurrency=2)
+    total = D.forecast_drain_shared(schedule, concurrency=2)
     assert total.blocked == ("hot",) and total.migrations == 2
     assert total.total_s == pytest.approx(10.0)  # x and y side by side at 50 B/s: 500 B each in 10 s
 
@@ -104,20 +105,20 @@ def test_abort_holds_its_lane_for_its_time():
         return F.Forecast(F.PRECOPY, False, "ok", 1000 / bw, 20.0, 1000, 1, True)
 
     moves = [Move("late", "hv1", "hv2", 60.0), Move("ok", "hv1", "hv3", 20.0)]
-    schedule = F.simulate_drain(moves, TWO_LANES, LINK, predict)
+    schedule = D.simulate_drain(moves, TWO_LANES, LINK, predict)
     assert ends(schedule) == pytest.approx({"late": 60.0, "ok": 20.0})
-    assert F.forecast_drain_shared(schedule, 2).blocked == ("late",)
+    assert D.forecast_drain_shared(schedule, 2).blocked == ("late",)
 
 
 def test_no_forecast_takes_no_time_and_empty_is_empty():
     moves = [Move("a", "hv1", "hv2", None), Move("b", "hv1", "hv3", 10.0)]
-    schedule = F.simulate_drain(moves, TWO_LANES, LINK, lambda vm, bw: None if vm == "a" else
+    schedule = D.simulate_drain(moves, TWO_LANES, LINK, lambda vm, bw: None if vm == "a" else
                                 by_bytes({"b": 1000})(vm, bw))
     # b is forecast at 50 B/s (a counted when both start), then runs alone at 100 B/s: 1000 B in 10 s
     assert ends(schedule)["a"] == 0.0 and ends(schedule)["b"] == pytest.approx(10.0)
-    assert F.simulate_drain([], TWO_LANES, LINK, by_bytes({})) == []
+    assert D.simulate_drain([], TWO_LANES, LINK, by_bytes({})) == []
     with pytest.raises(F.ForecastError):
-        F.simulate_drain(moves, TWO_LANES, 0, by_bytes({}))
+        D.simulate_drain(moves, TWO_LANES, 0, by_bytes({}))
 
 
 def test_deterministic_with_real_forecasts():
@@ -125,10 +126,10 @@ def test_deterministic_with_real_forecasts():
         return F.forecast(256 * F.MIB, (100 if vm == "hot" else 1) * F.MIB, bw)
 
     moves = [Move(v, "hv1", "hv2" if i % 2 else "hv3", None) for i, v in enumerate(["i1", "i2", "mod", "hot"])]
-    first = F.simulate_drain(moves, TWO_LANES, 35.8 * F.MIB, predict)
-    again = F.simulate_drain(moves, TWO_LANES, 35.8 * F.MIB, predict)
+    first = D.simulate_drain(moves, TWO_LANES, 35.8 * F.MIB, predict)
+    again = D.simulate_drain(moves, TWO_LANES, 35.8 * F.MIB, predict)
     assert first == again
-    total = F.forecast_drain_shared(first, 2)
+    total = D.forecast_drain_shared(first, 2)
     # the link never idles while something runs: at least every predicted byte over the link
     assert total.total_s >= total.predicted_bytes / (35.8 * F.MIB) - 1e-6
 

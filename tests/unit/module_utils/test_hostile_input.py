@@ -34,6 +34,7 @@ from ansible_collections.hvfleet.drain.plugins.module_utils.drain.model import D
 from ansible_collections.hvfleet.drain.plugins.module_utils.engine.migration import Migration
 from ansible_collections.hvfleet.drain.plugins.module_utils.engine.spec import MigrationSpec, migrate_uri_for
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning import policy as P
+from ansible_collections.hvfleet.drain.plugins.module_utils.planning import policy_problems as PP
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning.model import Host
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning.policy_schema import MAX_MEMORY_MIB
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning.policy_spec import spec_for
@@ -93,7 +94,7 @@ def assert_policies_usable_or_refused(data):
     before = snapshot(data)
     try:
         policies = P.load_policies(data)
-    except P.PolicyError as exc:
+    except PP.PolicyError as exc:
         assert exc.problems or exc.message and exc.hint
         assert "Traceback" not in str(exc)
         assert snapshot(data) == before, "the loader must not change its input"
@@ -131,14 +132,14 @@ def test_numbers_that_once_passed_the_schema_are_refused_by_the_loader(field, va
     """Regression: NaN / infinity (YAML .nan / .inf) and huge bandwidths passed the schema and crashed
     later (ValueError / OverflowError building the spec, or an overflow in libvirt). The schema's bounds
     catch all but NaN, which passes every JSON Schema bound: the loader checks that itself."""
-    with pytest.raises(P.PolicyError) as info:
+    with pytest.raises(PP.PolicyError) as info:
         P.load_policies([{"name": "d", "default": True, "settings": {field: value}}])
     assert f"$[0].settings.{field}" in str(info.value)
 
 
 def test_a_label_name_that_is_not_a_string_is_refused():
     """Regression: YAML `labels: {1: x, app: y}` passed the schema; sorting the keys then raised TypeError."""
-    with pytest.raises(P.PolicyError) as info:
+    with pytest.raises(PP.PolicyError) as info:
         P.load_policies([{"name": "p", "selector": {"labels": {1: "x", "app": "y"}}}])
     assert "$[0].selector.labels" in str(info.value) and "not a string" in str(info.value)
 
@@ -156,7 +157,7 @@ def test_any_policy_file_is_loaded_or_refused_clearly(tmp_path, text, suffix):
     path.write_bytes(text.encode("utf-8", "surrogatepass"))
     try:
         P.load_policy_file(path)
-    except P.PolicyError as exc:
+    except PP.PolicyError as exc:
         assert str(path) in str(exc)
     assert not os.path.exists("/tmp/hvfleet-pwned"), "YAML must never run code"
 
@@ -299,7 +300,7 @@ def test_a_completion_timeout_out_of_range_is_refused_before_anything_changes(tm
     the engine refused every VM, also after the cordon. Now the Drainer is never built."""
     world = fleet("web1")
     policies = [{"name": "p", "default": True, "settings": {"completion_timeout_per_gib_s": timeout}}]
-    with pytest.raises(P.PolicyError) as info:
+    with pytest.raises(PP.PolicyError) as info:
         drainer(tmp_path, world, policies=policies)
     assert "policy 'p', $[0].settings.completion_timeout_per_gib_s: got " in str(info.value)
     assert "a number from 1 to 86400" in str(info.value)

@@ -15,6 +15,7 @@ from ansible_collections.hvfleet.drain.plugins.module_utils.common.vocabulary im
     Storage,
 )
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning import policy as P
+from ansible_collections.hvfleet.drain.plugins.module_utils.planning import policy_problems as PP
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning.policy_schema import DEFAULT_SETTINGS, SCHEMA
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -207,7 +208,7 @@ def test_builtin_defaults_without_a_declared_default():
 
 def test_select_accepts_raw_inventory_data_and_validates_it():
     assert P.select_policy(copy.deepcopy(POLICIES), "web-07", {}, 1).policy.name == "web-07"
-    with pytest.raises(P.PolicyError):
+    with pytest.raises(PP.PolicyError):
         P.select_policy([{"name": "x", "selector": {"domains": ["*"]}, "settings": {"mode": "fast"}}], "vm", {}, 1)
 
 

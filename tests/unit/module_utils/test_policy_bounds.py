@@ -16,6 +16,7 @@ import pytest
 from ansible_collections.hvfleet.drain.plugins.module_utils.common.errors import HvfleetError
 from ansible_collections.hvfleet.drain.plugins.module_utils.common.vocabulary import ForecastVerdict
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning import policy as P
+from ansible_collections.hvfleet.drain.plugins.module_utils.planning import policy_problems as PP
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning.forecast import forecast_for_settings
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning.policy_schema import (
     DEFAULT_SETTINGS,
@@ -76,7 +77,7 @@ def test_every_number_in_the_schema_has_a_finite_minimum_and_maximum():
 @pytest.mark.parametrize("path, prop", FIELDS, ids=IDS)
 def test_both_bounds_are_accepted(path, prop):
     for value in (prop["minimum"], prop["maximum"]):
-        assert P.schema_problems([policy_with(path, value)]) == []
+        assert PP.schema_problems([policy_with(path, value)]) == []
 
 
 def outside(prop):
@@ -91,21 +92,21 @@ def outside(prop):
 def test_a_number_out_of_range_names_the_policy_the_key_the_value_and_the_range(path, prop):
     where = "$[0]." + ".".join(path)
     for value in outside(prop):
-        with pytest.raises(P.PolicyError) as info:
+        with pytest.raises(PP.PolicyError) as info:
             P.load_policies([policy_with(path, value)])
         [problem] = info.value.problems
         text = str(info.value)
         kind = "an integer" if prop["type"] == "integer" else "a number"
         assert f"policy 'edge', {where}: got " in text
-        assert P._show(value) in problem.problem  # the value as written, e.g. 1e+300, Infinity
+        assert PP._show(value) in problem.problem  # the value as written, e.g. 1e+300, Infinity
         assert problem.expected == f"{kind} from {prop['minimum']} to {prop['maximum']}"
         assert info.value.hint
 
 
 def test_nan_passes_every_json_schema_bound_so_the_loader_refuses_it():
     policy = policy_with(("settings", "completion_timeout_per_gib_s"), float("nan"))
-    assert P.schema_problems([policy]) == []  # why the loader must check it itself
-    with pytest.raises(P.PolicyError) as info:
+    assert PP.schema_problems([policy]) == []  # why the loader must check it itself
+    with pytest.raises(PP.PolicyError) as info:
         P.load_policies([policy])
     [problem] = info.value.problems
     assert problem.path == "$[0].settings.completion_timeout_per_gib_s" and problem.policy == "policy 'edge'"
@@ -114,7 +115,7 @@ def test_nan_passes_every_json_schema_bound_so_the_loader_refuses_it():
 
 def test_the_bounds_of_the_reported_regressions():
     for value in (1e300, 0.5):  # overflowed the deadline after the cordon / refused by the engine after it
-        with pytest.raises(P.PolicyError, match=r"completion_timeout_per_gib_s: got .*from 1 to 86400"):
+        with pytest.raises(PP.PolicyError, match=r"completion_timeout_per_gib_s: got .*from 1 to 86400"):
             P.load_policies([{"name": "p", "default": True, "settings": {"completion_timeout_per_gib_s": value}}])
 
 
@@ -159,7 +160,7 @@ RATIO = st.one_of(st.just(1.0), st.floats(0.05, 1.0))
 @example(declared={"max_downtime_ms": 2000000, "max_downtime_cap_ms": 2000000, "completion_timeout_per_gib_s": 1},
          ram=MIB, dirty=0.0, link=1.25e11, ratio=0.05)
 def test_settings_the_schema_admits_forecast_and_spec_or_raise_hvfleet_error(declared, ram, dirty, link, ratio):
-    assert P.schema_problems([{"name": "p", "default": True, "settings": declared}]) == []  # the generator is right
+    assert PP.schema_problems([{"name": "p", "default": True, "settings": declared}]) == []  # the generator is right
     merged = dict(copy.deepcopy(DEFAULT_SETTINGS), **declared)
     try:
         forecast = forecast_for_settings(merged, ram, dirty, link, transferable_ratio=ratio,
@@ -187,7 +188,7 @@ def test_settings_the_loader_accepts_give_the_engine_a_valid_spec(declared, ram,
     the forecast's own (no mode fits), never a setting the loader should have refused up front."""
     try:
         [policy] = P.load_policies([{"name": "p", "default": True, "settings": declared}])
-    except P.PolicyError:
+    except PP.PolicyError:
         return
     try:
         forecast = forecast_for_settings(policy.settings, ram, dirty, link)

@@ -3,12 +3,13 @@
 import pytest
 from ansible_collections.hvfleet.drain.plugins.module_utils.common.errors import HvfleetError
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning import policy as P
+from ansible_collections.hvfleet.drain.plugins.module_utils.planning import policy_problems as PP
 
 GOOD = {"name": "web", "selector": {"domains": ["web-*"]}}
 
 
 def problems_of(data):
-    with pytest.raises(P.PolicyError) as info:
+    with pytest.raises(PP.PolicyError) as info:
         P.load_policies(data)
     return info.value, {p.path: p for p in info.value.problems}
 
@@ -22,7 +23,7 @@ def test_bad_enum_in_a_file_names_file_policy_path_and_choices(tmp_path):
         "  - name: db\n    selector: {labels: {app: db}}\n"
         "  - name: db-postcopy\n    selector: {labels: {app: db, tier: gold}}\n"
         "    settings:\n      mode: postcopy-fast\n")
-    with pytest.raises(P.PolicyError) as info:
+    with pytest.raises(PP.PolicyError) as info:
         P.load_policy_file(path)
     error = info.value
     text = str(error)
@@ -115,7 +116,7 @@ def test_paths_quote_keys_that_are_not_identifiers():
 def test_yaml_syntax_error_names_file_and_line(tmp_path):
     path = tmp_path / "bad.yml"
     path.write_text("- name: web\n  selector: {domains: [web-*]\n")
-    with pytest.raises(P.PolicyError) as info:
+    with pytest.raises(PP.PolicyError) as info:
         P.load_policy_file(path)
     assert str(path) in str(info.value)
     assert "line" in str(info.value)
@@ -124,7 +125,7 @@ def test_yaml_syntax_error_names_file_and_line(tmp_path):
 def test_duplicate_yaml_keys_are_refused(tmp_path):
     path = tmp_path / "dup.yml"
     path.write_text("- name: web\n  default: true\n  settings:\n    mode: precopy\n    mode: postcopy\n")
-    with pytest.raises(P.PolicyError) as info:
+    with pytest.raises(PP.PolicyError) as info:
         P.load_policy_file(path)
     assert "duplicate key 'mode'" in str(info.value)
     assert "line 4" in str(info.value)
@@ -133,16 +134,16 @@ def test_duplicate_yaml_keys_are_refused(tmp_path):
 def test_json_syntax_error(tmp_path):
     path = tmp_path / "bad.json"
     path.write_text('[{"name": "web",}]')
-    with pytest.raises(P.PolicyError, match="not valid JSON"):
+    with pytest.raises(PP.PolicyError, match="not valid JSON"):
         P.load_policy_file(path)
 
 
 def test_missing_and_empty_files(tmp_path):
-    with pytest.raises(P.PolicyError, match="cannot read"):
+    with pytest.raises(PP.PolicyError, match="cannot read"):
         P.load_policy_file(tmp_path / "nope.yml")
     empty = tmp_path / "empty.yml"
     empty.write_text("")
-    with pytest.raises(P.PolicyError) as info:
+    with pytest.raises(PP.PolicyError) as info:
         P.load_policy_file(empty)
     assert "an empty file" in str(info.value)
 
@@ -150,14 +151,14 @@ def test_missing_and_empty_files(tmp_path):
 def test_mapping_without_the_variable_is_refused(tmp_path):
     path = tmp_path / "vars.yml"
     path.write_text("hvfleet_policies:\n  - name: web\n")
-    with pytest.raises(P.PolicyError) as info:
+    with pytest.raises(PP.PolicyError) as info:
         P.load_policy_file(path)
     assert "hvfleet_migration_policies" in info.value.problems[0].expected
 
 
 def test_missing_jsonschema_is_an_error_not_a_silent_pass(monkeypatch):
-    monkeypatch.setattr(P, "jsonschema", None)
-    with pytest.raises(P.PolicyError, match="jsonschema library is missing"):
+    monkeypatch.setattr(PP, "jsonschema", None)
+    with pytest.raises(PP.PolicyError, match="jsonschema library is missing"):
         P.load_policies([GOOD])
 
 

@@ -5,8 +5,11 @@ import socket
 
 import pytest
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning import preflight as P
-from ansible_collections.hvfleet.drain.plugins.module_utils.planning.facts import HostFacts, parse_domain_xml
+from ansible_collections.hvfleet.drain.plugins.module_utils.planning import probe as probe_mod
+from ansible_collections.hvfleet.drain.plugins.module_utils.planning.facts import parse_domain_xml
+from ansible_collections.hvfleet.drain.plugins.module_utils.planning.host_facts import HostFacts
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning.policy_schema import DEFAULT_SETTINGS
+from ansible_collections.hvfleet.drain.plugins.module_utils.planning.precheck import FAIL, PASS, WARN
 
 
 class NotFound(Exception):
@@ -84,7 +87,7 @@ class Conn:
 
 
 class Probe:
-    def __init__(self, fs=None, reach=(P.PASS, "10.0.0.12 answered on port 16509")):
+    def __init__(self, fs=None, reach=(PASS, "10.0.0.12 answered on port 16509")):
         self.fs = fs or {}
         self.reach_result = reach
         self.reached = []
@@ -136,7 +139,7 @@ def by_id(result, check_id):
 
 def test_all_good_vm_passes_every_check():
     res = run(domain(NBD))
-    assert res.ok and res.status == P.PASS, res.summary()
+    assert res.ok and res.status == PASS, res.summary()
     ids = {c.id for c in res.checks}
     assert ids >= {"dest.is_source", "dest.cordoned", "reach.libvirt", "reach.migration_address", "version.libvirt",
                    "version.qemu", "device.hostdev", "storage.disk", "network.bridge", "network.mtu", "cpu.compat",
@@ -149,7 +152,7 @@ def test_all_good_vm_passes_every_check():
 def test_local_disk_is_blocked_naming_disk_filesystem_and_fix():
     res = run(domain(LOCAL))
     [check] = by_id(res, "storage.disk")
-    assert check.status == P.FAIL and check.device == "vda"
+    assert check.status == FAIL and check.device == "vda"
     assert "vm1" in check.message and "vda" in check.message and "/var/lib/libvirt/images/vm1.qcow2" in check.message
     assert "local ext4 filesystem" in check.message and "hv2" in check.message
     assert "copy_all" in check.fix
@@ -162,7 +165,7 @@ def test_local_disk_with_copy_all_passes_when_the_destination_has_a_pool_there()
     pool = Pool("images", "dir", "/var/lib/libvirt/images")
     res = run(domain(LOCAL), dst_conn=Conn([pool]), settings={"storage": "copy_all"})
     [check] = by_id(res, "storage.disk")
-    assert check.status == P.PASS and "copied to hv2" in check.message and "copy_storage=all" in check.message
+    assert check.status == PASS and "copied to hv2" in check.message and "copy_storage=all" in check.message
     assert res.ok and res.copy_storage == "all" and res.copy_disks == ("vda",)
     assert pool.refreshed == 1  # looked for a pre-created file first
 
@@ -177,7 +180,7 @@ def test_copy_incremental_maps_to_incremental():
 def test_copy_all_without_a_pool_on_the_destination_fails_with_the_pool_fix():
     res = run(domain(LOCAL), settings={"storage": "copy_all"})
     [check] = by_id(res, "storage.disk")
-    assert check.status == P.FAIL and "only inside a storage pool" in check.message
+    assert check.status == FAIL and "only inside a storage pool" in check.message
     assert "storage pool with target /var/lib/libvirt/images on hv2" in check.fix
     assert res.copy_storage is None
 
@@ -186,13 +189,13 @@ def test_nfs_disk_passes_when_the_destination_has_it():
     dst = Conn([Pool("nfs", "netfs", "/mnt/nfs", hidden={"vm1.qcow2"})])
     res = run(domain(NBD + NFS), dst_conn=dst, probe=Probe(fs={"/mnt/nfs": "nfs4"}))
     [_nbd, nfs] = by_id(res, "storage.disk")
-    assert nfs.status == P.PASS and "shared nfs4 filesystem" in nfs.message and "netfs pool 'nfs'" in nfs.message
+    assert nfs.status == PASS and "shared nfs4 filesystem" in nfs.message and "netfs pool 'nfs'" in nfs.message
 
 
 def test_nfs_disk_without_a_pool_on_the_destination_is_only_a_warning():
     res = run(domain(NFS), probe=Probe(fs={"/mnt/nfs": "nfs4"}))
     [check] = by_id(res, "storage.disk")
-    assert check.status == P.WARN and "assumed, not proven" in check.message
+    assert check.status == WARN and "assumed, not proven" in check.message
     assert res.ok
 
 
@@ -200,7 +203,7 @@ def test_nfs_disk_missing_from_the_destination_pool_fails():
     dst = Conn([Pool("nfs", "netfs", "/mnt/nfs")])
     res = run(domain(NFS), dst_conn=dst, probe=Probe(fs={"/mnt/nfs": "nfs4"}))
     [check] = by_id(res, "storage.disk")
-    assert check.status == P.FAIL and "has no vm1.qcow2" in check.message
+    assert check.status == FAIL and "has no vm1.qcow2" in check.message
 
 
 def test_disk_in_a_shared_source_pool_is_shared_without_looking_at_mounts():
@@ -208,15 +211,15 @@ def test_disk_in_a_shared_source_pool_is_shared_without_looking_at_mounts():
     dst = Conn([Pool("san", "iscsi", "/dev/disk/by-path", vols={"lun1"})])
     disk = "<disk type='block' device='disk'><source dev='/dev/disk/by-path/lun1'/><target dev='vdc'/></disk>"
     res = run(domain(disk), src_conn=src, dst_conn=dst)
-    assert by_id(res, "storage.disk")[0].status == P.PASS
+    assert by_id(res, "storage.disk")[0].status == PASS
 
 
 def test_not_on_the_source_sharing_is_unknown_and_a_reach_failure_only_warns():
-    res = run(domain(LOCAL), on_source=False, probe=Probe(reach=(P.FAIL, "no route to 10.0.0.12")))
+    res = run(domain(LOCAL), on_source=False, probe=Probe(reach=(FAIL, "no route to 10.0.0.12")))
     [disk] = by_id(res, "storage.disk")
-    assert disk.status == P.WARN and "not checked" in disk.message
+    assert disk.status == WARN and "not checked" in disk.message
     [reach] = by_id(res, "reach.migration_address")
-    assert reach.status == P.WARN and "not the source host" in reach.message
+    assert reach.status == WARN and "not the source host" in reach.message
 
 
 def test_cdrom_missing_on_destination_fails_and_empty_tray_passes():
@@ -224,18 +227,18 @@ def test_cdrom_missing_on_destination_fails_and_empty_tray_passes():
     res = run(domain(NBD + ISO + "<disk type='file' device='cdrom'><target dev='sdb'/><readonly/></disk>"),
               dst_conn=dst)
     checks = {c.device: c for c in by_id(res, "storage.cdrom")}
-    assert checks["sda"].status == P.FAIL and "/srv/iso/d.iso" in checks["sda"].message
+    assert checks["sda"].status == FAIL and "/srv/iso/d.iso" in checks["sda"].message
     assert "eject" in checks["sda"].fix
-    assert checks["sdb"].status == P.PASS
+    assert checks["sdb"].status == PASS
     present = run(domain(NBD + ISO), dst_conn=Conn([Pool("iso", "dir", "/srv/iso", vols={"d.iso"})]))
-    assert by_id(present, "storage.cdrom")[0].status == P.PASS
+    assert by_id(present, "storage.cdrom")[0].status == PASS
 
 
 def test_missing_bridge_is_blocked_naming_bridge_and_destination():
     dest = dataclasses.replace(DST, bridges={"br1": 1500})
     res = run(domain(NBD), dest=dest)
     [check] = by_id(res, "network.bridge")
-    assert check.status == P.FAIL and "bridge br0" in check.message and "does not exist on hv2" in check.message
+    assert check.status == FAIL and "bridge br0" in check.message and "does not exist on hv2" in check.message
     assert "br1" in check.message and "create bridge br0 on hv2" in check.fix
     assert check.device == "interface 52:54:00:aa:00:01"
     assert [b.id for b in res.blockers] == ["network.bridge"]
@@ -243,7 +246,7 @@ def test_missing_bridge_is_blocked_naming_bridge_and_destination():
 
 def test_unknown_bridges_warn():
     res = run(domain(NBD), dest=dataclasses.replace(DST, bridges=None))
-    assert by_id(res, "network.bridge")[0].status == P.WARN and res.ok
+    assert by_id(res, "network.bridge")[0].status == WARN and res.ok
 
 
 def test_libvirt_networks_must_exist_and_be_active():
@@ -251,15 +254,15 @@ def test_libvirt_networks_must_exist_and_be_active():
     dom = domain(NBD, nics=nic)
     src = dataclasses.replace(SRC, networks={"prod": {"active": True, "bridge": "virbr1"}}, bridges={"virbr1": 1500})
     missing = run(dom, source=src)
-    assert by_id(missing, "network.bridge")[0].status == P.FAIL
+    assert by_id(missing, "network.bridge")[0].status == FAIL
     assert "not defined on hv2" in by_id(missing, "network.bridge")[0].message
     inactive = run(dom, source=src, dest=dataclasses.replace(DST, networks={"prod": {"active": False}}))
     assert "not active" in by_id(inactive, "network.bridge")[0].message
     dest = dataclasses.replace(DST, networks={"prod": {"active": True, "bridge": "virbr5"}}, bridges={"virbr5": 9000})
     ok = run(dom, source=src, dest=dest)
-    assert by_id(ok, "network.bridge")[0].status == P.PASS
+    assert by_id(ok, "network.bridge")[0].status == PASS
     [mtu] = by_id(ok, "network.mtu")
-    assert mtu.status == P.WARN and "9000" in mtu.message and "1500" in mtu.message
+    assert mtu.status == WARN and "9000" in mtu.message and "1500" in mtu.message
 
 
 def test_hostdev_fails_naming_the_device():
@@ -267,7 +270,7 @@ def test_hostdev_fails_naming_the_device():
              "slot='0x00' function='0x0'/></source></hostdev>")
     res = run(domain(NBD, extra=extra))
     [check] = by_id(res, "device.hostdev")
-    assert check.status == P.FAIL and "host PCI device 0000:03:00.0" in check.message and "hv1" in check.message
+    assert check.status == FAIL and "host PCI device 0000:03:00.0" in check.message and "hv1" in check.message
     assert check.device == "host PCI device 0000:03:00.0" and "detach" in check.fix
 
 
@@ -275,40 +278,40 @@ def test_cpu_comparison_uses_the_domain_cpu_and_names_missing_features():
     dst = Conn(cpu_result=P.VIR_CPU_COMPARE_INCOMPATIBLE)
     res = run(domain(NBD), dst_conn=dst)
     [check] = by_id(res, "cpu.compat")
-    assert check.status == P.FAIL and "avx512f" in check.message and "qemu64" in check.message
+    assert check.status == FAIL and "avx512f" in check.message and "qemu64" in check.message
     emulator, arch, machine, virttype, xml, flags = dst.cpu_calls[0]
     assert (emulator, arch, machine, virttype, flags) == ("/usr/bin/qemu-system-x86_64", "x86_64", "pc", "qemu", 0)
     assert "<model>qemu64</model>" in xml
     assert by_id(run(domain(NBD), dst_conn=Conn(cpu_result=P.VIR_CPU_COMPARE_SUPERSET)), "cpu.compat")[0].status \
-        == P.PASS
+        == PASS
     errored = run(domain(NBD), dst_conn=Conn(cpu_error="machine type 'pc' not supported"))
-    assert by_id(errored, "cpu.compat")[0].status == P.WARN
+    assert by_id(errored, "cpu.compat")[0].status == WARN
 
 
 def test_host_passthrough_needs_the_same_host_cpu():
     dom = domain(NBD, cpu="<cpu mode='host-passthrough'/>")
     res = run(dom, dest=dataclasses.replace(DST, cpu_model="EPYC"))
-    assert by_id(res, "cpu.compat")[0].status == P.FAIL and "EPYC" in by_id(res, "cpu.compat")[0].message
-    assert by_id(run(dom), "cpu.compat")[0].status == P.WARN
+    assert by_id(res, "cpu.compat")[0].status == FAIL and "EPYC" in by_id(res, "cpu.compat")[0].message
+    assert by_id(run(dom), "cpu.compat")[0].status == WARN
 
 
 def test_capacity_counts_headroom():
     res = run(domain(NBD, memory=4096), memory_headroom_mib=12000)
     [check] = by_id(res, "capacity.memory")
-    assert check.status == P.FAIL and "16096 MiB" in check.message and "16000 MiB available" in check.message
+    assert check.status == FAIL and "16096 MiB" in check.message and "16000 MiB available" in check.message
     assert "96 MiB short" in check.message and [b.id for b in res.blockers] == ["capacity.memory"]
-    assert by_id(run(domain(NBD, memory=4096), memory_headroom_mib=11904), "capacity.memory")[0].status == P.PASS
+    assert by_id(run(domain(NBD, memory=4096), memory_headroom_mib=11904), "capacity.memory")[0].status == PASS
 
 
 def test_postcopy_checked_only_when_the_mode_may_use_it():
     old = dataclasses.replace(DST, userfaultfd=False)
-    assert by_id(run(domain(NBD), dest=old, mode="precopy"), "postcopy.support")[0].status == P.PASS
+    assert by_id(run(domain(NBD), dest=old, mode="precopy"), "postcopy.support")[0].status == PASS
     res = run(domain(NBD), dest=old, mode="postcopy")
-    assert by_id(res, "postcopy.support")[0].status == P.FAIL and "userfaultfd" in res.blockers[0].message
+    assert by_id(res, "postcopy.support")[0].status == FAIL and "userfaultfd" in res.blockers[0].message
     on_timeout = run(domain(NBD), dest=old, mode="precopy", settings={"on_timeout": "postcopy"})
-    assert by_id(on_timeout, "postcopy.support")[0].status == P.FAIL
+    assert by_id(on_timeout, "postcopy.support")[0].status == FAIL
     unknown = run(domain(NBD), dest=dataclasses.replace(DST, userfaultfd=None), mode="postcopy_after_precopy")
-    assert by_id(unknown, "postcopy.support")[0].status == P.WARN
+    assert by_id(unknown, "postcopy.support")[0].status == WARN
     no_resume = run(domain(NBD), dest=dataclasses.replace(DST, libvirt_version=8000000), mode="postcopy")
     assert "cannot resume" in by_id(no_resume, "postcopy.support")[0].message
 
@@ -317,9 +320,9 @@ def test_cordoned_destination_fails_with_who_and_why_and_unknown_warns():
     dest = dataclasses.replace(DST, cordon={"state": "cordoned", "reason": "CHG-9", "by": "alice", "since": "t0"})
     res = run(domain(NBD), dest=dest)
     [check] = by_id(res, "dest.cordoned")
-    assert check.status == P.FAIL and "CHG-9" in check.message and "alice" in check.message
+    assert check.status == FAIL and "CHG-9" in check.message and "alice" in check.message
     assert "uncordon" in check.fix and res.blockers[0].id == "dest.cordoned"
-    assert by_id(run(domain(NBD), dest=dataclasses.replace(DST, cordon=None)), "dest.cordoned")[0].status == P.WARN
+    assert by_id(run(domain(NBD), dest=dataclasses.replace(DST, cordon=None)), "dest.cordoned")[0].status == WARN
 
 
 def test_destination_equal_to_source_fails():
@@ -356,27 +359,27 @@ def test_migration_address_probe_uses_the_libvirt_port_never_a_migration_port():
     run(domain(NBD), probe=probe, migration_address="[fd00::12]:2222")
     assert probe.reached == [("fd00::12", 2222)]
     missing = run(domain(NBD), migration_address=None)
-    assert by_id(missing, "reach.migration_address")[0].status == P.WARN
+    assert by_id(missing, "reach.migration_address")[0].status == WARN
 
 
 @pytest.mark.parametrize("uri, port", [("qemu+tls://h/system", 16514), ("qemu+ssh://root@h/system", 22),
                                        ("qemu+tcp://h:1234/system", 1234), ("qemu:///system", 16509)])
 def test_probe_port(uri, port):
-    assert P.probe_port(uri) == port
+    assert probe_mod.probe_port(uri) == port
 
 
 def test_local_probe_against_real_sockets():
-    probe = P.LocalProbe(timeout_s=1)
+    probe = probe_mod.LocalProbe(timeout_s=1)
     with socket.socket() as server:
         server.bind(("127.0.0.1", 0))
         server.listen(1)
         port = server.getsockname()[1]
         status, text = probe.reach("127.0.0.1", port)
-        assert status == P.PASS and "accepted" in text
+        assert status == PASS and "accepted" in text
     status, text = probe.reach("127.0.0.1", port)  # nothing listens any more
-    assert status == P.PASS and "refused" in text
+    assert status == PASS and "refused" in text
     status, text = probe.reach("no-such-host.invalid", 16509)
-    assert status == P.FAIL and "does not resolve" in text
+    assert status == FAIL and "does not resolve" in text
 
 
 def test_to_dict_is_plain_data():
