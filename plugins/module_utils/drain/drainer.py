@@ -176,7 +176,7 @@ class Drainer:
                 ctx.backend.set_cordon(ctx.state_dir, False, "reviewed plan refused", ctx.config.by)
             raise DrainError("The reviewed plan no longer matches reality: " + "; ".join(result.plan_differences),
                              "review a new plan (check mode with plan_file), then apply that one.")
-        self._record_plan(plan, result)
+        self._record_plan(plan, result, handled=resumed.skip)
         started = ctx.clock()
         ctx.event("run_started", vms=len(plan), blocked=len(result.blockers),
                   forecast_total_s=(result.forecast or {}).get("total_s"), max_parallel=ctx.config.max_parallel,
@@ -189,8 +189,9 @@ class Drainer:
         self._finish(result, outcomes, round(ctx.clock() - started, 3))
         return result
 
-    def _record_plan(self, plan: list[PlanItem], result: DrainResult) -> None:
-        """The plan goes into the journal before anything starts; blocked VMs are recorded as blocked."""
+    def _record_plan(self, plan: list[PlanItem], result: DrainResult, handled: set) -> None:
+        """The plan goes into the journal before anything starts; VMs blocked on the source are recorded as
+        blocked (those the resume step found elsewhere keep the state it gave them)."""
         ctx = self.ctx
         journal = ctx.jr
         for item in plan:
@@ -202,7 +203,7 @@ class Drainer:
             journal.put_vm(item.vm, entry, note="resumed" if item.resume else "planned", save=False)
         for blocker in result.blockers:
             name = blocker.get("vm")
-            if not name:
+            if not name or name in handled:
                 continue
             old = journal.vm(name)
             if old is None:

@@ -77,11 +77,18 @@ def execute(ctx: RunContext, jobs: list[Job], result: DrainResult) -> Outcomes:
         result.vms.append(item)
         if not item.get("ok"):
             out.failures += 1
+    resumed = {j.vm: j for j in jobs if j.item.resume}
     for name in out.not_started:
         why = not_started_reason(ctx, out)
         ctx.note(f"{name}: {why}")
         if ctx.journal is not None and ctx.journal.vm(name) is not None:
             ctx.journal.update_vm(name, note=why, error=why)
+        if name in resumed:  # its guest is not (only) where this run started from
+            job = resumed[name]
+            result.recoverable.append({"vm": name, "where": f"an interrupted post-copy from {job.src.name} to "
+                                       f"{job.dst.name}: the guest runs on {job.dst.name}, the copy on "
+                                       f"{job.src.name} stays paused; not resumed ({why})",
+                                       "fix": "run the drain again: it resumes the post-copy before anything else."})
     result.not_started = list(out.not_started)
     return out
 
@@ -122,7 +129,7 @@ def _run_live(ctx: RunContext, jobs: list[Job], result: DrainResult, out: Outcom
             if not _stopping(ctx, out) and not out.window_closed:
                 for mig in sched.ready(set(running), finished):
                     job = by_vm[mig.vm]
-                    ok, why = _recheck(ctx, job)
+                    ok, why = (True, "") if job.item.resume else _recheck(ctx, job)  # a resumed guest runs there
                     if not ok:
                         finished.add(job.vm)
                         _record_not_moved(ctx, job, why)
@@ -225,14 +232,13 @@ def settle_state(ctx: RunContext, job: Job, res: dict) -> tuple[VmState, dict]:
         res.update(ok=True, outcome=str(Outcome.MOVED), message=f"{res.get('message')}; yet '{job.vm}' is now on "
                    f"{job.dst.name} only ({verdict.reason})")
         return (VmState.HOME if job.returning else VmState.MOVED), res
+    res["recovery"] = f"{res.get('recovery') or ''} Where it is: {where.describe()}.".strip()
     if verdict.placement in (Placement.POSTCOPY_INTERRUPTED, Placement.POSTCOPY_STREAMING):
         return (VmState.RETURN_PAUSED_POSTCOPY if job.returning else VmState.PAUSED_POSTCOPY), res
     if verdict.placement == Placement.ON_SOURCE:
         if job.returning:
             return VmState.MOVED, res
         return (VmState.STAYED if res.get("outcome") == Outcome.STAYED else VmState.FAILED), res
-    res.setdefault("recovery", None)
-    res["recovery"] = (res.get("recovery") or "") + (f" Where it is: {where.describe()}.").strip()
     return VmState.FAILED, res
 
 

@@ -13,7 +13,7 @@ session or Ctrl-C leaves a journal that the next run resumes from exactly:
       "state": "draining" | "drained" | "failed" | "interrupted" | "restoring" | "restored",
       "cycle_started": ISO, "updated": ISO, "reason": "...", "by": "user@controller",
       "runs": [{"id", "action": "drain"|"restore", "pid", "started", "finished", "state", "summary"}],
-      "forecast": {...forecast.DrainForecast.as_dict() of the last plan...},
+      "forecast": {...drain_forecast.DrainForecast.as_dict() of the last plan...},
       "blockers": [{"vm", "kind", "message", "fix"}],
       "vms": {
         NAME: {

@@ -3,7 +3,7 @@
 """Plan a drain: check every VM against every destination, place them, forecast the schedule.
 
 Reads the facts (the backend), then decides with pure functions: placement.plan_placement,
-vm_plan.plan_vm per VM and forecast.simulate_drain for the whole schedule, in which each VM's mode is
+vm_plan.plan_vm per VM and drain_forecast.simulate_drain for the whole schedule, in which each VM's mode is
 decided again on the bandwidth it gets when it starts there. Changes nothing.
 """
 

@@ -83,7 +83,7 @@ def closing_message(result: DrainResult, source: str, *, cancelled: bool, stoppe
     for r in result.recoverable:
         parts.append(f"{r['vm']} needs attention: {r['where']}; {r['fix']}")
     if result.action == "drain":
-        parts.append(f"{source} stays cordoned; every VM not listed as moved is still on it")
+        parts.append(f"{source} stays cordoned; every VM not listed as moved or as needing attention is still on it")
     else:
         parts.append(f"{source} stays cordoned until every VM is back (run again)")
     return "; ".join(parts)

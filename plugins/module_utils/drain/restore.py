@@ -148,8 +148,8 @@ class Restorer:
                               "run the drain again: it resumes the post-copy first; then restore.")
             return None
         if verdict.placement in (Placement.POSTCOPY_STREAMING, Placement.IN_FLIGHT):
-            self.result.block(Blocker(name, "in_flight", f"'{name}': {verdict.reason}",
-                                      "run the restore again once it has completed."))
+            self._recoverable(name, f"a migration is still under way ({verdict.reason}); it is left to finish",
+                              "run the restore again once it has completed.")
             return None
         if verdict.placement == Placement.TWO_RUNNING:
             paused = self._pause(name, verdict.pause)

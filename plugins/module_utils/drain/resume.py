@@ -62,13 +62,23 @@ class Resumer:
             if action == Resume.NOTHING:
                 continue
             if action == Resume.RESTORE_ONLY:
-                self._block(name, "restore_unfinished", f"'{name}' was being brought back to {self.ctx.source.name} "
-                            "by a restore that did not finish.", "run the restore again (state: restored) to finish "
-                            "it, then drain.")
+                self._restore_unfinished(name, entry)
                 continue
             self._reconcile(name, entry, action)
         self._sweep_leftovers()
         return self.out
+
+    def _restore_unfinished(self, name: str, entry: dict) -> None:
+        """A restore was bringing it back: say where it is now (judged in the direction it was going)."""
+        state = VmState(entry["state"])
+        where = locate(self.ctx.backend, self.conns, name, self._hosts(entry))
+        verdict = judge(where, entry.get("destination") or "", self.ctx.source.name,
+                        postcopy_started=state == VmState.RETURN_PAUSED_POSTCOPY)
+        self.result.reconciled.append({"vm": name, "journal_state": str(state), "destination": entry.get("destination"),
+                                       "found": str(verdict.placement), "where": verdict.host,
+                                       "reason": verdict.reason, "changed": False})
+        self._recoverable(name, f"a restore bringing it back to {self.ctx.source.name} did not finish: "
+                          f"{verdict.reason}", "run the restore again (state: restored) to finish it, then drain.")
 
     # ---- one entry ----------------------------------------------------------------------
 
@@ -163,8 +173,11 @@ class Resumer:
         if placement in (Placement.IN_FLIGHT, Placement.POSTCOPY_STREAMING):
             if placement == Placement.POSTCOPY_STREAMING and state != VmState.PAUSED_POSTCOPY:
                 self._set(name, VmState.PAUSED_POSTCOPY, verdict.reason, destination=verdict.host)
-            self._block(name, "in_flight", f"'{name}': {verdict.reason}; it is left to finish.",
-                        "run the drain again once it has completed.")
+            elif placement == Placement.IN_FLIGHT and state != VmState.MIGRATING and verdict.host:
+                self._set(name, VmState.MIGRATING, f"a migration job found running: {verdict.reason}",
+                          destination=verdict.host)
+            self._recoverable(name, f"a migration to {verdict.host} is still under way ({verdict.reason}); it is "
+                              "left to finish", "run the drain again once it has completed.")
             return False
         self._recoverable(name, verdict.reason, "inspect both hosts and fix it by hand, then run again.")
         return False

@@ -11,7 +11,8 @@ never a silently rewritten record). The rules that matter most:
   finding it running on the source with no copy elsewhere (`stayed`) may replace it - the journal
   is the only record of which host holds the live guest;
 * a VM recorded anywhere else than `home` is looked up on the hosts before anything is decided
-  about it (`Resume.LOCATE`, `Resume.SETTLE`): a `failed` VM may have moved since.
+  about it (`Resume.LOCATE`, `Resume.SETTLE`): a `failed` VM may have moved since, one found on its
+  home host is `home`, and one whose migration job is found still running in libvirt is `migrating`.
 """
 
 from __future__ import annotations
@@ -41,14 +42,19 @@ class Resume(Word):
 S = VmState
 # state -> (states it may change to, what a resumed run does with it)
 MACHINE: dict[VmState, tuple[frozenset[VmState], Resume]] = {
-    S.PLANNED: (frozenset({S.PLANNED, S.MIGRATING, S.BLOCKED, S.MOVED, S.PAUSED_POSTCOPY, S.FAILED}), Resume.LOCATE),
-    S.MIGRATING: (frozenset({S.MIGRATING, S.MOVED, S.STAYED, S.FAILED, S.PAUSED_POSTCOPY, S.PLANNED, S.BLOCKED}),
+    S.PLANNED: (frozenset({S.PLANNED, S.MIGRATING, S.BLOCKED, S.MOVED, S.PAUSED_POSTCOPY, S.FAILED, S.HOME}),
+                Resume.LOCATE),
+    S.MIGRATING: (frozenset({S.MIGRATING, S.MOVED, S.STAYED, S.FAILED, S.PAUSED_POSTCOPY, S.PLANNED, S.BLOCKED,
+                             S.HOME}),
                   Resume.SETTLE),
     S.MOVED: (frozenset({S.MOVED, S.RETURNING, S.HOME, S.PLANNED, S.BLOCKED}), Resume.LOCATE),
-    S.STAYED: (frozenset({S.STAYED, S.PLANNED, S.BLOCKED, S.MOVED, S.PAUSED_POSTCOPY, S.FAILED}), Resume.LOCATE),
-    S.FAILED: (frozenset({S.FAILED, S.PLANNED, S.BLOCKED, S.MOVED, S.PAUSED_POSTCOPY}), Resume.LOCATE),
-    S.BLOCKED: (frozenset({S.BLOCKED, S.PLANNED, S.MOVED, S.PAUSED_POSTCOPY, S.FAILED}), Resume.LOCATE),
-    S.PAUSED_POSTCOPY: (frozenset({S.PAUSED_POSTCOPY, S.MIGRATING, S.MOVED, S.FAILED, S.STAYED}),
+    S.STAYED: (frozenset({S.STAYED, S.PLANNED, S.BLOCKED, S.MOVED, S.PAUSED_POSTCOPY, S.FAILED, S.MIGRATING,
+                          S.HOME}), Resume.LOCATE),
+    S.FAILED: (frozenset({S.FAILED, S.PLANNED, S.BLOCKED, S.MOVED, S.PAUSED_POSTCOPY, S.MIGRATING, S.HOME}),
+               Resume.LOCATE),
+    S.BLOCKED: (frozenset({S.BLOCKED, S.PLANNED, S.MOVED, S.PAUSED_POSTCOPY, S.FAILED, S.MIGRATING, S.HOME}),
+                Resume.LOCATE),
+    S.PAUSED_POSTCOPY: (frozenset({S.PAUSED_POSTCOPY, S.MIGRATING, S.MOVED, S.FAILED, S.STAYED, S.HOME}),
                         Resume.RESUME_POSTCOPY),
     S.RETURNING: (frozenset({S.RETURNING, S.HOME, S.MOVED, S.RETURN_PAUSED_POSTCOPY, S.FAILED}),
                   Resume.RESTORE_ONLY),

@@ -800,7 +800,7 @@ class _EngineRun:  # pylint: disable=too-many-instance-attributes
     def progress(self):
         """A few ms of migration, watching the control; the process may die meanwhile (the job goes on
         in libvirtd without it)."""
-        for _ in range(3):
+        for _attempt in range(3):
             if self.run_.dead:
                 kf = self.run_.kill_fault
                 self.lab.orphan(self.job, kf.lasting if kf else 2.0, kf.finish if kf else True)
