@@ -1,5 +1,5 @@
 # Copyright: hvfleet maintainers
-# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """The words the collection speaks in: migration modes, kinds of move, outcomes, journal states.
 
 Defined once here and used everywhere (the policy schema, the forecast, the engine, the drain, the

@@ -1,5 +1,5 @@
 # Copyright: hvfleet maintainers
-# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """What a drain needs from the world outside this process (libvirt, the cordon file, the checks).
 
 The orchestration talks to nothing else, so it is unit-tested with a fake fleet and the real backend

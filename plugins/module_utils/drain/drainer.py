@@ -1,5 +1,5 @@
 # Copyright: hvfleet maintainers
-# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Drain a hypervisor - cordon, look, check, plan, migrate concurrently, verify - and undo it later.
 
 `Drainer` is the entry point; the work is done by one module per responsibility around a shared

@@ -1,5 +1,5 @@
 # Copyright: hvfleet maintainers
-# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Run the planned moves: live migrations concurrently under the scheduler's limits, then definitions.
 
 Each live migration runs in its own thread with its own connections and a MigrationControl through

@@ -1,5 +1,5 @@
 # Copyright: hvfleet maintainers
-# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """The real drain.Backend: libvirt connections, facts, prerequisite checks, the engine, the cordon file.
 
 Thin on purpose: every decision is in drain.py; this only talks to libvirt and the other helpers

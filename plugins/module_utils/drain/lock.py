@@ -1,5 +1,5 @@
 # Copyright: hvfleet maintainers
-# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """One drain (or restore) of a host at a time, and never a lock that outlives its holder.
 
 The lock is `fcntl.flock` on `<state_dir>/drain.lock`, held for the whole drain by the process

@@ -1,5 +1,5 @@
 # Copyright: hvfleet maintainers
-# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """The drain's inputs and result: how to drain (`DrainConfig`) and what a run did (`DrainResult`).
 
 Every input is checked here before a run touches anything (no lock, cordon or journal): a bad value

@@ -1,5 +1,5 @@
 # Copyright: hvfleet maintainers
-# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Plan a drain: check every VM against every destination, place them, forecast the schedule.
 
 Reads the facts (the backend), then decides with pure functions: placement.plan_placement,

@@ -1,5 +1,5 @@
 # Copyright: hvfleet maintainers
-# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Follow the progress events of a drain (journal.py's `drain-progress.jsonl`) from a cursor.
 
 A poller (the `drain_progress` module, called again and again by an `until` loop) keeps a cursor:

@@ -1,5 +1,5 @@
 # Copyright: hvfleet maintainers
-# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Restore: bring the VMs a drain moved away back to their home host, then uncordon it.
 
 Every journal entry of the cycle that is not `home` is looked up on the hosts first - whatever its

@@ -1,5 +1,5 @@
 # Copyright: hvfleet maintainers
-# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Resume: bring the journal of earlier runs in line with where each VM really is, before planning.
 
 Every entry that is not `home` is looked up on the hosts (drain/whereabouts.py) and changed only as the

@@ -1,5 +1,5 @@
 # Copyright: hvfleet maintainers
-# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Where is a VM really? Look at every host a run knows, then decide from what is there.
 
 A journal entry says what a run last did, not where the VM is now: a post-copy may have completed

@@ -1,5 +1,5 @@
 # Copyright: hvfleet maintainers
-# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """After the migrate call returned, raised or was given up on: find out where the VM is, act on it.
 
 The outcome comes from both hosts (reconcile.classify), never from the exception alone. Every call

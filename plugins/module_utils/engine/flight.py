@@ -1,5 +1,5 @@
 # Copyright: hvfleet maintainers
-# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """A libvirt call the engine repeats at every poll, bounded, with at most one of it in flight.
 
 The engine's loop samples job stats, retries an abort and applies bandwidth changes every poll.

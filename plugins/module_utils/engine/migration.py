@@ -1,5 +1,5 @@
 # Copyright: hvfleet maintainers
-# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Run one live migration: preflight, migrate while watching progress, then reconcile.
 
 virDomainMigrateToURI3 blocks until the migration ends, so it runs in a worker thread while this

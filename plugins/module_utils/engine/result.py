@@ -1,5 +1,5 @@
 # Copyright: hvfleet maintainers
-# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """What one migration did: its steps and its result, as the domain_migration module returns them.
 
 Outcomes other than those named here are reconcile.py placements (e.g. `postcopy_destination_lost`,

@@ -1,5 +1,5 @@
 # Copyright: hvfleet maintainers
-# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """The cordon state of a hypervisor, kept on the hypervisor itself.
 
 A cordoned host is never chosen as a migration destination. The state lives in one small

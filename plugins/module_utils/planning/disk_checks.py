@@ -1,5 +1,5 @@
 # Copyright: hvfleet maintainers
-# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """The storage checks of a VM against a destination: can it reach each disk, or can the disk be copied?
 
 Storage is half of the prerequisite checks, so it lives here: `DiskChecks` holds the checker's

@@ -1,5 +1,5 @@
 # Copyright: hvfleet maintainers
-# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Forecast a whole drain from the per-VM forecasts (forecast.py).
 
 Separate from the one-VM model because a drain adds what one VM does not have: lanes, a shared

@@ -1,5 +1,5 @@
 # Copyright: hvfleet maintainers
-# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Predict a live migration before it starts, and choose the mode for `auto`.
 
 Pure arithmetic on measured inputs (RAM, the guest's dirty rate, the link bandwidth), so a

@@ -1,5 +1,5 @@
 # Copyright: hvfleet maintainers
-# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Facts about hypervisors, read through libvirt and, on the host itself, from the host.
 
 Host facts combine what libvirt says about a host with what only the host itself can say (Linux

@@ -1,5 +1,5 @@
 # Copyright: hvfleet maintainers
-# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """What planning reasons about: hypervisors (`Host`), their domains (`VmInfo`) and check results.
 
 Plain frozen data, read from libvirt by a backend and handed to the pure planning functions.

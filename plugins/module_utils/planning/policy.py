@@ -1,5 +1,5 @@
 # Copyright: hvfleet maintainers
-# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Migration policies: load them, then pick the one that applies to a VM.
 
 Policies come from the inventory variable `hvfleet_migration_policies` (or a YAML/JSON

@@ -1,5 +1,5 @@
 # Copyright: hvfleet maintainers
-# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """JSON Schema (draft 2020-12) of `hvfleet_migration_policies`, as a Python dict.
 
 A dict in a module (not a data file) so that it loads the same way on the controller and

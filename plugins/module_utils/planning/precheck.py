@@ -1,5 +1,5 @@
 # Copyright: hvfleet maintainers
-# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """What a prerequisite check reports: pass / warn / fail, one Check, and a VM's PrecheckResult.
 
 Apart from the checks (preflight.py, disk_checks.py) because the probes and every caller that

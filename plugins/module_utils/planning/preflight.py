@@ -1,5 +1,5 @@
 # Copyright: hvfleet maintainers
-# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Prerequisite checks: can this VM live-migrate to that destination, and if not, why?
 
 Every check is reported - a failed one never hides the others - with its own id, the VM, the

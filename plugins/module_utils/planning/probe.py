@@ -1,5 +1,5 @@
 # Copyright: hvfleet maintainers
-# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """What the checks ask of the machine they run on: its mounts and its network path to an address.
 
 Apart from the checks so that a test can give its own Probe, and hypervisor_info can use the

@@ -1,5 +1,5 @@
 # Copyright: hvfleet maintainers
-# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """One VM's plan: where it goes, how (mode) and why, with the forecast - decided in one place.
 
 `plan_vm` is the only function that turns a VM, its policy and a destination into a plan item; the

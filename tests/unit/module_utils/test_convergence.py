@@ -1,4 +1,4 @@
-# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """The escalation ladder on synthetic pre-copy series.
 
 `simulate` is a coarse model of QEMU pre-copy (one sample per interval; an

@@ -1,4 +1,4 @@
-# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """The convergence analysis on job-stats series recorded on the lab (tests/unit/module_utils/data/).
 
 Recorded with `benchmarks/migration_bench.py --record-series DIR` (engine defaults: pre-copy, abort

@@ -1,4 +1,4 @@
-# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """LibvirtBackend's definition moves and its resume-path actions, against libvirt's in-process test
 driver (two private "hosts" from the XML files in data/; nothing touches a libvirt daemon).
 

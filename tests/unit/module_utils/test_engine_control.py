@@ -1,4 +1,4 @@
-# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """MigrationControl: a drain cancels one migration at any moment and changes its bandwidth share.
 
 The caller's side never blocks and never calls libvirt in the caller's thread (it may be a signal

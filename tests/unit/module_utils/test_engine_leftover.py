@@ -1,4 +1,4 @@
-# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """A shut-off definition left on the source while the VM runs on the destination is removed - but
 only when the destination holds a persistent definition, and never deleting NVRAM, TPM state,
 snapshot metadata or a managed-save image. Before, a re-run that found the VM already on the

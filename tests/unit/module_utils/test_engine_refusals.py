@@ -1,4 +1,4 @@
-# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """What libvirt refuses is not done: the ladder retries it, and the completion deadline still holds.
 
 Before: a migrateStartPostCopy that libvirt refused (a transient RPC error, or "post-copy can only be

@@ -1,4 +1,4 @@
-# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """A source daemon stuck in a post-copy resume must not hold the engine past its recovery deadline.
 
 Seen on the lab (libvirt 9.0, once in a full run): after a post-copy was interrupted, the resume call

@@ -1,4 +1,4 @@
-# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Orchestration of one migration against small fakes of virConnect/virDomain.
 
 The fakes only model what the orchestration depends on: the blocking migrate call
