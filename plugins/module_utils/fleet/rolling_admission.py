@@ -1,8 +1,9 @@
 # Copyright: hvfleet maintainers
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Which hosts the hvfleet.drain.rolling strategy may admit into maintenance now.
+"""Which hosts may start their maintenance now (hvfleet.drain.rolling_turn and the rolling strategy).
 
-Pure and stateless (no Ansible imports): the strategy says which hosts are in flight (admitted,
+Pure and stateless (no Ansible imports): the caller (the rolling_turn action through
+fleet/rolling_ledger.py, or the strategy) says which hosts are in flight (admitted,
 not finished), which finished, which failed and what time it is; `decide` answers which waiting
 hosts to admit now and why each other one waits. `read_settings` turns the hvfleet_rolling_*
 variables the hosts of the play see into Settings, refusing unknown names, hosts that disagree and
@@ -347,17 +348,23 @@ def fits(hosts: Iterable[Host], out_of_service: set[str]) -> bool:
 
 
 def decide(settings: Settings, hosts: list[Host], in_flight: Iterable[str] = (), finished: Iterable[str] = (),
-           failed: Iterable[str] = (), now: datetime.datetime | None = None) -> Decision:
+           failed: Iterable[str] = (), now: datetime.datetime | None = None,
+           candidates: Optional[Iterable[str]] = None) -> Decision:
     """Which waiting hosts to admit now.
 
     hosts: every host of the play (Host objects); in_flight/finished/failed: host names
-    (failed may overlap in_flight and finished); now: an aware datetime (default: current UTC time).
+    (failed may overlap in_flight and finished); now: an aware datetime (default: current UTC time);
+    candidates: the names of the hosts that wait for admission (default: every host neither in flight
+    nor finished) - the others count for capacity only.
     """
     if now is None:
         now = datetime.datetime.now(UTC)
     in_flight, finished, failed = set(in_flight), set(finished), set(failed)
     ordered = order_hosts(hosts)
     waiting_hosts = [h for h in ordered if h.name not in in_flight and h.name not in finished]
+    if candidates is not None:
+        wanted = set(candidates)
+        waiting_hosts = [h for h in waiting_hosts if h.name in wanted]
     check_capacity = settings.capacity_check and capacity_known(hosts)
 
     if len(failed) > settings.max_failures:
