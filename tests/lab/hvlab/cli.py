@@ -33,6 +33,13 @@ def parser() -> argparse.ArgumentParser:
         metavar="HOST",
         help="do not create labbr0 on HOST (repeatable)",
     )
+    up.add_argument(
+        "--gen2",
+        action="append",
+        default=[],
+        metavar="HOST",
+        help="run HOST on the Debian 13 root (libvirt 11, QEMU 10) instead of the machine's own (repeatable)",
+    )
     down = sub.add_parser("down", help="remove everything the lab recorded")
     down.add_argument("--purge", action="store_true", help="also delete the lab ssh key and CA")
     st = sub.add_parser("status")
@@ -89,7 +96,8 @@ def _print_status(s: dict) -> None:
         procs = " ".join(
             f"{k}={h[k]['pid']}({'up' if h[k]['alive'] else 'DEAD'})" for k in ("holder", "libvirtd", "sshd")
         )
-        print(f"  {host:8} {h['addr']:12} {procs} bridges={','.join(h['bridges']) or '-'} {' '.join(flags)}")
+        gen = f"gen{h.get('generation', 1)}"
+        print(f"  {host:8} {h['addr']:12} {gen} {procs} bridges={','.join(h['bridges']) or '-'} {' '.join(flags)}")
     if s["storage"]:
         q = s["storage"]["qsd"]
         print(
@@ -112,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         require_root()
         if args.cmd == "up":
-            res = lab.up(args.hosts, args.guests, tuple(args.no_guest_bridge))
+            res = lab.up(args.hosts, args.guests, tuple(args.no_guest_bridge), gen2=tuple(args.gen2))
             print(
                 f"lab up in {res['seconds']:.1f}s (hosts ready after {res['seconds_hosts']:.1f}s): "
                 f"hosts {', '.join(res['hosts'])}; built {', '.join(res['built']) or 'none'}; "

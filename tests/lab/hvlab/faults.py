@@ -51,7 +51,7 @@ def start_libvirtd(lab: Lab, host: str, timeout: float = 60) -> None:
     if alive(rec.get("libvirtd")):
         return
     lab._update_host(host, libvirtd=None)
-    new = hosts.start_libvirtd(lab.root, host)
+    new = hosts.start_libvirtd(lab.root, host, rec.get("rootfs"))
     lab._update_host(host, libvirtd=new)
     hosts.wait_ready(lab.root, host, new, "libvirtd", lambda: hosts.libvirt_ready(rec["addr"]), timeout)
 

@@ -7,6 +7,11 @@ orphans, so every libvirtd, sshd or QEMU (QEMU is daemonized by libvirtd) that d
 zombie. The holder is a child subreaper: the host's daemons are its descendants, it reaps them.
 Daemons can be stopped and started again (fault helpers) while the namespace stays.
 
+A generation-2 host (rootfs.py) gets `cfg["root"]`: the holder mounts an overlay of the cached
+Debian 13 root (the host's own upper layer, so hosts never write into the cache), binds /proc,
+/sys and /dev into it, puts a tmpfs on its /run, and mounts the host's binds *inside* that root;
+the host's daemons are then started with `chroot` into it. The holder itself stays outside.
+
 Protocol: one JSON line per connection on the unix socket given in the config.
     {"op": "ping"}                                   -> {"ok": true, "pid": ...}
     {"op": "spawn", "argv": [...], "log": "/path"}   -> {"ok": true, "pid": N}
@@ -48,6 +53,16 @@ def _spawn(argv: list[str], log: str) -> int:
     return os.posix_spawn(argv[0], argv, ENV, file_actions=actions, setsid=True)
 
 
+def _mount_root(root: dict) -> None:
+    """The host's view of a generation-2 root at root["mnt"] (in this mount namespace only)."""
+    mnt = root["mnt"]
+    opts = f"lowerdir={root['lower']},upperdir={root['upper']},workdir={root['work']}"
+    subprocess.run(["mount", "-t", "overlay", "hvlab-root", "-o", opts, mnt], check=True)
+    for fs in ("proc", "sys", "dev"):
+        subprocess.run(["mount", "--rbind", f"/{fs}", os.path.join(mnt, fs)], check=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "mode=0755", "hvlab-run", os.path.join(mnt, "run")], check=True)
+
+
 def _handle(conn: socket.socket) -> None:
     conn.settimeout(5)
     buf = b""
@@ -82,7 +97,13 @@ def main() -> None:
     with open("/proc/self/mountinfo") as f:
         if any(line.split()[4].startswith("/run/netns") for line in f):
             subprocess.run(["umount", "-l", "/run/netns"], check=False)
+    root = cfg.get("root")
+    if root:
+        _mount_root(root)
     for src, dst in cfg.get("binds", []):
+        if root:
+            dst = os.path.join(root["mnt"], dst.lstrip("/"))
+            os.makedirs(dst, exist_ok=True)
         subprocess.run(["mount", "--bind", src, dst], check=True)
 
     def _terminate(*_) -> None:

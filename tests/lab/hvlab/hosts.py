@@ -28,6 +28,8 @@ LIBVIRT_TCP_PORT = 16509
 LIBVIRT_TLS_PORT = 16514
 
 # private dir (under LAB_ROOT/hosts/<name>/) -> path it is mounted over inside the host
+GUEST_IMAGE_CACHE = "/var/cache/hvfleet-lab/image"  # image.DEFAULT_CACHE_ROOT
+
 PRIVATE_DIRS = {
     "run-libvirt": "/run/libvirt",
     "run-sshd": "/run/sshd",
@@ -117,26 +119,35 @@ def hostdir(root: Path, name: str) -> Path:
     return root / "hosts" / name
 
 
-def prepare_dirs(root: Path, name: str, addr: str, note_dir) -> list[tuple[str, str]]:
+def prepare_dirs(root: Path, name: str, addr: str, note_dir, gen_root: str | None = None) -> list[tuple[str, str]]:
     """Create and seed the host's private dirs; return the (source, target) bind list.
 
     `note_dir(path)` is called before creating a mountpoint outside LAB_ROOT (so `down` can
-    remove it again); existing system directories are never touched.
+    remove it again); existing system directories are never touched. With `gen_root` (the cached
+    Debian 13 root of a generation-2 host) the targets are paths inside that root: the holder
+    creates them in the host's overlay, and the host's libvirt configuration starts from the
+    root's /etc/libvirt rather than the machine's.
     """
     hd = hostdir(root, name)
     binds = []
     for sub, target in PRIVATE_DIRS.items():
         src = hd / sub
         if sub == "etc-libvirt" and not src.exists():
-            shutil.copytree("/etc/libvirt", src, symlinks=True)
+            shutil.copytree(os.path.join(gen_root, "etc/libvirt") if gen_root else "/etc/libvirt", src, symlinks=True)
             # no default NAT network (it would want dnsmasq and a virbr0 in every host)
             for p in (src / "qemu" / "networks").rglob("default.xml"):
                 p.unlink()
         src.mkdir(parents=True, exist_ok=True)
-        if not os.path.isdir(target):
+        if not gen_root and not os.path.isdir(target):
             note_dir(target)
             os.makedirs(target, exist_ok=True)
         binds.append((str(src), target))
+    if gen_root:
+        # what the host's daemons and guests reach by absolute path: LAB_ROOT (configs, logs, keys,
+        # consoles) and the guest image cache; both at the same path as outside
+        image_cache = Path(GUEST_IMAGE_CACHE)
+        image_cache.mkdir(parents=True, exist_ok=True)
+        binds += [(str(root), str(root)), (str(image_cache), str(image_cache))]
     (hd / "lib-libvirt" / "images").mkdir(exist_ok=True)
     (hd / "etc-libvirt" / "libvirtd.conf").write_text(libvirtd_conf(name, addr))
     (hd / "etc-libvirt" / "qemu.conf").write_text(qemu_conf())
@@ -158,7 +169,28 @@ def prepare_dirs(root: Path, name: str, addr: str, note_dir) -> list[tuple[str, 
 # The holder
 
 
-def start_holder(root: Path, name: str, binds: list[tuple[str, str]], hostname: str, on_started=None) -> dict:
+def root_mounts(root: Path, name: str, gen_root: str) -> dict:
+    """The overlay a generation-2 host runs in: the cached root below, the host's own dirs above."""
+    hd = hostdir(root, name)
+    layout = {
+        "lower": gen_root,
+        "upper": str(hd / "root-upper"),
+        "work": str(hd / "root-work"),
+        "mnt": rootfs(root, name),
+    }
+    for key in ("upper", "work", "mnt"):
+        os.makedirs(layout[key], exist_ok=True)
+    return layout
+
+
+def rootfs(root: Path, name: str) -> str:
+    """Where a generation-2 host's root is mounted (inside the host's mount namespace only)."""
+    return str(hostdir(root, name) / "rootfs")
+
+
+def start_holder(
+    root: Path, name: str, binds: list[tuple[str, str]], hostname: str, on_started=None, gen_root: str | None = None
+) -> dict:
     """Start the holder inside the host's network namespace; returns its process record once its
     mounts are in place and its socket answers. `on_started(record)` is called as soon as it runs."""
     hd = hostdir(root, name)
@@ -168,6 +200,8 @@ def start_holder(root: Path, name: str, binds: list[tuple[str, str]], hostname: 
     with contextlib.suppress(FileNotFoundError):
         sock.unlink()
     cfg = {"hostname": hostname, "binds": binds, "sock": str(sock)}
+    if gen_root:
+        cfg["root"] = root_mounts(root, name, gen_root)
     cmd = [
         "ip",
         "netns",
@@ -217,24 +251,31 @@ def holder_call(sock: Path, req: dict, timeout: float = 10) -> dict:
     return json.loads(buf)
 
 
-def spawn(root: Path, name: str, argv: list[str], log: Path) -> dict:
+def in_root(argv: list[str], chroot: str | None) -> list[str]:
+    """argv run inside a generation-2 host's root (`chroot` execs, so the pid stays the daemon's)."""
+    return ["/usr/sbin/chroot", chroot, *argv] if chroot else argv
+
+
+def spawn(root: Path, name: str, argv: list[str], log: Path, chroot: str | None = None) -> dict:
     """Start a daemon inside the host (as a child of its holder); returns its process record."""
+    argv = in_root(argv, chroot)
     reply = holder_call(hostdir(root, name) / "holder.sock", {"op": "spawn", "argv": argv, "log": str(log)})
     if not reply.get("ok"):
         raise RuntimeError(f"cannot start {argv[0]} in {name}: {reply.get('error')}")
     return proc_record(reply["pid"])
 
 
-def nsenter_argv(holder: dict, argv: list[str]) -> list[str]:
-    """Command line that runs argv inside a lab host (its network, mount and UTS namespaces)."""
-    return ["nsenter", "-t", str(holder["pid"]), "--mount", "--uts", "--net", "--", *argv]
+def nsenter_argv(holder: dict, argv: list[str], chroot: str | None = None) -> list[str]:
+    """Command line that runs argv inside a lab host (its network, mount and UTS namespaces, and
+    the root of a generation-2 host)."""
+    return ["nsenter", "-t", str(holder["pid"]), "--mount", "--uts", "--net", "--", *in_root(argv, chroot)]
 
 
 # ---------------------------------------------------------------------------------------------
 # Daemons
 
 
-def start_libvirtd(root: Path, name: str) -> dict:
+def start_libvirtd(root: Path, name: str, chroot: str | None = None) -> dict:
     log = hostdir(root, name) / "logs" / "libvirtd.out"
     argv = [
         "/usr/sbin/libvirtd",
@@ -244,13 +285,13 @@ def start_libvirtd(root: Path, name: str) -> dict:
         "--pid-file",
         "/run/libvirt/libvirtd.pid",
     ]
-    return spawn(root, name, argv, log)
+    return spawn(root, name, argv, log, chroot)
 
 
-def start_sshd(root: Path, name: str) -> dict:
+def start_sshd(root: Path, name: str, chroot: str | None = None) -> dict:
     hd = hostdir(root, name)
     argv = ["/usr/sbin/sshd", "-D", "-e", "-f", str(hd / "sshd" / "sshd_config")]
-    return spawn(root, name, argv, hd / "logs" / "sshd.log")
+    return spawn(root, name, argv, hd / "logs" / "sshd.log", chroot)
 
 
 def libvirt_uri(addr: str) -> str:

@@ -19,7 +19,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from . import faults, hosts, inventory, netns, storage, tls
+from . import faults, hosts, inventory, netns, rootfs, storage, tls
 from .state import State, alive, kill_record, lab_root
 from .vm import Heartbeat, VMSpec, domain_xml, parse_heartbeats
 
@@ -57,6 +57,10 @@ class Lab:
     def hosts(self) -> list[str]:
         """Names of the hypervisor hosts the state file records (hv1, hv2, ...)."""
         return sorted(self.state.load().data["hosts"], key=_host_sort)
+
+    def generation(self, host: str) -> int:
+        """1: the machine's own libvirt/QEMU (Debian 12); 2: the Debian 13 root (libvirt 11, QEMU 10)."""
+        return int(self._host_rec(host).get("generation", 1))
 
     def addr(self, host: str) -> str:
         return netns.host_addr(host)
@@ -331,7 +335,7 @@ class Lab:
         rec = self._host_rec(host) if host != storage.NAME else self.state.load().data["storage"]
         if not rec or not alive(rec.get("holder")):
             raise LabError(f"lab host {host} is not running")
-        return hosts.nsenter_argv(rec["holder"], argv)
+        return hosts.nsenter_argv(rec["holder"], argv, rec.get("rootfs"))
 
     def exec(self, host: str, argv: list[str], check: bool = True, timeout: float | None = 120):
         """Run a command inside a lab host (its network, mount and UTS namespaces)."""
@@ -349,14 +353,22 @@ class Lab:
         guests: int = 0,
         no_guest_bridge: tuple[str, ...] = (),
         inventory_path: Path | None = None,
+        gen2: tuple[str, ...] = (),
     ) -> dict:
         """Bring the lab to `hosts_count` healthy hosts (+ storage) and `guests` demo VMs on hv1.
-        Idempotent; repairs what a crashed run left. Returns a summary with timings."""
+        Hosts named in `gen2` run the Debian 13 root (libvirt 11, QEMU 10; see rootfs.py), the
+        others the machine's own libvirt and QEMU; a host recorded with the other generation is
+        rebuilt. Idempotent; repairs what a crashed run left. Returns a summary with timings."""
         require_root()
         if not 1 <= hosts_count <= 200:
             raise LabError("hosts must be between 1 and 200")
         t0 = time.monotonic()
         wanted = [f"hv{i}" for i in range(1, hosts_count + 1)]
+        unknown = sorted(set(gen2) - set(wanted))
+        if unknown:
+            raise LabError(f"--gen2 names {', '.join(unknown)}, not among the lab's hosts {', '.join(wanted)}")
+        generation = {h: 2 if h in gen2 else 1 for h in wanted}
+        gen_root = rootfs.ensure_root() if gen2 else None  # built once, cached outside LAB_ROOT
         with self._lock():
             st = self.state.load()
             self.root.mkdir(parents=True, exist_ok=True)
@@ -367,7 +379,12 @@ class Lab:
             # 1. what is recorded but not wanted, or dead, goes (by record)
             for host in list(st.data["hosts"]):
                 rec = st.data["hosts"][host]
-                if host not in wanted or not alive(rec.get("holder")) or not netns.netns_exists(rec["netns"]):
+                if (
+                    host not in wanted
+                    or rec.get("generation", 1) != generation[host]
+                    or not alive(rec.get("holder"))
+                    or not netns.netns_exists(rec["netns"])
+                ):
                     self._teardown_host(host)
             srec = st.data["storage"]
             if srec and (not alive(srec.get("holder")) or not netns.netns_exists(srec["netns"])):
@@ -397,8 +414,19 @@ class Lab:
                     st.data["storage"] = rec
                 else:
                     rec.update(
-                        bridges=[] if name in no_guest_bridge else [netns.GUEST_BRIDGE], link_mbit=None, link_cut=False
+                        bridges=[] if name in no_guest_bridge else [netns.GUEST_BRIDGE],
+                        link_mbit=None,
+                        link_cut=False,
+                        generation=generation[name],
                     )
+                    if generation[name] == 2 and gen_root is not None:
+                        rec["root"] = {
+                            "lower": gen_root.path,
+                            "suite": gen_root.suite,
+                            "libvirt": gen_root.libvirt_version,
+                            "qemu": gen_root.qemu_version,
+                        }
+                        rec["rootfs"] = hosts.rootfs(self.root, name)
                     st.data["hosts"][name] = rec
                 st.save()
                 netns.ensure_host_net(name)
@@ -426,9 +454,15 @@ class Lab:
                     st.note_dir(path)
                     st.save()
 
-                binds = hosts.prepare_dirs(self.root, name, rec["addr"], note)
+                lower = (rec.get("root") or {}).get("lower")
+                binds = hosts.prepare_dirs(self.root, name, rec["addr"], note, lower)
                 rec["holder"] = hosts.start_holder(
-                    self.root, name, binds, name, on_started=lambda r, rec=rec: (rec.update(holder=r), st.save())
+                    self.root,
+                    name,
+                    binds,
+                    name,
+                    on_started=lambda r, rec=rec: (rec.update(holder=r), st.save()),
+                    gen_root=lower,
                 )
                 st.save()
             for name in wanted:
@@ -443,14 +477,14 @@ class Lab:
                     rec["libvirtd"] = None
                     st.save()
                     hosts.stop_unrecorded(self.root, name, "libvirtd", rec.get("netns_inode"))
-                    rec["libvirtd"] = hosts.start_libvirtd(self.root, name)
+                    rec["libvirtd"] = hosts.start_libvirtd(self.root, name, rec.get("rootfs"))
                     st.save()
                     pending.append((name, rec["libvirtd"], "libvirtd", lambda a=rec["addr"]: hosts.libvirt_ready(a)))
                 if not alive(rec.get("sshd")):
                     rec["sshd"] = None
                     st.save()
                     hosts.stop_unrecorded(self.root, name, "sshd", rec.get("netns_inode"))
-                    rec["sshd"] = hosts.start_sshd(self.root, name)
+                    rec["sshd"] = hosts.start_sshd(self.root, name, rec.get("rootfs"))
                     st.save()
                     pending.append((name, rec["sshd"], "sshd", lambda a=rec["addr"]: hosts.port_open(a, 22)))
             if not alive(srec.get("qsd")):
@@ -651,6 +685,8 @@ class Lab:
             rec = st["hosts"][host]
             out["hosts"][host] = {
                 "addr": rec.get("addr"),
+                "generation": rec.get("generation", 1),
+                "root": rec.get("root"),
                 "uri": self.uri(host),
                 "holder": {"pid": (rec.get("holder") or {}).get("pid"), "alive": alive(rec.get("holder"))},
                 "libvirtd": {"pid": (rec.get("libvirtd") or {}).get("pid"), "alive": alive(rec.get("libvirtd"))},
