@@ -10,8 +10,11 @@ type: aggregate
 short_description: Print the live progress of a drain, one line per event
 version_added: 0.1.0
 description:
+  - Not needed when the M(hvfleet.drain.drain_progress) task has C(follow=true) (as in the C(hvfleet.drain.drain_host)
+    role). Its action plugin then prints each event itself as it arrives and marks its result C(printed), and this
+    callback prints nothing more.
   - Prints the progress events that M(hvfleet.drain.drain_progress) returns while it follows a drain or restore
-    (an C(until) loop next to an C(async) M(hvfleet.drain.host_drain) task), one line each, as each attempt of
+    in an C(until) loop next to an C(async) M(hvfleet.drain.host_drain) task, one line each, as each attempt of
     the loop returns. That is, when the run starts (VMs to move, blocked, forecast), when each VM starts (destination,
     mode and why, policy, predicted duration and downtime), percentage and ETA of long migrations, when each VM
     finishes (seconds, downtime, data sent) or fails (reason, recovery), notes, and the end of the run.
@@ -185,8 +188,8 @@ class CallbackModule(CallbackBase):
 
     def _show(self, result):
         data = result.result if hasattr(result, "result") else result._result  # pylint: disable=protected-access
-        if not is_progress_result(data):
-            return
+        if not is_progress_result(data) or data.get("printed"):
+            return  # not progress, or already printed as it arrived (drain_progress with follow)
         host = result.host.get_name() if getattr(result, "host", None) is not None else "?"
         for text, tone in render_batch(self._fresh(data["events"], host)):
             self._display.display(f"  {text}", color=TONE_COLORS.get(tone))

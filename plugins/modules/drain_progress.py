@@ -68,6 +68,22 @@ options:
         end of the run or of the job returns at once; progress samples are collected until the time is up.
     type: float
     default: 0
+  follow:
+    description:
+      - Follow the drain to its end on the controller. The action plugin calls the module again and again with its
+        cursor, each call a long poll of O(wait) seconds, and prints each new event as it arrives (one line each,
+        through Ansible's display): no C(until) loop, no callback to enable. The task returns once the drain has
+        ended, with the events other than C(vm_progress) samples in RV(events) and RV(printed) set.
+      - Interrupting C(ansible-playbook) meanwhile (Ctrl-C) prints that the drain goes on on the host, and the
+        commands to stop it (C(-e drain_host_state=cancelled)) or to follow it again (C(-e drain_host_state=followed)).
+    type: bool
+    default: false
+  follow_timeout:
+    description:
+      - With O(follow), give up following after this many seconds (the drain goes on on the host) and fail.
+        V(0) follows until the drain ends.
+    type: float
+    default: 0
 notes:
   - Run it where M(hvfleet.drain.host_drain) runs (the same host, user and C(become)), so that it sees the same
     state directory and async job directory.
@@ -111,11 +127,50 @@ EXAMPLES = r"""
 RETURN = r"""
 events:
   description:
-    - The new events, oldest first, each a mapping with C(seq), C(at), C(t), C(run), C(host), C(action),
-      C(event) and the fields of its kind (see the C(journal.py) documentation in the collection).
+    - The new events, oldest first. Every event has the keys below; the other keys depend on its C(event) kind
+      (see the C(journal.py) documentation in the collection).
+    - C(run_started) adds C(vms), C(blocked), C(forecast_total_s), C(max_parallel), C(resumed). C(note) adds
+      C(message).
+    - C(vm_started) adds C(vm), C(destination), C(mode), C(auto_converge), C(policy), C(predicted_duration_s),
+      C(predicted_downtime_ms), C(bandwidth_mib).
+    - C(vm_progress) adds C(vm), C(destination), C(phase), C(percent), C(eta_s), C(iteration), C(remaining_bytes),
+      C(bandwidth_bps), C(elapsed_s).
+    - C(vm_finished) adds C(vm), C(destination), C(ok), C(state), C(outcome), C(mode), C(duration_s),
+      C(downtime_ms), C(bytes_sent), C(message), C(recovery).
+    - C(run_finished) adds C(state), C(moved), C(failed), C(blocked), C(not_started), C(duration_s),
+      C(forecast_total_s), C(message).
   returned: always
   type: list
   elements: dict
+  contains:
+    seq:
+      description: Sequence number of the event in its run, from 1.
+      type: int
+    at:
+      description: When it happened, host clock, ISO 8601 UTC to the microsecond.
+      type: str
+    t:
+      description: Seconds since the run started.
+      type: float
+    run:
+      description: Id of the run.
+      type: str
+    host:
+      description: The hypervisor being drained or restored.
+      type: str
+    action:
+      description: V(drain) or V(restore).
+      type: str
+    event:
+      description: V(run_started), V(note), V(vm_started), V(vm_progress), V(vm_finished) or V(run_finished).
+      type: str
+  sample:
+    - {seq: 3, at: "2025-06-02T02:00:04.512031+00:00", t: 4.18, run: "20250602T020000-4127", host: hv1,
+       action: drain, event: vm_started, vm: web01, destination: hv2, mode: precopy, auto_converge: false,
+       policy: builtin-default, predicted_duration_s: 8.8, predicted_downtime_ms: 363.4, bandwidth_mib: null}
+    - {seq: 4, at: "2025-06-02T02:00:09.530377+00:00", t: 9.2, run: "20250602T020000-4127", host: hv1,
+       action: drain, event: vm_progress, vm: web01, destination: hv2, phase: precopy, percent: 57.3,
+       eta_s: 3.8, iteration: 1, remaining_bytes: 458752000, bandwidth_bps: 119537664.0, elapsed_s: 5.0}
 offset:
   description: Byte offset to continue from (the cursor).
   returned: always
@@ -152,6 +207,10 @@ progress_path:
   description: Path of the events file on the host.
   returned: always
   type: str
+printed:
+  description: With O(follow), the events were printed as they arrived (the callback plugin prints them no more).
+  returned: with O(follow)
+  type: bool
 """
 
 import functools  # noqa: E402
@@ -169,6 +228,8 @@ ARGUMENT_SPEC = dict(
     seq=dict(type="int", default=0),
     wait=dict(type="float", default=0.0),
     mark=dict(type="bool", default=False),
+    follow=dict(type="bool", default=False),  # handled by the action plugin
+    follow_timeout=dict(type="float", default=0.0),  # handled by the action plugin
 )
 
 
