@@ -65,9 +65,12 @@ class RunContext:  # pylint: disable=too-many-instance-attributes
 
     # ---- cancel -----------------------------------------------------------------------------
 
-    def cancel(self) -> None:
-        """No new migration starts; running pre-copies are asked to abort. Never blocks."""
+    def cancel(self, abort_running: bool = True) -> None:
+        """No new migration starts; running pre-copies are asked to abort (with `abort_running=False` they
+        finish). Never blocks."""
         self._cancel.set()
+        if not abort_running:
+            return
         with self._controls_lock:
             controls = list(self._controls.values())
         for control in controls:
