@@ -17,9 +17,7 @@ vars_files, role or block vars) applied to every host.
 
 from __future__ import annotations
 
-import datetime
 import os
-import time
 
 from ansible import constants as C
 from ansible.errors import AnsibleError
@@ -150,79 +148,47 @@ class ActionModule(ActionBase):
                 f"forks={forks} is below the {len(batch)} hosts of the play: each host waiting for its turn holds a "
                 "fork, so waiting hosts could take every fork while the host in flight needs one.",
                 f"run with at least -f {len(batch)} (or forks in ansible.cfg).")
-        me = next(h for h in hosts if h.name == host)
         run, rollout = self._rollout(task_vars, play)
         ledger = RL.Ledger(args["ledger"])
-        started = time.monotonic()
-        with ledger.locked() as data:
-            entry = data.find(rollout, host)
-            if entry is not None and entry.state == RL.IN_FLIGHT:
-                result.update(changed=False, admitted=True, waited=0.0, ledger=ledger.path, in_flight=[],
-                              msg=f"{host} already holds its turn.")
-                return result
-            if entry is not None:
-                data.drop(entry)
-            data.entries.append(RL.Entry(rollout=rollout, host=host, run_pid=run.pid, run_start=run.start,
-                                         state=RL.WAITING, since=time.time(), domain=me.domain,
-                                         play=str(task_vars.get("ansible_play_name", ""))))
-        said = None
-        while True:
-            elapsed = time.monotonic() - started
-            with ledger.locked() as data:
-                entry = data.find(rollout, host)
-                if entry is None:  # only a hand-edited ledger loses it: register again
-                    entry = RL.Entry(rollout=rollout, host=host, run_pid=run.pid, run_start=run.start,
-                                     state=RL.WAITING, since=time.time(), domain=me.domain)
-                    data.entries.append(entry)
-                expected = []
-                if elapsed < args["arrival_timeout"]:
-                    expected = [h for h in batch if h != host and data.find(rollout, h) is None]
-                turn = RL.consider(data, rollout, host, hosts, settings, expected,
-                                   datetime.datetime.now(RA.UTC))
-                if turn.admitted:
-                    entry.state, entry.since = RL.IN_FLIGHT, time.time()
-                    in_flight = list(turn.in_flight) + [host]
-                    display.display(f"{NAME}: admitting {host} (in flight {len(in_flight)}/{settings.max_in_flight}: "
-                                    f"{', '.join(in_flight)})")
-                    result.update(changed=True, admitted=True, waited=round(elapsed, 1), ledger=ledger.path,
-                                  in_flight=in_flight,
-                                  msg=f"{host} admitted after {elapsed:.0f}s (in flight: {', '.join(in_flight)}).")
-                    return result
-                if turn.final or elapsed >= args["timeout"]:
-                    data.drop(entry)
-            if turn.final:
-                result.update(failed=True, admitted=False, waited=round(elapsed, 1), ledger=ledger.path,
-                              reason=turn.reason, waits_for=list(turn.waits_for),
-                              msg=f"{NAME}: {host} not admitted: {turn.reason}.")
-                return result
-            if elapsed >= args["timeout"]:
-                result.update(failed=True, admitted=False, waited=round(elapsed, 1), ledger=ledger.path,
-                              reason=turn.reason, waits_for=list(turn.waits_for),
-                              msg=f"{NAME}: {host} not admitted within timeout={args['timeout']:g}s: {turn.reason} "
-                                  f"(waiting for {', '.join(turn.waits_for) or 'nobody'}). Fix: raise timeout, or "
-                                  f"see why the hosts it waits for do not finish (ledger {ledger.path}).")
-                return result
-            if turn.reason != said:
-                said = turn.reason
-                display.display(f"{NAME}: {host} waits: {turn.reason} "
-                                f"(waiting for {', '.join(turn.waits_for) or 'nobody'})")
-            time.sleep(max(0.05, min(args["poll_interval"], args["timeout"] - elapsed)))
+        request = RL.Request(ledger=ledger, run=run, rollout=rollout, host=host, hosts=hosts, settings=settings,
+                             batch=tuple(batch), play=str(task_vars.get("ansible_play_name", "")))
+
+        def say(turn):
+            whom = ", ".join(turn.waits_for) or "nobody"
+            display.display(f"{NAME}: {host} waits: {turn.reason} (waiting for {whom})")
+
+        got = RL.wait_turn(request, args["timeout"], args["poll_interval"], args["arrival_timeout"], say=say)
+        turn, waited = got.turn, round(got.waited, 1)
+        result.update(admitted=turn.admitted, waited=waited, ledger=ledger.path)
+        if got.already:
+            result.update(changed=False, in_flight=[host], msg=f"{host} already holds its turn.")
+        elif turn.admitted:
+            in_flight = list(turn.in_flight) + [host]
+            display.display(f"{NAME}: admitting {host} (in flight {len(in_flight)}/{settings.max_in_flight}: "
+                            f"{', '.join(in_flight)})")
+            result.update(changed=True, in_flight=in_flight,
+                          msg=f"{host} admitted after {waited:g}s (in flight: {', '.join(in_flight)}).")
+        elif got.timed_out:
+            result.update(failed=True, reason=turn.reason, waits_for=list(turn.waits_for),
+                          msg=f"{NAME}: {host} not admitted within timeout={args['timeout']:g}s: {turn.reason} "
+                              f"(waiting for {', '.join(turn.waits_for) or 'nobody'}). Fix: raise timeout, or see "
+                              f"why the hosts it waits for do not finish (ledger {ledger.path}).")
+        else:
+            result.update(failed=True, reason=turn.reason, waits_for=list(turn.waits_for),
+                          msg=f"{NAME}: {host} not admitted: {turn.reason}.")
+        return result
 
     # ------------------------------------------------------------------ release
 
     def _release(self, result, args, task_vars, host, play):
-        outcome = RL.release_outcome(args["outcome"])
         _run, rollout = self._rollout(task_vars, play)
         ledger = RL.Ledger(args["ledger"])
-        with ledger.locked() as data:
-            entry = data.find(rollout, host)
-            if entry is None or entry.state != RL.IN_FLIGHT:
-                if entry is not None and entry.state == RL.WAITING:
-                    data.drop(entry)
-                result.update(changed=False, released=False, ledger=ledger.path,
-                              msg=f"{host} held no turn (nothing to release).")
-                return result
-            entry.state, entry.outcome, entry.since = RL.RELEASED, outcome, time.time()
+        released = RL.give_back(ledger, rollout, host, args["outcome"])
+        if not released:
+            result.update(changed=False, released=False, ledger=ledger.path,
+                          msg=f"{host} held no turn (nothing to release).")
+            return result
+        outcome = args["outcome"]
         display.display(f"{NAME}: {host} finished{' (failed)' if outcome == RL.FAILED else ''}")
         result.update(changed=True, released=True, outcome=outcome, ledger=ledger.path,
                       msg=f"{host} gave its turn back ({outcome}).")

@@ -26,6 +26,7 @@ import fcntl
 import json
 import os
 import tempfile
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any, Optional
@@ -318,3 +319,88 @@ def release_outcome(value: object) -> str:
         raise RA.RollingConfigError(f"outcome must be ok or failed, got {value!r}.",
                                     "give outcome: ok when the host's maintenance succeeded, failed otherwise.")
     return text
+
+
+# --------------------------------------------------------------------------- taking and giving back a turn
+
+
+@dataclass(frozen=True)
+class Request:
+    """One host asking for its turn in a rollout (what the action plugin read from the play)."""
+
+    ledger: Ledger
+    run: Run
+    rollout: str
+    host: str
+    hosts: list[RA.Host]  # every host of the play
+    settings: RA.Settings
+    batch: tuple[str, ...] = ()  # the hosts of the play still active (the ones expected to ask)
+    play: str = ""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    turn: Turn
+    waited: float  # seconds
+    timed_out: bool = False
+    already: bool = False  # the host held its turn already
+
+
+def wait_turn(req: Request, timeout: float, poll_interval: float, arrival_timeout: float,
+              say: Callable[[Turn], None] = lambda turn: None, clock: Callable[[], float] = time.monotonic,
+              sleep: Callable[[float], None] = time.sleep,
+              now: Callable[[], datetime.datetime] = lambda: datetime.datetime.now(RA.UTC)) -> Outcome:
+    """Register `req.host` as waiting, then look at the ledger every `poll_interval` seconds until it is admitted
+    (its entry is then in flight), admission is over for it (final), or `timeout` seconds passed (its entry is
+    then removed). `say` is called with each new reason to wait."""
+    me = next((h for h in req.hosts if h.name == req.host), None)
+    domain = me.domain if me is not None else None
+    started = clock()
+
+    def fresh() -> Entry:
+        return Entry(rollout=req.rollout, host=req.host, run_pid=req.run.pid, run_start=req.run.start,
+                     state=WAITING, since=time.time(), domain=domain, play=req.play)
+
+    with req.ledger.locked() as data:
+        entry = data.find(req.rollout, req.host)
+        if entry is not None and entry.state == IN_FLIGHT:
+            return Outcome(Turn(True), 0.0, already=True)
+        if entry is not None:
+            data.drop(entry)
+        data.entries.append(fresh())
+    said = None
+    while True:
+        elapsed = clock() - started
+        with req.ledger.locked() as data:
+            entry = data.find(req.rollout, req.host)
+            if entry is None:  # only a hand-edited ledger loses it: register again
+                entry = fresh()
+                data.entries.append(entry)
+            expected: list[str] = []
+            if elapsed < arrival_timeout:
+                expected = [h for h in req.batch if h != req.host and data.find(req.rollout, h) is None]
+            turn = consider(data, req.rollout, req.host, req.hosts, req.settings, expected, now())
+            if turn.admitted:
+                entry.state, entry.since = IN_FLIGHT, time.time()
+                return Outcome(turn, elapsed)
+            timed_out = elapsed >= timeout
+            if turn.final or timed_out:
+                data.drop(entry)
+                return Outcome(turn, elapsed, timed_out=timed_out and not turn.final)
+        if turn.reason != said:
+            said = turn.reason
+            say(turn)
+        sleep(max(0.01, min(poll_interval, timeout - elapsed)))
+
+
+def give_back(ledger: Ledger, rollout: str, host: str, outcome: str) -> bool:
+    """End `host`'s turn with `outcome` (OK or FAILED); False when it held none (a waiting entry is removed)."""
+    outcome = release_outcome(outcome)
+    with ledger.locked() as data:
+        entry = data.find(rollout, host)
+        if entry is None or entry.state != IN_FLIGHT:
+            if entry is not None and entry.state == WAITING:
+                data.drop(entry)
+            return False
+        entry.state, entry.outcome, entry.since = RELEASED, outcome, time.time()
+    return True
