@@ -11,7 +11,7 @@ short_description: Live-migrate one libvirt domain, with escalation and safe rec
 version_added: 0.1.0
 description:
   - Live-migrates one running libvirt/QEMU domain from the host it runs on (O(uri)) to another host (O(dest_uri)),
-    peer to peer, optionally over a dedicated migration network (O(migrate_address)).
+    peer to peer, optionally over a dedicated migration network (O(migration_address)).
   - While the migration runs, job statistics are sampled every O(stats_interval) seconds. A migration that does not
     converge (the dirty set does not shrink over O(stall_iterations) iterations, or the projected finish lies beyond
     the completion deadline) is escalated step by step. Max downtime is raised towards O(max_downtime_cap), an armed
@@ -26,8 +26,9 @@ description:
 author:
   - hvfleet maintainers (@hvfleet)
 requirements:
-  - libvirt-python (python3-libvirt) on the host that runs the module
   - libvirt >= 8.5 on both hypervisors when post-copy may be used (post-copy resume)
+extends_documentation_fragment:
+  - hvfleet.drain.libvirt_connection
 attributes:
   check_mode:
     description: Can run in check mode and predict whether the domain would move, without changing anything.
@@ -43,9 +44,8 @@ options:
     type: str
     required: true
   uri:
-    description: libvirt URI of the host the domain runs on (the source).
-    type: str
-    default: qemu:///system
+    description:
+      - libvirt URI of the host the domain runs on (the source).
   dest_uri:
     description:
       - libvirt URI of the destination, as the B(source) libvirt daemon reaches it (peer-to-peer migration), and as
@@ -54,11 +54,15 @@ options:
         V(qemu+ssh://root@hv2/system).
     type: str
     required: true
-  migrate_address:
+  migration_address:
     description:
       - Address (host name or IP, optionally C(:PORT)) of the destination on the dedicated migration network. The
         migration data goes to C(tcp://ADDRESS). Without it libvirt uses the destination's host name.
+      - The same as C(migration_address) of a destination of M(hvfleet.drain.host_drain) and
+        M(hvfleet.drain.migration_preflight) (the inventory's C(hvfleet_migration_address)).
+      - The alias C(migrate_address) is deprecated and will be removed in version 1.0.0.
     type: str
+    aliases: [migrate_address]
   mode:
     description:
       - V(precopy) copies memory while the VM runs and switches over once the rest fits into the max downtime.
@@ -74,12 +78,18 @@ options:
         failure pauses it until the stream is resumed.
     type: bool
     default: true
-  bandwidth:
-    description: Bandwidth limit for pre-copy, in MiB/s. Unlimited when not set.
+  bandwidth_mib:
+    description:
+      - Bandwidth limit for pre-copy, in MiB/s. Unlimited when not set.
+      - The alias C(bandwidth) is deprecated and will be removed in version 1.0.0.
     type: int
-  postcopy_bandwidth:
-    description: Bandwidth limit for the post-copy phase, in MiB/s.
+    aliases: [bandwidth]
+  postcopy_bandwidth_mib:
+    description:
+      - Bandwidth limit for the post-copy phase, in MiB/s. Unlimited when not set.
+      - The alias C(postcopy_bandwidth) is deprecated and will be removed in version 1.0.0.
     type: int
+    aliases: [postcopy_bandwidth]
   max_downtime:
     description: Initial maximum downtime (pause at switch-over) in milliseconds.
     type: int
@@ -161,19 +171,10 @@ options:
     description: Seconds to keep trying to resume an interrupted post-copy before leaving the VM paused.
     type: int
     default: 300
-  connect_timeout:
-    description: Seconds to wait for each libvirt connection to open.
-    type: int
-    default: 30
-  auth_username:
-    description: SASL user name for both libvirt connections, when the daemons ask for one.
-    type: str
-  auth_password:
-    description: SASL password for both libvirt connections.
-    type: str
 notes:
   - The source libvirt daemon connects to O(dest_uri) itself (peer to peer), with its own credentials and
-    certificates.
+    certificates. O(auth_username) and O(auth_password) are what this module uses for its connections to both
+    hosts.
   - URIs and names are passed to libvirt as data; no shell and no C(virsh) are involved.
 seealso:
   - name: libvirt migration guide
@@ -186,16 +187,16 @@ EXAMPLES = r"""
   hvfleet.drain.domain_migration:
     name: web01
     dest_uri: qemu+tcp://hv2.mgmt.example.com/system
-    migrate_address: 10.254.0.12
+    migration_address: 10.254.0.12
 
 - name: Move a memory-hungry VM, falling back to post-copy when pre-copy cannot converge
   hvfleet.drain.domain_migration:
     name: db01
     dest_uri: qemu+tls://hv3.example.com/system
-    migrate_address: 10.254.0.13
+    migration_address: 10.254.0.13
     tls: true
     mode: postcopy_after_precopy
-    bandwidth: 1000
+    bandwidth_mib: 1000
     max_downtime: 300
     max_downtime_cap: 1000
   register: moved
@@ -211,6 +212,20 @@ EXAMPLES = r"""
     allow_postcopy: false
     completion_timeout: 600
     on_timeout: abort
+
+- name: Daemons that ask for SASL credentials; the connection options come from the group's defaults
+  module_defaults:
+    group/hvfleet.drain.libvirt:
+      auth_username: "{{ vault_libvirt_sasl_user }}"
+      auth_password: "{{ vault_libvirt_sasl_password }}"
+      connect_timeout: 10
+  block:
+    - name: Move web02 from hv1 to hv3
+      hvfleet.drain.domain_migration:
+        name: web02
+        uri: qemu+tcp://hv1.mgmt.example.com/system
+        dest_uri: qemu+tcp://hv3.mgmt.example.com/system
+        migration_address: 10.254.0.13
 """
 
 RETURN = r"""
@@ -220,84 +235,413 @@ outcome:
     - On failure V(stayed) (still on the source), V(postcopy_paused) (interrupted post-copy, see RV(recovery)),
       V(split_brain_paused), or the placement found (for example V(nowhere), V(unknown), V(both_paused)).
     - In check mode V(would_migrate), V(would_resume_postcopy) or V(already_there).
-  returned: always
+  returned: when both hosts were read (not when an option is invalid or a host cannot be reached; see C(msg))
   type: str
   sample: moved
 message:
   description: One sentence saying where the domain is and why.
-  returned: always
+  returned: when both hosts were read
   type: str
+  sample: "'web01' moved to qemu+tcp://10.254.0.12/system (precopy)."
+name:
+  description: Name of the domain (O(name)).
+  returned: when both hosts were read, not in check mode
+  type: str
+  sample: web01
+source:
+  description: The source URI (O(uri)).
+  returned: when both hosts were read, not in check mode
+  type: str
+  sample: qemu:///system
+destination:
+  description: The destination URI (O(dest_uri)).
+  returned: when both hosts were read, not in check mode
+  type: str
+  sample: qemu+tcp://10.254.0.12/system
 mode_used:
-  description: V(precopy), V(postcopy) (post-copy was started), or V(none).
-  returned: success or failure after the migration started
+  description: V(precopy), V(postcopy) (post-copy was started), or V(none) (no migration was started).
+  returned: when both hosts were read, not in check mode
   type: str
+  sample: precopy
 suspended:
   description: Whether the VM was suspended to make the copy complete (O(on_timeout=suspend)).
-  returned: success or failure after the migration started
+  returned: when both hosts were read, not in check mode
   type: bool
+  sample: false
 steps:
-  description: Every step taken, in order, with the time since start and the reason; C(error) when libvirt refused.
-  returned: success or failure after the migration started
+  description: Every step taken, in order.
+  returned: when both hosts were read, not in check mode
   type: list
   elements: dict
-  sample: [{"t": 0.0, "action": "start", "reason": "...", "error": null}]
+  contains:
+    t:
+      description: Seconds since the task started.
+      type: float
+    action:
+      description:
+        - What was done or seen, for example V(set_max_downtime), V(start), V(raise_downtime),
+          V(auto_converge_engaged), V(postcopy), V(abort), V(suspend), V(call_failed), V(reconnect),
+          V(postcopy_resume), V(reconcile), V(undefine_source).
+      type: str
+    reason:
+      description: Why, with the figures the decision was made on.
+      type: str
+    error:
+      description: The libvirt error when libvirt refused the step, else V(null).
+      type: str
+  sample:
+    - {t: 0.005, action: set_max_downtime, reason: initial max downtime 300 ms (before the start), error: null}
+    - t: 0.005
+      action: start
+      reason: "migrateToURI3 to qemu+tcp://10.254.0.12/system: mode precopy, max downtime 300 ms (cap 2000 ms),
+        on timeout abort, data over tcp://10.254.0.12"
+      error: null
+    - t: 30.308
+      action: reconcile
+      reason: "running on the destination (source qemu:///system: absent; destination
+        qemu+tcp://10.254.0.12/system: running (migrated))"
+      error: null
 duration_s:
   description: Wall time of the whole task in seconds.
-  returned: success or failure after the migration started
+  returned: when both hosts were read, not in check mode
   type: float
+  sample: 30.32
 deadline_s:
-  description: Completion deadline that applied, in seconds.
-  returned: success or failure after the migration started
+  description: Completion deadline that applied, in seconds; V(null) when no migration was needed.
+  returned: when both hosts were read, not in check mode
   type: float
+  sample: 60.0
 downtime_ms:
-  description: Downtime of the switch-over as libvirt measured it, in milliseconds.
-  returned: when libvirt reports it
+  description: Downtime of the switch-over as libvirt measured it, in milliseconds; V(null) when libvirt reports none.
+  returned: when both hosts were read, not in check mode
   type: int
+  sample: 212
 bytes_sent:
-  description: Bytes the migration transferred (libvirt's data processed).
-  returned: when libvirt reports it
+  description: Bytes the migration transferred (libvirt's data processed); V(null) when libvirt reports none.
+  returned: when both hosts were read, not in check mode
   type: int
+  sample: 281018368
 ram_bytes:
-  description: Guest RAM size in bytes.
-  returned: success or failure after the migration started
+  description: Guest RAM size in bytes; V(null) when no migration was needed.
+  returned: when both hosts were read, not in check mode
   type: int
+  sample: 268435456
 iterations:
   description: Number of pre-copy memory iterations seen.
-  returned: success or failure after the migration started
+  returned: when both hosts were read, not in check mode
   type: int
+  sample: 3
 max_dirty_rate_bps:
   description: Highest guest dirty rate seen, in bytes per second.
-  returned: success or failure after the migration started
+  returned: when both hosts were read, not in check mode
   type: float
+  sample: 8388608.0
 stats:
-  description: Time series of job samples (bytes, bytes/s, seconds), thinned to at most 600 points.
-  returned: success or failure after the migration started
+  description:
+    - Time series of the job samples taken every O(stats_interval) seconds, thinned evenly to at most 600 points.
+  returned: when both hosts were read, not in check mode
   type: list
   elements: dict
+  contains:
+    t:
+      description: Seconds since the task started.
+      type: float
+    phase:
+      description: V(none), V(precopy), V(postcopy), V(postcopy_failed), V(completed), V(failed) or V(cancelled).
+      type: str
+    time_elapsed_s:
+      description: Seconds the libvirt job has run.
+      type: float
+    data_total:
+      description: Bytes to transfer in total (memory and disks), as libvirt counts them.
+      type: int
+    data_processed:
+      description: Bytes transferred so far.
+      type: int
+    data_remaining:
+      description: Bytes still to transfer.
+      type: int
+    memory_total:
+      description: Guest memory to transfer, in bytes.
+      type: int
+    memory_processed:
+      description: Guest memory transferred so far, in bytes.
+      type: int
+    memory_remaining:
+      description: Guest memory still to transfer, in bytes.
+      type: int
+    dirty_rate_bps:
+      description: Rate at which the guest dirties memory, in bytes per second.
+      type: float
+    iteration:
+      description: Pre-copy pass over memory (1 is the first full pass).
+      type: int
+    bandwidth_bps:
+      description: Transfer rate of memory, in bytes per second.
+      type: float
+    downtime_ms:
+      description: Downtime libvirt expects (while running) or measured (completed), in ms; V(null) when unknown.
+      type: int
+    throttle_pct:
+      description: The auto-converge CPU throttle in percent.
+      type: int
+    postcopy_requests:
+      description: Page requests the destination made in post-copy.
+      type: int
+    disk_remaining:
+      description: Bytes of disks still to copy (O(copy_storage)).
+      type: int
+  sample:
+    - {t: 1.017, phase: precopy, time_elapsed_s: 0.98, data_total: 269230080, data_processed: 5206053,
+       data_remaining: 264024027, memory_total: 269230080, memory_processed: 5206053, memory_remaining: 263057408,
+       dirty_rate_bps: 0.0, iteration: 1, bandwidth_bps: 19957926.0, downtime_ms: null, throttle_pct: 0,
+       postcopy_requests: 0, disk_remaining: 0}
 recovery:
-  description: When the VM could not be brought to a clean state, exactly where it is and what to run.
-  returned: on failure
+  description:
+    - When the VM could not be brought to a clean state, exactly where it is and what to run; else V(null).
+  returned: when both hosts were read, not in check mode
   type: str
+  sample: null
 error:
-  description: The libvirt error of the migration call, if it raised.
-  returned: when the call raised
+  description: The libvirt error of the migration call, if it raised; else V(null).
+  returned: when both hosts were read, not in check mode
   type: str
+  sample: "operation failed: migration out job: unexpectedly failed"
 source_state:
-  description: The domain as last seen on the source (state, reason, label).
-  returned: always
+  description: The domain as last seen on the source.
+  returned: when both hosts were read
   type: dict
+  contains:
+    uri:
+      description: URI the host was read through.
+      type: str
+    reachable:
+      description: Whether the host answered.
+      type: bool
+    present:
+      description: Whether the domain exists there.
+      type: bool
+    state:
+      description:
+        - libvirt's domain state number (C(virDomainState), 1 running, 3 paused, 5 shut off); V(null) when absent.
+      type: int
+    reason:
+      description: libvirt's reason number for that state; V(null) when absent.
+      type: int
+    job_active:
+      description: Whether a libvirt job (a migration) holds the domain there.
+      type: bool
+    persistent:
+      description: Whether the domain is defined persistently there; V(null) when absent or unknown.
+      type: bool
+    error:
+      description: Why the host could not be read; V(null) when it was.
+      type: str
+    no_answer:
+      description: Whether the daemon was connected but did not answer in time.
+      type: bool
+    label:
+      description: The state in words, for example V(running (migrated)), V(paused (post-copy)), V(absent).
+      type: str
+  sample:
+    {uri: "qemu:///system", reachable: true, present: true, state: 1, reason: 1, job_active: false,
+     persistent: true, error: null, no_answer: false, label: running (booted)}
 destination_state:
-  description: The domain as last seen on the destination.
-  returned: always
+  description: The domain as last seen on the destination, with the keys of RV(source_state).
+  returned: when both hosts were read
   type: dict
+  contains:
+    uri:
+      description: URI the host was read through.
+      type: str
+    reachable:
+      description: Whether the host answered.
+      type: bool
+    present:
+      description: Whether the domain exists there.
+      type: bool
+    state:
+      description: libvirt's domain state number; V(null) when absent.
+      type: int
+    reason:
+      description: libvirt's reason number for that state; V(null) when absent.
+      type: int
+    job_active:
+      description: Whether a libvirt job holds the domain there.
+      type: bool
+    persistent:
+      description: Whether the domain is defined persistently there; V(null) when absent or unknown.
+      type: bool
+    error:
+      description: Why the host could not be read; V(null) when it was.
+      type: str
+    no_answer:
+      description: Whether the daemon was connected but did not answer in time.
+      type: bool
+    label:
+      description: The state in words.
+      type: str
+  sample:
+    {uri: "qemu+tcp://10.254.0.12/system", reachable: true, present: false, state: null, reason: null,
+     job_active: false, persistent: null, error: null, no_answer: false, label: absent}
 spec:
-  description: The migration options as applied.
-  returned: success or failure after the migration started
+  description: The migration options as applied (the options of this module, with units in the names).
+  returned: when both hosts were read, not in check mode
   type: dict
+  contains:
+    mode:
+      description: O(mode).
+      type: str
+    allow_postcopy:
+      description: O(allow_postcopy).
+      type: bool
+    migrate_uri:
+      description: Where the migration data goes, C(tcp://) O(migration_address); V(null) without it.
+      type: str
+    persist_dest:
+      description: O(persist).
+      type: bool
+    undefine_source:
+      description: O(undefine_source).
+      type: bool
+    bandwidth_mib:
+      description: O(bandwidth_mib).
+      type: int
+    postcopy_bandwidth_mib:
+      description: O(postcopy_bandwidth_mib).
+      type: int
+    max_downtime_ms:
+      description: O(max_downtime).
+      type: int
+    max_downtime_cap_ms:
+      description: O(max_downtime_cap).
+      type: int
+    auto_converge:
+      description: O(auto_converge).
+      type: bool
+    auto_converge_initial:
+      description: O(auto_converge_initial).
+      type: int
+    auto_converge_increment:
+      description: O(auto_converge_increment).
+      type: int
+    compression:
+      description: O(compression).
+      type: str
+    parallel_connections:
+      description: O(parallel_connections).
+      type: int
+    tls:
+      description: O(tls).
+      type: bool
+    tls_destination:
+      description: O(tls_destination).
+      type: str
+    copy_storage:
+      description: O(copy_storage).
+      type: str
+    completion_timeout_s:
+      description: O(completion_timeout).
+      type: float
+    completion_timeout_per_gib_s:
+      description: O(completion_timeout_per_gib).
+      type: float
+    completion_timeout_min_s:
+      description: O(completion_timeout_min).
+      type: float
+    on_timeout:
+      description: O(on_timeout).
+      type: str
+    stall_iterations:
+      description: O(stall_iterations).
+      type: int
+    stats_interval_s:
+      description: O(stats_interval).
+      type: float
+    postcopy_recovery_timeout_s:
+      description: O(postcopy_recovery_timeout).
+      type: float
+  sample:
+    {mode: precopy, allow_postcopy: true, migrate_uri: "tcp://10.254.0.12", persist_dest: true,
+     undefine_source: true, bandwidth_mib: null, postcopy_bandwidth_mib: null, max_downtime_ms: 300,
+     max_downtime_cap_ms: 2000, auto_converge: false, auto_converge_initial: null, auto_converge_increment: null,
+     compression: null, parallel_connections: null, tls: false, tls_destination: null, copy_storage: null,
+     completion_timeout_s: null, completion_timeout_per_gib_s: 150, completion_timeout_min_s: 60,
+     on_timeout: abort, stall_iterations: 3, stats_interval_s: 1.0, postcopy_recovery_timeout_s: 300}
 plan:
   description: In check mode, what would be done, with the libvirt flags and parameters.
-  returned: check mode
+  returned: check mode, when both hosts were read
   type: dict
+  contains:
+    name:
+      description: Name of the domain.
+      type: str
+    source:
+      description: The source URI.
+      type: str
+    destination:
+      description: The destination URI.
+      type: str
+    action:
+      description: V(migrate), V(resume_postcopy) or V(already_there).
+      type: str
+    changed:
+      description: Whether the task would change something.
+      type: bool
+    libvirt_versions:
+      description: libvirt version number of C(source) and C(destination) (major * 1000000 + minor * 1000 + micro).
+      type: dict
+      contains:
+        source:
+          description: The source's libvirt version; V(null) when it could not be read.
+          type: int
+        destination:
+          description: The destination's libvirt version; V(null) when it could not be read.
+          type: int
+    source_state:
+      description: As RV(source_state).
+      type: dict
+    destination_state:
+      description: As RV(destination_state).
+      type: dict
+    ram_bytes:
+      description: Guest RAM in bytes (C(migrate) only).
+      type: int
+    deadline_s:
+      description: Completion deadline that would apply, in seconds (C(migrate) only).
+      type: float
+    spec:
+      description: The migration options in one line (C(migrate) only).
+      type: str
+    flags:
+      description: The C(virDomainMigrateFlags) that would be passed (C(migrate) only).
+      type: int
+    params:
+      description: The C(VIR_MIGRATE_PARAM_*) parameters that would be passed, by name (C(migrate) only).
+      type: dict
+    message:
+      description: What would be done, in one sentence.
+      type: str
+  sample:
+    name: db1
+    source: qemu:///system
+    destination: qemu+tcp://10.254.0.12/system
+    action: migrate
+    changed: true
+    libvirt_versions: {source: 9000000, destination: 9000000}
+    source_state: {uri: "qemu:///system", reachable: true, present: true, state: 1, reason: 1, job_active: false,
+                   persistent: true, error: null, no_answer: false, label: running (booted)}
+    destination_state: {uri: "qemu+tcp://10.254.0.12/system", reachable: true, present: false, state: null,
+                        reason: null, job_active: false, persistent: null, error: null, no_answer: false,
+                        label: absent}
+    ram_bytes: 536870912
+    deadline_s: 75.0
+    spec: "mode precopy, max downtime 300 ms (cap 2000 ms), on timeout abort, bandwidth 100 MiB/s,
+      data over tcp://10.254.0.12"
+    flags: 27
+    params: {migrate_uri: "tcp://10.254.0.12", bandwidth: 100}
+    message: "would live-migrate 'db1' from qemu:///system to qemu+tcp://10.254.0.12/system (mode precopy,
+      max downtime 300 ms (cap 2000 ms), on timeout abort, bandwidth 100 MiB/s, data over tcp://10.254.0.12)"
 """
 
 import traceback  # noqa: E402
@@ -311,20 +655,31 @@ except ImportError:
     LIBVIRT_IMPORT_ERROR = traceback.format_exc()
 
 from ansible_collections.hvfleet.drain.plugins.module_utils.common.connection import close_quietly, connect_all  # noqa: E402
+from ansible_collections.hvfleet.drain.plugins.module_utils.common.connection_spec import (  # noqa: E402
+    connect_options,
+    connection_argument_spec,
+)
 from ansible_collections.hvfleet.drain.plugins.module_utils.common.errors import HvfleetError, MigrationFailed  # noqa: E402
 from ansible_collections.hvfleet.drain.plugins.module_utils.common.redact import uri_passwords  # noqa: E402
 from ansible_collections.hvfleet.drain.plugins.module_utils.engine.migration import Migration  # noqa: E402
 from ansible_collections.hvfleet.drain.plugins.module_utils.engine.spec import MigrationSpec, migrate_uri_for  # noqa: E402
 
+
+def deprecated(alias):
+    """An old option name Ansible still accepts, with a deprecation warning naming the new one."""
+    return dict(aliases=[alias],
+                deprecated_aliases=[dict(name=alias, version="1.0.0", collection_name="hvfleet.drain")])
+
+
 ARGUMENT_SPEC = dict(
+    connection_argument_spec(),  # uri, connect_timeout, auth_username, auth_password
     name=dict(type="str", required=True),
-    uri=dict(type="str", default="qemu:///system"),
     dest_uri=dict(type="str", required=True),
-    migrate_address=dict(type="str"),
+    migration_address=dict(type="str", **deprecated("migrate_address")),
     mode=dict(type="str", choices=["precopy", "postcopy", "postcopy_after_precopy"], default="precopy"),
     allow_postcopy=dict(type="bool", default=True),
-    bandwidth=dict(type="int"),
-    postcopy_bandwidth=dict(type="int"),
+    bandwidth_mib=dict(type="int", **deprecated("bandwidth")),
+    postcopy_bandwidth_mib=dict(type="int", **deprecated("postcopy_bandwidth")),
     max_downtime=dict(type="int", default=300),
     max_downtime_cap=dict(type="int", default=2000),
     auto_converge=dict(type="bool", default=False),
@@ -344,9 +699,6 @@ ARGUMENT_SPEC = dict(
     undefine_source=dict(type="bool", default=True),
     stats_interval=dict(type="float", default=1.0),
     postcopy_recovery_timeout=dict(type="int", default=300),
-    connect_timeout=dict(type="int", default=30),
-    auth_username=dict(type="str"),
-    auth_password=dict(type="str", no_log=True),
 )
 
 
@@ -360,9 +712,10 @@ class DomainMigrationModule:
     def spec(self):
         p = self.params
         return MigrationSpec(
-            mode=p["mode"], allow_postcopy=p["allow_postcopy"], migrate_uri=migrate_uri_for(p["migrate_address"]),
-            persist_dest=p["persist"], undefine_source=p["undefine_source"], bandwidth_mib=p["bandwidth"],
-            postcopy_bandwidth_mib=p["postcopy_bandwidth"], max_downtime_ms=p["max_downtime"],
+            mode=p["mode"], allow_postcopy=p["allow_postcopy"],
+            migrate_uri=migrate_uri_for(p["migration_address"], owner="migration_address"),
+            persist_dest=p["persist"], undefine_source=p["undefine_source"], bandwidth_mib=p["bandwidth_mib"],
+            postcopy_bandwidth_mib=p["postcopy_bandwidth_mib"], max_downtime_ms=p["max_downtime"],
             max_downtime_cap_ms=p["max_downtime_cap"], auto_converge=p["auto_converge"],
             auto_converge_initial=p["auto_converge_initial"], auto_converge_increment=p["auto_converge_increment"],
             compression=p["compression"], parallel_connections=p["parallel_connections"], tls=p["tls"],
@@ -374,9 +727,7 @@ class DomainMigrationModule:
         )
 
     def connect_all(self, uris):
-        p = self.params
-        return connect_all(uris, timeout_s=p["connect_timeout"], username=p["auth_username"],
-                           password=p["auth_password"])
+        return connect_all(uris, **connect_options(self.params))
 
     def diff(self, moved):
         p = self.params

@@ -67,17 +67,45 @@ EXAMPLES = r"""
 RETURN = r"""
 maintenance:
   description: The maintenance state after the task (or as it would be, in check mode).
-  returned: always
+  returned: success
   type: dict
-  sample: {"state": "cordoned", "reason": "CHG-1234", "by": "alice", "since": "2025-01-31T08:00:00Z"}
+  contains:
+    state:
+      description: V(cordoned) or V(active).
+      type: str
+    reason:
+      description: Why (O(reason)); V(null) when none was given.
+      type: str
+    by:
+      description: Who set the state (O(by)); V(null) when no state was ever written on the host.
+      type: str
+    since:
+      description: When the state was set, UTC, ISO 8601; V(null) when no state was ever written on the host.
+      type: str
+  sample: {"state": "cordoned", "reason": "CHG-1234 firmware update", "by": "alice", "since": "2025-01-31T08:00:00Z"}
 before:
-  description: The maintenance state before the task.
-  returned: always
+  description: The maintenance state before the task, with the keys of RV(maintenance).
+  returned: success
   type: dict
+  contains:
+    state:
+      description: V(cordoned) or V(active).
+      type: str
+    reason:
+      description: Why it was set; V(null) when no reason was recorded.
+      type: str
+    by:
+      description: Who set it; V(null) when no state was ever written on the host.
+      type: str
+    since:
+      description: When it was set, UTC, ISO 8601; V(null) when no state was ever written on the host.
+      type: str
+  sample: {"state": "active", "reason": null, "by": null, "since": null}
 message:
   description: One sentence saying what was done.
-  returned: always
+  returned: success
   type: str
+  sample: host is now cordoned (was active)
 """
 
 import getpass  # noqa: E402

@@ -29,15 +29,15 @@ description:
 author:
   - hvfleet maintainers (@hvfleet)
 requirements:
-  - libvirt-python (python3-libvirt) on the host that runs the module
   - jsonschema on the host that runs the module, when policies are given
 extends_documentation_fragment:
+  - hvfleet.drain.libvirt_connection
   - hvfleet.drain.attributes.read_only
 options:
   uri:
-    description: libvirt URI of the source hypervisor, where the VMs run.
-    type: str
-    default: qemu:///system
+    description:
+      - libvirt URI of the source hypervisor, where the VMs run. The same O(connect_timeout), O(auth_username) and
+        O(auth_password) apply to the connections to the destinations.
   name:
     description: Name of the source hypervisor in messages (for example the inventory hostname).
     type: str
@@ -116,10 +116,6 @@ options:
     description: Directory of the maintenance state on the source (read for its own facts).
     type: path
     default: /var/lib/hvfleet
-  connect_timeout:
-    description: Seconds to wait for each libvirt connection to open.
-    type: int
-    default: 30
 notes:
   - A destination whose libvirt does not answer is not a task failure. Its checks say so (C(reach.libvirt) fails)
     for every VM.
@@ -166,31 +162,367 @@ EXAMPLES = r"""
 
 RETURN = r"""
 results:
-  description:
-    - One entry per VM and destination with C(vm), C(destination), C(status) (the worst check), C(ok), C(checks)
-      (each with C(id), C(status), C(vm), C(destination), C(message), C(fix), C(device)), C(blockers) (the failed
-      checks, most fundamental first), C(copy_storage) (V(all) / V(incremental) when the migration must copy disks,
-      with C(copy_disks)), C(policy) (C(name), C(reason)), C(forecast) (C(mode), C(reason),
-      C(predicted_duration_s), C(predicted_downtime_ms), ...; V(null) when the VM is not running) and C(summary).
-  returned: always
+  description: One entry per VM and destination, VMs in name order, destinations in the order of O(destinations).
+  returned: success, and failure with O(fail_on_blockers)
   type: list
   elements: dict
+  contains:
+    vm:
+      description: Name of the VM.
+      type: str
+    destination:
+      description: Name of the destination (O(destinations[].name)).
+      type: str
+    status:
+      description: The worst status of its checks, V(pass), V(warn) or V(fail).
+      type: str
+    ok:
+      description: Whether the VM can go there (no check failed).
+      type: bool
+    copy_storage:
+      description: V(all) or V(incremental) when the migration must copy disks (the VM's policy says so); else V(null).
+      type: str
+    copy_disks:
+      description: Target names of the disks that would be copied.
+      type: list
+      elements: str
+    checks:
+      description: Every check, in the order they ran.
+      type: list
+      elements: dict
+      contains:
+        id:
+          description:
+            - What was checked, for example V(dest.is_source), V(dest.cordoned), V(reach.libvirt),
+              V(reach.migration_address), V(version.libvirt), V(version.qemu), V(device.hostdev), V(storage.disk),
+              V(storage.cdrom), V(storage.copy), V(network.bridge), V(network.mtu), V(cpu.compat),
+              V(capacity.memory), V(postcopy.support), V(forecast.mode).
+          type: str
+        status:
+          description: V(pass), V(warn) (it may work; read the message) or V(fail) (it will not).
+          type: str
+        vm:
+          description: Name of the VM.
+          type: str
+        destination:
+          description: Name of the destination.
+          type: str
+        message:
+          description: What was found, naming the VM, the device and the destination.
+          type: str
+        fix:
+          description: What to do about a warning or failure; V(null) for a pass.
+          type: str
+        device:
+          description: The disk, interface or device concerned, when the check is about one; else V(null).
+          type: str
+    blockers:
+      description: The failed checks (keys as in C(checks)), most fundamental first.
+      type: list
+      elements: dict
+      contains:
+        id:
+          description: What was checked.
+          type: str
+        status:
+          description: V(fail).
+          type: str
+        vm:
+          description: Name of the VM.
+          type: str
+        destination:
+          description: Name of the destination.
+          type: str
+        message:
+          description: What blocks.
+          type: str
+        fix:
+          description: What to do about it.
+          type: str
+        device:
+          description: The device concerned, or V(null).
+          type: str
+    summary:
+      description: One line, V(VM -> DESTINATION) with V(can migrate) or the blockers.
+      type: str
+    policy:
+      description: The VM's migration policy.
+      type: dict
+      contains:
+        name:
+          description: Name of the policy (V(builtin-default) when none matched).
+          type: str
+        reason:
+          description: Why it applies.
+          type: str
+    forecast:
+      description:
+        - The predicted migration to that destination (the drain's own per-VM planning); V(null) when the VM is
+          not running.
+        - C(mode) is V(null) when no forecast could be made (dirty rate unknown, or the policy refuses); C(reason)
+          says why.
+      type: dict
+      contains:
+        mode:
+          description: V(precopy), V(postcopy) or V(postcopy_after_precopy) as forecast; V(null) when refused.
+          type: str
+        auto_converge:
+          description: Whether auto-converge would be armed.
+          type: bool
+        reason:
+          description: How the mode was chosen, with the figures.
+          type: str
+        predicted_duration_s:
+          description: Predicted duration in seconds.
+          type: float
+        predicted_downtime_ms:
+          description: Predicted downtime in milliseconds.
+          type: float
+        predicted_bytes:
+          description: Predicted bytes to transfer.
+          type: int
+        iterations:
+          description: Predicted pre-copy passes.
+          type: int
+        completes:
+          description: Whether it is predicted to finish before its deadline.
+          type: bool
+        deadline_s:
+          description: The completion deadline in seconds.
+          type: float
+        throttle_pct:
+          description: Predicted auto-converge CPU throttle in percent.
+          type: int
+        planned_mode:
+          description: The mode the drain would use.
+          type: str
+        mode_reason:
+          description: Why the drain would use that mode.
+          type: str
+  sample:
+    - vm: web01
+      destination: hv2
+      status: warn
+      ok: true
+      copy_storage: null
+      copy_disks: []
+      checks:
+        - {id: dest.is_source, status: pass, vm: web01, destination: hv2, message: hv2 is not the source host of web01.,
+           fix: null, device: null}
+        - id: network.mtu
+          status: warn
+          vm: web01
+          destination: hv2
+          message: "web01: interface 52:54:00:12:34:56: bridge br0 has MTU 1500 on hv2 but br0 has 9000 on hv1;
+            large packets may be dropped after the move."
+          fix: set the same MTU on both bridges.
+          device: "interface 52:54:00:12:34:56"
+      blockers: []
+      summary: "web01 -> hv2: can migrate, 1 warning(s)"
+      policy: {name: builtin-default, reason: "policy 'builtin-default': no policy matched and none is declared
+          default, built-in defaults apply"}
+      forecast:
+        mode: precopy
+        auto_converge: false
+        reason: "dirty 5.0 MiB/s = 0.04 x link 119 MiB/s, ~976 of 8192 MiB in use: pre-copy converges in 1 pass,
+          8.8 s <= deadline 1200 s, pause 363 ms <= 500 ms -> pre-copy"
+        predicted_duration_s: 8.831
+        predicted_downtime_ms: 363.4
+        predicted_bytes: 1066335109
+        iterations: 1
+        completes: true
+        deadline_s: 1200.0
+        throttle_pct: 0
+        planned_mode: precopy
+        mode_reason: "dirty 5.0 MiB/s = 0.04 x link 119 MiB/s, ~976 of 8192 MiB in use: pre-copy converges in 1
+          pass, 8.8 s <= deadline 1200 s, pause 363 ms <= 500 ms -> pre-copy"
 vms:
-  description:
-    - Per VM, its C(state), C(memory_mib), C(labels), C(policy), C(dirty_rate_mib_s) (V(null) when not measured),
-      C(destinations_ok) (the destinations it can go to) and C(blocked) (destination -> blocker messages).
-  returned: always
+  description: Per VM, keyed by its name.
+  returned: success, and failure with O(fail_on_blockers)
   type: dict
+  contains:
+    state:
+      description: Domain state, for example V(running), V(paused), V(shutoff).
+      type: str
+    memory_mib:
+      description: Maximum memory of the VM in MiB.
+      type: int
+    labels:
+      description: The VM's labels (domain metadata), name to value.
+      type: dict
+    policy:
+      description: C(name) and C(reason) of the migration policy that applies.
+      type: dict
+    dirty_rate_mib_s:
+      description: The dirty rate used for the forecast in MiB/s; V(null) when not measured.
+      type: float
+    destinations_ok:
+      description: The destinations it can go to.
+      type: list
+      elements: str
+    blocked:
+      description: Destination name to the messages of what blocks the VM there.
+      type: dict
+  sample:
+    web01:
+      state: running
+      memory_mib: 8192
+      labels: {tier: web, anti_affinity: web}
+      policy: {name: builtin-default, reason: "policy 'builtin-default': no policy matched and none is declared
+          default, built-in defaults apply"}
+      dirty_rate_mib_s: 5.0
+      destinations_ok: [hv2]
+      blocked:
+        hv3: ["web01 needs 8192 MiB + 1024 MiB headroom = 9216 MiB; hv3 has 6100 MiB available (free 5800 MiB
+            of 32000 MiB; 24576 MiB allocated to 3 running domains): 3116 MiB short."]
 summary:
-  description:
-    - C(movable) (VMs with at least one destination), C(stuck) (VMs with none), C(blockers) (number of failed
-      checks), C(warnings) and a one-paragraph C(message).
-  returned: always
+  description: The whole answer in figures and one paragraph.
+  returned: success, and failure with O(fail_on_blockers)
   type: dict
+  contains:
+    movable:
+      description: VMs with at least one destination.
+      type: list
+      elements: str
+    stuck:
+      description: VMs with no destination.
+      type: list
+      elements: str
+    blockers:
+      description: Number of failed checks.
+      type: int
+    warnings:
+      description: Number of checks that warned.
+      type: int
+    message:
+      description: One paragraph naming where each VM can go, or why it can go nowhere.
+      type: str
+  sample:
+    movable: [web01]
+    stuck: [db01]
+    blockers: 2
+    warnings: 1
+    message: "1 of 2 VM(s) can migrate. web01 -> hv2. db01 can go nowhere (hv2: db01 uses PCI device
+      0000:3b:00.0, which is bound to hv1 and cannot be live-migrated to hv2. (+1 more))."
 source:
-  description: The source hypervisor's facts (see M(hvfleet.drain.hypervisor_info)).
-  returned: always
+  description: The source hypervisor's facts, as RV(hvfleet.drain.hypervisor_info#module:hypervisor) returns them.
+  returned: success, and failure with O(fail_on_blockers)
   type: dict
+  contains:
+    name:
+      description: O(name), else the host name.
+      type: str
+    hostname:
+      description: The host name libvirt reports.
+      type: str
+    uri:
+      description: The URI it was read through.
+      type: str
+    host_uuid:
+      description: libvirt's host UUID (the source and a destination must differ).
+      type: str
+    arch:
+      description: CPU architecture.
+      type: str
+    cpu_model:
+      description: Host CPU model.
+      type: str
+    cpu_vendor:
+      description: Host CPU vendor.
+      type: str
+    cpus:
+      description: Host CPUs.
+      type: int
+    memory_total_mib:
+      description: Memory in MiB.
+      type: int
+    memory_free_mib:
+      description: Free memory in MiB.
+      type: int
+    memory_available_mib:
+      description: Memory a new guest can get without swapping (free, buffers, cache) in MiB.
+      type: int
+    memory_allocated_mib:
+      description: Maximum memory of the running domains together, in MiB.
+      type: int
+    vcpus_allocated:
+      description: vCPUs of the running domains together.
+      type: int
+    domains_running:
+      description: Running domains.
+      type: int
+    libvirt_version:
+      description: libvirt version number (major * 1000000 + minor * 1000 + micro).
+      type: int
+    libvirt_version_text:
+      description: libvirt version as text.
+      type: str
+    qemu_version:
+      description: QEMU version number.
+      type: int
+    qemu_version_text:
+      description: QEMU version as text.
+      type: str
+    migration_live:
+      description: Whether the host can live-migrate; V(null) when unknown.
+      type: bool
+    migration_transports:
+      description: Migration URI transports libvirt offers, for example V(tcp), V(rdma).
+      type: list
+      elements: str
+    userfaultfd:
+      description: Whether the kernel offers userfaultfd (post-copy); V(null) when not read on the host itself.
+      type: bool
+    bridges:
+      description: Linux bridge name to MTU; V(null) when unknown.
+      type: dict
+    bridges_source:
+      description: Where the bridges were read, V(sysfs) or V(libvirt); V(null) when unknown.
+      type: str
+    networks:
+      description: libvirt network name to C(active) and C(bridge).
+      type: dict
+    cordon:
+      description: The maintenance state (C(state), C(reason), C(by), C(since)); V(null) when not read on the host.
+      type: dict
+    cordoned:
+      description: Whether the host is cordoned; V(null) when unknown.
+      type: bool
+    local:
+      description: Whether the facts were read on the host itself.
+      type: bool
+    postcopy:
+      description: Post-copy support, C(supported) (V(true), V(false) or V(null) when unknown), C(resume), C(reason).
+      type: dict
+  sample:
+    name: hv1
+    hostname: hv1
+    uri: qemu:///system
+    host_uuid: 4c4c4544-0042-3510-8052-b4c04f4e3132
+    arch: x86_64
+    cpu_model: Skylake-Server-IBRS
+    cpu_vendor: Intel
+    cpus: 16
+    memory_total_mib: 64000
+    memory_free_mib: 30500
+    memory_available_mib: 41200
+    memory_allocated_mib: 24576
+    vcpus_allocated: 12
+    domains_running: 3
+    libvirt_version: 9000000
+    libvirt_version_text: 9.0.0
+    qemu_version: 7002000
+    qemu_version_text: 7.2.0
+    migration_live: true
+    migration_transports: [tcp, rdma]
+    userfaultfd: true
+    bridges: {br0: 1500, br-mig: 9000}
+    bridges_source: sysfs
+    networks: {default: {active: true, bridge: virbr0}}
+    cordon: {state: cordoned, reason: CHG-1234, by: alice, since: "2025-01-31T08:00:00Z"}
+    cordoned: true
+    local: true
+    postcopy: {supported: true, resume: true, reason: "libvirt 9.0.0, QEMU 7.2.0, kernel userfaultfd"}
 """
 
 import dataclasses  # noqa: E402
@@ -209,11 +541,16 @@ from ansible_collections.hvfleet.drain.plugins.module_utils.common.connection im
     close_quietly,
     connect,
 )
+from ansible_collections.hvfleet.drain.plugins.module_utils.common.connection_spec import (  # noqa: E402
+    connect_options,
+    connection_argument_spec,
+)
 from ansible_collections.hvfleet.drain.plugins.module_utils.common.errors import (  # noqa: E402
     DomainNotFound,
     HvfleetError,
     InvalidSpec,
 )
+from ansible_collections.hvfleet.drain.plugins.module_utils.common.redact import uri_passwords  # noqa: E402
 from ansible_collections.hvfleet.drain.plugins.module_utils.fleet.maintenance import ACTIVE, CORDONED  # noqa: E402
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning import forecast as fc  # noqa: E402
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning import policy as policy_mod  # noqa: E402
@@ -241,7 +578,7 @@ from ansible_collections.hvfleet.drain.plugins.module_utils.planning.vm_plan imp
 )
 
 ARGUMENT_SPEC = dict(
-    uri=dict(type="str", default="qemu:///system"),
+    connection_argument_spec(),  # uri, connect_timeout, auth_username, auth_password
     name=dict(type="str"),
     vms=dict(type="list", elements="str"),
     destinations=dict(type="list", elements="dict", required=True, options=dict(
@@ -261,7 +598,6 @@ ARGUMENT_SPEC = dict(
     default_link_mbit=dict(type="float", default=DEFAULT_LINK_MBIT),
     fail_on_blockers=dict(type="bool", default=False),
     state_dir=dict(type="path", default="/var/lib/hvfleet"),
-    connect_timeout=dict(type="int", default=30),
 )
 MUTUALLY_EXCLUSIVE = [("policies", "policy_file")]
 
@@ -304,7 +640,7 @@ class MigrationPreflightModule:
         self.conns = []
 
     def connect(self, uri):
-        conn = connect(uri, timeout_s=self.params["connect_timeout"])
+        conn = connect(uri, **connect_options(self.params))
         self.conns.append(conn)
         return conn
 
@@ -455,6 +791,7 @@ def summarize(vms, results):
 
 def main():
     module = AnsibleModule(argument_spec=ARGUMENT_SPEC, mutually_exclusive=MUTUALLY_EXCLUSIVE, supports_check_mode=True)
+    module.no_log_values.update(uri_passwords(module.params))  # a user:password@ in a URI is masked too
     MigrationPreflightModule(module).run()
 
 
