@@ -72,8 +72,8 @@ options:
     description:
       - Follow the drain to its end on the controller. The action plugin calls the module again and again with its
         cursor, each call a long poll of O(wait) seconds, and prints each new event as it arrives (one line each,
-        through Ansible's display): no C(until) loop, no callback to enable. The task returns once the drain has
-        ended, with the events other than C(vm_progress) samples in RV(events) and RV(printed) set.
+        through Ansible's display), without an C(until) loop or a callback to enable. The task returns once the
+        drain has ended, with the events other than C(vm_progress) samples in RV(events) and RV(printed) set.
       - Interrupting C(ansible-playbook) meanwhile (Ctrl-C) prints that the drain goes on on the host, and the
         commands to stop it (C(-e drain_host_state=cancelled)) or to follow it again (C(-e drain_host_state=followed)).
     type: bool
