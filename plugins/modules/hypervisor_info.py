@@ -12,7 +12,8 @@ version_added: 0.1.0
 description:
   - Reads, without changing anything, what a drain needs to know about one hypervisor. That is its capacity (memory
     total, free, available and allocated to running domains, CPUs and allocated vCPUs), CPU model, libvirt and QEMU
-    versions, migration capabilities (live migration, post-copy), Linux bridges and libvirt networks, and its
+    versions, the machine types its QEMU offers (per domain type, from libvirt's capabilities), migration
+    capabilities (live migration, post-copy), Linux bridges and libvirt networks, and its
     maintenance (cordon) state.
   - For each domain, its state, memory, vCPUs, disks (type, source, whether other hosts can reach them),
     interfaces, labels (from the domain metadata, namespace C(https://hvfleet.github.io/drain/xmlns/1)) and, when
@@ -83,15 +84,49 @@ hypervisor:
     - C(bridges) maps bridge names to their MTU; C(networks) maps libvirt networks to C(active) and C(bridge).
     - C(cordon) is the maintenance state (C(state), C(reason), C(by), C(since)), V(null) when not read on the host.
     - C(postcopy) says whether post-copy is supported (V(true), V(false), or V(null) when unknown) and why.
+    - The libvirt and QEMU versions and the machine types tell hosts of different generations apart (a rolling upgrade
+      is a mixed fleet for days). A VM keeps the machine type it was started with, so it can only move to a host whose
+      QEMU offers that type; hvfleet.drain.migration_preflight checks it (C(machine.type)).
   returned: always
   type: dict
+  contains:
+    libvirt_version:
+      description: Version of the libvirt daemon, as libvirt's integer (major * 1000000 + minor * 1000 + micro).
+      type: int
+      sample: 11003000
+    libvirt_version_text:
+      description: The libvirt daemon's version as text.
+      type: str
+      sample: 11.3.0
+    qemu_version:
+      description: Version of the hypervisor (QEMU), as libvirt's integer.
+      type: int
+      sample: 10000013
+    qemu_version_text:
+      description: The QEMU version as text.
+      type: str
+      sample: 10.0.13
+    machine_types:
+      description:
+        - Machine types QEMU offers for the host's architecture, by domain type (V(qemu) for TCG, V(kvm)), aliases
+          such as V(pc) and V(q35) included, sorted. V(null) when libvirt's capabilities list none.
+      type: dict
+      sample: {"qemu": ["pc", "pc-i440fx-10.0", "pc-i440fx-7.2", "pc-q35-10.0", "q35"], "kvm": ["pc", "q35"]}
+    machine_aliases:
+      description: What each alias machine type stands for on this host (its newest version of that machine).
+      type: dict
+      sample: {"pc": "pc-i440fx-10.0", "q35": "pc-q35-10.0"}
   sample:
     name: hv1
     hostname: hv1
     memory_total_mib: 24000
     memory_available_mib: 20000
+    libvirt_version: 9000000
     libvirt_version_text: 9.0.0
+    qemu_version: 7002000
     qemu_version_text: 7.2.0
+    machine_types: {"qemu": ["pc", "pc-i440fx-7.2", "pc-q35-7.2", "q35"]}
+    machine_aliases: {"pc": "pc-i440fx-7.2", "q35": "pc-q35-7.2"}
     cordoned: false
     postcopy: {"supported": true, "resume": true, "reason": "libvirt 9.0.0, QEMU 7.2.0, kernel userfaultfd"}
 domains:

@@ -147,6 +147,10 @@ class HostFacts:  # pylint: disable=too-many-instance-attributes
     qemu_version: int = 0
     migration_live: bool | None = None
     migration_transports: tuple[str, ...] = ()
+    # {domain type (qemu, kvm): machine types QEMU offers for the host's arch}, aliases (pc, q35) included;
+    # None when libvirt's capabilities list none
+    machine_types: dict[str, tuple[str, ...]] | None = None
+    machine_aliases: dict[str, str] = dataclasses.field(default_factory=dict)  # {alias: canonical}, e.g. pc
     userfaultfd: bool | None = None
     # {name: mtu}: Linux bridges (local sysfs, else libvirt's interface driver)
     bridges: dict[str, int | None] | None = None
@@ -161,6 +165,20 @@ class HostFacts:  # pylint: disable=too-many-instance-attributes
         if self.cordon is None:
             return None
         return self.cordon.get("state") == maintenance.CORDONED
+
+    @property
+    def stack(self) -> tuple[int, int]:
+        """(QEMU, libvirt) versions: the generation placement compares; (0, 0) when unknown."""
+        return (self.qemu_version, self.libvirt_version)
+
+    def has_machine(self, machine: str | None, domain_type: str | None) -> bool | None:
+        """Whether QEMU on this host offers `machine` for `domain_type` (None: unknown here)."""
+        if not machine or self.machine_types is None:
+            return None
+        offered = self.machine_types.get(domain_type or "", ())
+        if not offered and not domain_type:
+            offered = tuple(m for names in self.machine_types.values() for m in names)
+        return machine in offered
 
     @property
     def postcopy(self) -> dict[str, Any]:
@@ -188,6 +206,8 @@ class HostFacts:  # pylint: disable=too-many-instance-attributes
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["migration_transports"] = list(self.migration_transports)
+        if self.machine_types is not None:
+            data["machine_types"] = {dtype: list(names) for dtype, names in self.machine_types.items()}
         data["libvirt_version_text"] = version_text(self.libvirt_version)
         data["qemu_version_text"] = version_text(self.qemu_version)
         data["postcopy"] = self.postcopy
@@ -202,6 +222,10 @@ class HostFacts:  # pylint: disable=too-many-instance-attributes
         values.update(overrides)
         if "migration_transports" in values:
             values["migration_transports"] = tuple(values["migration_transports"] or ())
+        if values.get("machine_types") is not None:
+            values["machine_types"] = {str(k): tuple(v or ()) for k, v in dict(values["machine_types"]).items()}
+        if "machine_aliases" in values:
+            values["machine_aliases"] = dict(values["machine_aliases"] or {})
         if not values.get("name"):
             values["name"] = values.get("hostname") or "?"
         return cls(**values)
@@ -263,6 +287,37 @@ def _libvirt_networks(conn: Connection) -> dict[str, dict[str, Any]]:
     return networks
 
 
+def machine_types(root: ET.Element, arch: str | None) -> tuple[dict[str, tuple[str, ...]] | None, dict[str, str]]:
+    """({domain type: machine types}, {alias: canonical}) of the hvm guests for `arch` in libvirt's
+    capabilities XML. Machines listed under <arch> serve every domain type; those under
+    <domain type=...> only that one."""
+    common: list[str] = []
+    per_type: dict[str, list[str]] = {}
+    aliases: dict[str, str] = {}
+    found = False
+    for guest in root.findall("guest"):
+        arch_el = guest.find("arch")
+        if guest.findtext("os_type") != "hvm" or arch_el is None or (arch and arch_el.get("name") != arch):
+            continue
+        found = True
+        for machine in arch_el.findall("machine"):
+            if machine.text:
+                common.append(machine.text)
+                if machine.get("canonical"):
+                    aliases[machine.text] = machine.get("canonical") or ""
+        for dom in arch_el.findall("domain"):
+            dtype = dom.get("type") or "?"
+            per_type.setdefault(dtype, [])
+            for machine in dom.findall("machine"):
+                if machine.text:
+                    per_type[dtype].append(machine.text)
+                    if machine.get("canonical"):
+                        aliases.setdefault(machine.text, machine.get("canonical") or "")
+    if not found:
+        return None, aliases
+    return {dtype: tuple(sorted(set(common + extra))) for dtype, extra in sorted(per_type.items())}, aliases
+
+
 def _capabilities(conn: Connection) -> dict[str, Any]:
     root = ET.fromstring(conn.getCapabilities())
     host = root.find("host")
@@ -271,7 +326,11 @@ def _capabilities(conn: Connection) -> dict[str, Any]:
     transports: tuple[str, ...] = ()
     if migration is not None:
         transports = tuple(t.text for t in migration.findall("uri_transports/uri_transport") if t.text)
+    arch = cpu.findtext("arch") if cpu is not None else None
+    machines, aliases = machine_types(root, arch)
     return {
+        "machine_types": machines,
+        "machine_aliases": aliases,
         "host_uuid": host.findtext("uuid") if host is not None else None,
         "arch": cpu.findtext("arch") if cpu is not None else None,
         "cpu_model": cpu.findtext("model") if cpu is not None else None,
