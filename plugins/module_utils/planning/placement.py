@@ -11,8 +11,11 @@ VMs already planned onto it; and every VM left unplaced carries the real blocker
 Scoring rule: among the hosts where a VM fits, take the one with the most memory left after the
 VM is placed (total - used - planned - headroom - VM); ties go to the smaller host name. This
 spreads load instead of filling one host, and it is a total order, so the plan does not depend on
-the order of the input lists. VMs are placed in the order: policy `order` (lower first), then
-hottest (dirty rate) first, then largest memory, then most vCPUs, then name.
+the order of the input lists. Generations come first: when the hosts' stacks (QEMU, libvirt
+versions) are known, a VM goes to a host of the same or a newer generation than its source if one
+fits, and to an older one only when none does (an older QEMU may lack the VM's machine type; the
+prechecks say for sure); each assignment's reason says which. VMs are placed in the order: policy
+`order` (lower first), then hottest (dirty rate) first, then largest memory, then most vCPUs, then name.
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ class HostCapacity:
     failure_domain: Optional[str] = None
     labels: Mapping[str, str] = field(default_factory=dict)
     anti_affinity: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    stack: tuple[int, int] = (0, 0)  # (QEMU, libvirt) versions as libvirt's integers; (0, 0) unknown
 
 
 @dataclass(frozen=True)
@@ -72,6 +76,7 @@ class VmDemand:
     eligible: Optional[frozenset[str]] = None
     precheck_failures: Mapping[str, str] = field(default_factory=dict)
     order: int = 0
+    source_stack: tuple[int, int] = (0, 0)  # (QEMU, libvirt) of the host the VM runs on; (0, 0) unknown
 
 
 @dataclass(frozen=True)
@@ -287,12 +292,20 @@ def plan_placement(source: str | Collection[str], vms: Iterable[VmDemand], hosts
     heapq.heapify(heap)
     assignments = []
     unplaced = []
+    known_stacks = [d.host.stack for d in open_hosts if _known(d.host.stack)]
+    oldest = min(known_stacks) if known_stacks else None
     for vm in placement_order(vms):
-        candidates = _restricted(vm, open_names, rules)
-        if candidates is not None:
-            best = _best_by_scan(vm, [dests[name] for name in candidates], rules, config)
-        else:
-            best = _best_by_heap(vm, heap, dests, rules, config)
+        best = None
+        if oldest is not None and _known(vm.source_stack) and oldest < vm.source_stack:
+            # older hosts exist: look among the same or newer generation first
+            newer = [d for d in open_hosts if not _older(d.host.stack, vm.source_stack)]
+            best = _best_by_scan(vm, newer, rules, config)
+        if best is None:
+            candidates = _restricted(vm, open_names, rules)
+            if candidates is not None:
+                best = _best_by_scan(vm, [dests[name] for name in candidates], rules, config)
+            else:
+                best = _best_by_heap(vm, heap, dests, rules, config)
         if best is None:
             unplaced.append(Unplaced(vm.name, _explain(vm, hosts, dests, rules, config)))
             continue
@@ -301,6 +314,32 @@ def plan_placement(source: str | Collection[str], vms: Iterable[VmDemand], hosts
         _reheap(heap, best)
         assignments.append(Assignment(vm.name, best.host.name, _why(vm, best, after)))
     return PlacementPlan(assignments, unplaced)
+
+
+def _known(stack: tuple[int, int]) -> bool:
+    return bool(stack[0] and stack[1])
+
+
+def _older(stack: tuple[int, int], than: tuple[int, int]) -> bool:
+    """`stack` is known and older than `than` (QEMU first, then libvirt)."""
+    return _known(stack) and _known(than) and stack < than
+
+
+def _version(number: int) -> str:
+    return f"{number // 1000000}.{number // 1000 % 1000}.{number % 1000}"
+
+
+def _generation(vm: VmDemand, host: HostCapacity) -> str | None:
+    """How the destination's generation compares with the source's, for the reason; None when unknown."""
+    if not (_known(vm.source_stack) and _known(host.stack)):
+        return None
+    stack = f"QEMU {_version(host.stack[0])}, libvirt {_version(host.stack[1])}"
+    if host.stack == vm.source_stack:
+        return f"same generation as the source ({stack})"
+    if host.stack > vm.source_stack:
+        return f"newer generation than the source ({stack})"
+    return (f"older generation than the source ({stack} < QEMU {_version(vm.source_stack[0])}, libvirt "
+            f"{_version(vm.source_stack[1])}): no host of the same or a newer generation fits")
 
 
 def _restricted(vm: VmDemand, open_names: frozenset[str], rules: _Rules) -> list[str] | None:
@@ -366,6 +405,9 @@ def _reheap(heap: list[tuple[int, str]], dest: _Dest) -> None:
 def _why(vm: VmDemand, dest: _Dest, after: int) -> str:
     parts = [f"most memory left after placement among fitting hosts: {after} MiB beyond headroom"]
     parts.append(f"vCPUs {dest.vcpus_used}/{dest.vcpu_cap}")
+    generation = _generation(vm, dest.host)
+    if generation:
+        parts.insert(0, generation)
     if vm.pin:
         parts.append(f"pinned to {', '.join(vm.pin)}")
     return "; ".join(parts)

@@ -25,6 +25,10 @@ What each check can and cannot see:
   49152-49215 are not probed on purpose: a probe could hit an incoming migration of another VM,
   which QEMU would take as its data stream. The probe runs where this code runs; when that is
   not the source host, a failure is only a warning and says so.
+- versions and machine type: a destination with an older libvirt or QEMU is a warning, not a
+  blocker (a VM that came from an older host still has that host's machine type and can go back);
+  what blocks is a machine type the destination's QEMU does not offer (from its capabilities):
+  a VM started on a newer QEMU runs that QEMU's machine type until it is restarted.
 - CPU: libvirt's compareHypervisorCPU on the destination with the domain's <cpu> (host-passthrough
   domains: the host CPU models must match).
 - post-copy: versions and the kernel's userfaultfd (known only from facts read on the host).
@@ -129,15 +133,45 @@ class _Checker(DiskChecks):
                          f"unknown; cannot tell whether {self.domain.name} can move to {self.dest_name}.",
                          "check that libvirt answers on both hosts.")
             elif dst_v < src_v:
-                self.add(check_id, FAIL,
+                self.add(check_id, WARN,
                          f"{what} on {self.dest_name} ({version_text(dst_v)}) is older than on the source "
-                         f"{self.source.name} ({version_text(src_v)}); {self.domain.name} may use features "
-                         f"{self.dest_name} lacks.",
-                         f"upgrade {what} on {self.dest_name} first (upgrade destinations before sources), or "
-                         "choose a destination at least as new.")
+                         f"{self.source.name} ({version_text(src_v)}): {self.domain.name} can go there only with "
+                         "a machine type, CPU model and devices the older stack has (checked: machine.type, "
+                         "cpu.compat; libvirt on the destination refuses anything else when the migration starts).",
+                         "prefer a destination of the same or a newer generation (upgrade destinations before "
+                         "sources).")
             else:
                 self.add(check_id, PASS, f"{what} {version_text(dst_v)} on {self.dest_name} >= "
                          f"{version_text(src_v)} on {self.source.name}.")
+
+    def machine(self) -> None:
+        """The VM's machine type must exist in the destination's QEMU: a VM started on a newer QEMU keeps
+        that QEMU's machine type (e.g. pc-i440fx-10.0) until it is restarted, and an older QEMU lacks it."""
+        vm, dest, dom, dst = self.domain.name, self.dest_name, self.domain, self.destination
+        have = dst.has_machine(dom.machine, dom.domain_type)
+        src_q, dst_q = self.source.qemu_version, dst.qemu_version
+        if have is None and src_q and dst_q and dst_q >= src_q:
+            self.add("machine.type", PASS,
+                     f"QEMU {version_text(dst_q)} on {dest} is not older than {version_text(src_q)} on "
+                     f"{self.source.name}, so it offers {vm}'s machine type {dom.machine or '(default)'}.")
+        elif have is None:
+            self.add("machine.type", WARN,
+                     f"cannot tell whether {dest} offers machine type {dom.machine or '?'} for {vm} "
+                     f"({'the VM names none' if not dom.machine else 'its machine types are unknown'}).",
+                     f"read {dest}'s facts with libvirt (hvfleet.drain.hypervisor_info lists machine_types).")
+        elif have:
+            self.add("machine.type", PASS,
+                     f"QEMU {version_text(dst.qemu_version)} on {dest} offers {vm}'s machine type {dom.machine}.")
+        else:
+            newest = ", ".join(f"{alias} = {canonical}" for alias, canonical in sorted(dst.machine_aliases.items()))
+            self.add("machine.type", FAIL,
+                     f"{vm} runs machine type {dom.machine} ({dom.domain_type or '?'}), which QEMU "
+                     f"{version_text(dst.qemu_version)} on {dest} does not offer"
+                     + (f" (its newest: {newest})" if newest else "") + f"; libvirt on {dest} would refuse the "
+                     "migration.",
+                     f"choose a destination of the same or a newer generation than {self.source.name} (QEMU >= "
+                     f"{version_text(self.source.qemu_version)}), or give {vm} a machine type every host offers "
+                     "(set it in the domain XML and restart the VM) before it moves to older hosts.")
 
     # ---- devices ----
 
@@ -328,6 +362,7 @@ class _Checker(DiskChecks):
             return
         self.reachability()
         self.versions()
+        self.machine()
         self.devices()
         self.storage()
         self.networks()

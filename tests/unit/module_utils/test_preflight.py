@@ -330,11 +330,45 @@ def test_destination_equal_to_source_fails():
     assert res.blockers[0].id == "dest.is_source" and "host UUID u1" in res.blockers[0].message
 
 
-def test_older_destination_versions_fail():
-    res = run(domain(NBD), dest=dataclasses.replace(DST, libvirt_version=8000000, qemu_version=6002000))
-    ids = [b.id for b in res.blockers]
-    assert ids[:2] == ["version.libvirt", "version.qemu"]
-    assert "8.0.0" in res.blockers[0].message and "9.0.0" in res.blockers[0].message
+def test_older_destination_versions_warn_and_the_machine_type_decides():
+    older = dataclasses.replace(DST, libvirt_version=8000000, qemu_version=6002000)
+    res = run(domain(NBD), dest=older)
+    versions = {c.id: c for c in res.checks if c.id.startswith("version.")}
+    assert versions["version.libvirt"].status == WARN and versions["version.qemu"].status == WARN
+    assert "8.0.0" in versions["version.libvirt"].message and "9.0.0" in versions["version.libvirt"].message
+    assert "same or a newer generation" in versions["version.qemu"].fix
+    # machine types unknown on an older QEMU: cannot tell, so a warning, never a pass
+    assert by_id(res, "machine.type")[0].status == WARN
+
+
+def gen(machine, domain_type="qemu"):
+    return dataclasses.replace(domain(NBD), machine=machine, domain_type=domain_type)
+
+
+NEW_SRC = dataclasses.replace(SRC, libvirt_version=11003000, qemu_version=10000013)
+OLD_DST = dataclasses.replace(DST, libvirt_version=9000000, qemu_version=7002022,
+                              machine_types={"qemu": ("pc", "pc-i440fx-7.2", "pc-q35-7.2"), "kvm": ("pc",)},
+                              machine_aliases={"pc": "pc-i440fx-7.2", "q35": "pc-q35-7.2"})
+
+
+def test_new_to_old_blocked_by_a_machine_type_the_older_qemu_lacks():
+    res = run(gen("pc-i440fx-10.0"), source=NEW_SRC, dest=OLD_DST)
+    assert not res.ok and res.blockers[0].id == "machine.type"
+    [check] = res.blockers
+    assert "pc-i440fx-10.0" in check.message and "7.2.22" in check.message and "pc = pc-i440fx-7.2" in check.message
+    assert "same or a newer generation" in check.fix and "10.0.13" in check.fix
+
+
+def test_new_to_old_allowed_for_a_vm_that_still_has_the_old_machine_type():
+    res = run(gen("pc-i440fx-7.2"), source=NEW_SRC, dest=OLD_DST)
+    assert res.ok, res.summary()
+    assert by_id(res, "machine.type")[0].status == PASS
+    assert {c.status for c in res.checks if c.id.startswith("version.")} == {WARN}
+
+
+def test_machine_type_of_another_domain_type_does_not_count():
+    res = run(gen("pc-q35-7.2", "kvm"), source=NEW_SRC, dest=OLD_DST)
+    assert by_id(res, "machine.type")[0].status == FAIL
 
 
 def test_unreachable_destination_names_only_that_cause():
