@@ -36,7 +36,8 @@ description:
 author:
   - hvfleet maintainers (@hvfleet)
 requirements:
-  - libvirt-python (python3-libvirt) on the hypervisor
+  - libvirt-python (python3-libvirt) on the hypervisor (not for O(state=cancelled))
+  - jsonschema on the hypervisor (the migration policies are validated with it)
 attributes:
   check_mode:
     description: Returns the plan and changes nothing (no cordon, no journal, no migration).
@@ -52,8 +53,16 @@ options:
     description:
       - V(drained) moves every VM off the host. V(restored) brings back the VMs that the journal says came from
         this host, then uncordons it.
+      - V(cancelled) stops the drain or restore running on the host now (started by another task or
+        C(ansible-playbook) run, for example in the background). It is found through the host's drain lock in
+        O(state_dir); a free lock means nothing runs (unchanged). The request (O(by), O(reason),
+        O(cancel_running)) is written to C(cancel.json) in O(state_dir), addressed to the running process only, and
+        that process is sent SIGTERM. The running drain starts no new migration, aborts or finishes the running
+        ones as O(cancel_running) says, records the request in its journal and ends with state V(cancelled). This
+        task waits up to O(cancel_timeout) seconds for it to end and returns the journal's final state in
+        RV(cancel). Needs neither O(destinations) nor libvirt.
     type: str
-    choices: [drained, restored]
+    choices: [drained, restored, cancelled]
     default: drained
   source:
     description: The hypervisor being drained (the one the module runs on).
@@ -80,10 +89,10 @@ options:
         type: float
   destinations:
     description:
-      - The hypervisors the VMs may go to, usually built from the inventory.
+      - The hypervisors the VMs may go to, usually built from the inventory. Required with O(state=drained) and
+        O(state=restored).
     type: list
     elements: dict
-    required: true
     suboptions:
       name:
         description: Inventory name of the destination.
@@ -180,11 +189,26 @@ options:
     type: path
     default: /var/lib/hvfleet
   reason:
-    description: Why the host is drained (recorded with the cordon and in the journal).
+    description: Why the host is drained (recorded with the cordon and in the journal), or why the drain is cancelled.
     type: str
   by:
-    description: Who drains. Defaults to C($SUDO_USER) or the login user, with the controller's address.
+    description:
+      - Who drains (or cancels). Defaults to C($SUDO_USER) or the login user, with the controller's address.
     type: str
+  cancel_running:
+    description:
+      - With O(state=cancelled), what happens to the migrations running when the request arrives.
+      - V(abort) aborts running pre-copy migrations (each VM stays running on its source). V(finish) lets them
+        finish. A post-copy migration cannot be aborted and always finishes.
+    type: str
+    choices: [abort, finish]
+    default: abort
+  cancel_timeout:
+    description:
+      - With O(state=cancelled), seconds to wait for the running drain to end. The task fails when it still runs
+        then (the request stays in force; a post-copy or a migration left to finish may take longer).
+    type: int
+    default: 600
   connect_timeout:
     description: Seconds to wait for each libvirt connection.
     type: int
@@ -376,11 +400,13 @@ plan_file:
 """
 
 import contextlib  # noqa: E402
+import functools  # noqa: E402
 import getpass  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
 import signal  # noqa: E402
 import socket  # noqa: E402
+import threading  # noqa: E402
 import time  # noqa: E402
 import traceback  # noqa: E402
 
@@ -394,6 +420,7 @@ except ImportError:
 
 from ansible_collections.hvfleet.drain.plugins.module_utils.common.errors import HvfleetError  # noqa: E402
 from ansible_collections.hvfleet.drain.plugins.module_utils.common.redact import uri_passwords  # noqa: E402
+from ansible_collections.hvfleet.drain.plugins.module_utils.drain import cancel  # noqa: E402
 from ansible_collections.hvfleet.drain.plugins.module_utils.drain.drainer import Drainer  # noqa: E402
 from ansible_collections.hvfleet.drain.plugins.module_utils.drain.journal import atomic_write_json  # noqa: E402
 from ansible_collections.hvfleet.drain.plugins.module_utils.drain.libvirt_backend import LibvirtBackend  # noqa: E402
@@ -403,7 +430,7 @@ from ansible_collections.hvfleet.drain.plugins.module_utils.planning.model impor
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning.placement import PlacementConfig  # noqa: E402
 
 ARGUMENT_SPEC = dict(
-    state=dict(type="str", choices=["drained", "restored"], default="drained"),
+    state=dict(type="str", choices=["drained", "restored", "cancelled"], default="drained"),
     source=dict(type="dict", default={}, options=dict(
         name=dict(type="str"),
         uri=dict(type="str", default="qemu:///system"),
@@ -411,7 +438,7 @@ ARGUMENT_SPEC = dict(
         migration_address=dict(type="str"),
         link_mbit=dict(type="float"),
     )),
-    destinations=dict(type="list", elements="dict", required=True, options=dict(
+    destinations=dict(type="list", elements="dict", options=dict(
         name=dict(type="str", required=True),
         uri=dict(type="str", required=True),
         migration_address=dict(type="str"),
@@ -440,7 +467,10 @@ ARGUMENT_SPEC = dict(
     orphan_wait=dict(type="int", default=30),
     progress_interval=dict(type="float", default=5.0),
     window_end=dict(type="str"),
+    cancel_running=dict(type="str", choices=["abort", "finish"], default="abort"),
+    cancel_timeout=dict(type="int", default=600),
 )
+REQUIRED_IF = [("state", "drained", ["destinations"]), ("state", "restored", ["destinations"])]
 
 
 def default_by():
@@ -467,6 +497,7 @@ class HostDrainModule:
     def __init__(self, module):
         self.module = module
         self.params = module.params
+        self.cancel_request = None  # the cancel request this run honoured, if any
 
     def drainer(self):
         p = self.params
@@ -536,13 +567,36 @@ class HostDrainModule:
             after[move["vm"]] = move["to"]
         return {"before": before, "after": after}
 
+    def _honour(self, drainer, request):
+        """A cancel request arrived (in the signal handler): remember it; record it out of the handler."""
+        if self.cancel_request is None:
+            self.cancel_request = request
+            threading.Thread(target=_record_cancel, args=(drainer, request), daemon=True,
+                             name="drain-cancel-record").start()
+
+    def cancel_other(self):
+        """state=cancelled: stop the drain or restore running on this host and wait for it to end."""
+        p = self.params
+        try:
+            outcome = cancel.cancel_running(p["state_dir"], by=p["by"] or default_by(), mode=p["cancel_running"],
+                                            reason=p["reason"] or "", wait_s=float(p["cancel_timeout"]),
+                                            check_only=self.module.check_mode)
+        except HvfleetError as exc:
+            self.module.fail_json(msg=str(exc), changed=True, state="cancelling")
+        journal = outcome["journal"] or {}
+        state = "cancelled" if outcome["cancelled"] else (journal.get("state") or "idle")
+        self.module.exit_json(changed=outcome["changed"], state=state, message=outcome["message"],
+                              cancel=outcome, journal_path=os.path.join(p["state_dir"], "drain-journal.json"))
+
     def run(self):
+        if self.params["state"] == "cancelled":
+            self.cancel_other()
         if LIBVIRT_IMPORT_ERROR is not None:
             self.module.fail_json(msg=missing_required_lib("libvirt-python (python3-libvirt)"),
                                   exception=LIBVIRT_IMPORT_ERROR)
         try:
             drainer = self.drainer()
-            self._trap_signals(drainer)
+            self._trap_signals(drainer, self.params["state_dir"], functools.partial(self._honour, drainer))
             check = self.module.check_mode
             if self.params["state"] == "restored":
                 outcome = drainer.restore(plan_only=check)
@@ -551,6 +605,12 @@ class HostDrainModule:
         except HvfleetError as exc:
             self.module.fail_json(msg=str(exc), changed=False)
         result = outcome.to_dict()
+        if self.cancel_request is not None:
+            request = self.cancel_request
+            result["state"] = "cancelled"
+            result["message"] = f"{result.get('action') or 'drain'} {request.describe()}. {result.get('message')}"
+            result["cancel"] = {"request": request.to_dict()}
+            cancel.clear_request(self.params["state_dir"], request)
         try:
             written = self.write_plan(result)
         except OSError as exc:
@@ -560,16 +620,24 @@ class HostDrainModule:
         if self.module._diff:  # pylint: disable=protected-access
             result["diff"] = self.diff(result)
         if outcome.failed:
-            self.module.fail_json(msg=outcome.message, **result)
+            self.module.fail_json(msg=result["message"], **result)
         self.module.exit_json(**result)
 
     @staticmethod
-    def _trap_signals(drainer):
+    def _trap_signals(drainer, state_dir=None, on_request=None):
         """Ctrl-C / kill: start nothing new, abort pre-copy, journal, report (cancel never blocks).
-        A hang-up is not a cancel: a dropped SSH session must not stop a drain that goes on on the host."""
+        A SIGTERM with a cancel request addressed to this process in `state_dir` (host_drain state=cancelled)
+        does as the request says, and `on_request(request)` records who asked. A hang-up is not a cancel: a
+        dropped SSH session must not stop a drain that goes on on the host."""
 
         def handler(_signum, _frame):
-            drainer.cancel()
+            request = cancel.request_for(state_dir) if state_dir else None
+            if request is not None and request.mode == "finish":
+                drainer.ctx.cancel(abort_running=False)
+            else:
+                drainer.cancel()
+            if request is not None and on_request is not None:
+                on_request(request)
 
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(ValueError, OSError):
@@ -578,8 +646,15 @@ class HostDrainModule:
             signal.signal(signal.SIGHUP, signal.SIG_IGN)
 
 
+def _record_cancel(drainer, request):
+    """Out of the signal handler: the request goes into the journal's run record and the progress events."""
+    with contextlib.suppress(Exception):
+        cancel.record(drainer.journal, request)
+        drainer.ctx.note(request.describe())
+
+
 def main():
-    module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
+    module = AnsibleModule(argument_spec=ARGUMENT_SPEC, required_if=REQUIRED_IF, supports_check_mode=True)
     module.no_log_values.update(uri_passwords(module.params))  # a user:password@ in a URI is masked too
     HostDrainModule(module).run()
 

@@ -136,8 +136,39 @@ class DrainLock:
             os.close(fd)  # closing drops the probe's shared lock
         return None
 
+    def owner_pids(self, locks_text: Optional[str] = None) -> Optional[set[int]]:
+        """The pids holding a flock on the lock file now, from /proc/locks (or `locks_text`); None when
+        that cannot be read (no /proc, no lock file)."""
+        try:
+            st = os.stat(self.path)
+            if locks_text is None:
+                with open("/proc/locks", encoding="ascii", errors="replace") as handle:
+                    locks_text = handle.read()
+        except OSError:
+            return None
+        return flock_owners(locks_text, os.major(st.st_dev), os.minor(st.st_dev), st.st_ino)
+
     def __enter__(self) -> DrainLock:
         return self.acquire()
 
     def __exit__(self, *_exc: object) -> None:
         self.release()
+
+
+def flock_owners(locks_text: str, major: int, minor: int, inode: int) -> set[int]:
+    """Pids holding (not waiting for) a FLOCK on the file MAJOR:MINOR:INODE, from the text of /proc/locks:
+    `1: FLOCK  ADVISORY  WRITE 1234 fd:01:5678 0 EOF` (major and minor in hex)."""
+    owners = set()
+    for line in locks_text.splitlines():
+        fields = line.split()
+        if len(fields) < 6 or fields[1] != "FLOCK":  # "->" marks a process waiting for the lock
+            continue
+        parts = fields[5].split(":")
+        try:
+            dev = (int(parts[0], 16), int(parts[1], 16), int(parts[2]))
+            pid = int(fields[4])
+        except (IndexError, ValueError):
+            continue
+        if dev == (major, minor, inode):
+            owners.add(pid)
+    return owners
