@@ -1,5 +1,6 @@
-"""playbooks/rolling-kernel-upgrade.yml on the lab: every host drained, "upgraded", "rebooted", checked, uncordoned
-and given its VMs back, one at a time, while every guest keeps running.
+"""playbooks/rolling_kernel_upgrade.yml on the lab: every host drained, "upgraded", "rebooted", checked, uncordoned
+and given its VMs back, one at a time, while every guest keeps running. The hosts run under ansible-core's free
+strategy and take their turns with hvfleet.drain.rolling_turn (a ledger in the test's temporary directory).
 
 A lab host cannot reboot (it is a set of namespaces); the reboot step is pointed at a task file that restarts the
 host's libvirtd with the lab's command line, after noting (with virsh, independently of the role's own check)
@@ -27,7 +28,7 @@ TASKS = REPO / "tests" / "integration" / "playbooks" / "tasks"
 def run_playbook(*args):
     env = dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg"), ANSIBLE_FORCE_COLOR="0")
     argv = [str(Path(sys.executable).parent / "ansible-playbook"),
-            str(REPO / "playbooks" / "rolling-kernel-upgrade.yml"), *args]
+            str(REPO / "playbooks" / "rolling_kernel_upgrade.yml"), *args]
     t0 = time.monotonic()
     res = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=900, check=False)
     print(res.stdout, res.stderr, sep="", end="")
@@ -61,7 +62,8 @@ def common_args(tmp_path, events, upgrade="lab_upgrade.yml"):
             "-e", "drain_host_poll_wait=2", "-e", "restore_host_poll_wait=2",
             "-e", "drain_host_measure_dirty_rate=false", "-e", "drain_host_memory_headroom_mib=256",
             "-e", "restore_host_memory_headroom_mib=256",
-            "-e", "drain_host_report=false", "-e", "restore_host_report=false"]
+            "-e", "drain_host_report=false", "-e", "restore_host_report=false",
+            "-e", f"rolling_upgrade_turn_ledger={tmp_path / 'ledger.json'}"]
 
 
 def test_rolling_kernel_upgrade_of_every_lab_host_keeps_every_guest_running(clean_lab, make_vm, tmp_path):
@@ -75,8 +77,9 @@ def test_rolling_kernel_upgrade_of_every_lab_host_keeps_every_guest_running(clea
     t_start = time.time()
 
     rc, out, seconds = run_playbook(*common_args(tmp_path, events), "-e", "hvfleet_rolling_max_in_flight=1")
-    print(f"LAB-TIMING rolling-kernel-upgrade.yml (3 hosts, 1 guest each): {seconds:.1f}s")
+    print(f"LAB-TIMING rolling_kernel_upgrade.yml (3 hosts, 1 guest each): {seconds:.1f}s")
     assert rc == 0
+    assert "deprecat" not in out.lower()  # a stock strategy: no deprecation warning
     for host in lab.hosts():
         assert re.search(rf"{host}\s+: ok=\d+\s+changed=\d+\s+unreachable=0\s+failed=0", out), host
 
@@ -88,10 +91,14 @@ def test_rolling_kernel_upgrade_of_every_lab_host_keeps_every_guest_running(clea
     for event in log:
         assert event["domains"] == [], f"{event['host']} ran {event['domains']} at its {event['step']}"
         assert event["t"] > t_start
-    admitted = [m.group(1) for m in re.finditer(r"hvfleet\.drain\.rolling: admitting (\S+)", out)]
+    admitted = [m.group(1) for m in re.finditer(r"hvfleet\.drain\.rolling_turn: admitting (\S+)", out)]
     assert admitted == lab.hosts()
     for prev, nxt in zip(lab.hosts(), lab.hosts()[1:], strict=False):  # the next one only once this one finished
-        assert out.index(f"hvfleet.drain.rolling: {prev} finished") < out.index(f"admitting {nxt} ")
+        assert out.index(f"hvfleet.drain.rolling_turn: {prev} finished") < out.index(f"admitting {nxt} ")
+    # the ledger: every host's turn given back, ok
+    turns = json.loads((tmp_path / "ledger.json").read_text())["entries"]
+    assert sorted((t["host"], t["state"], t["outcome"]) for t in turns) == [
+        (host, "released", "ok") for host in lab.hosts()]
     for host in lab.hosts():
         marker = json.loads(lab.exec(host, ["cat", f"{STATE}/lab-upgrade.json"]).stdout)
         assert marker["host"] == host and marker["upgraded_at"] > t_start
