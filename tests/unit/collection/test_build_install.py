@@ -8,6 +8,8 @@ import sys
 import tarfile
 from pathlib import Path
 
+import yaml
+
 REPO = Path(__file__).resolve().parents[3]
 BIN = Path(sys.executable).parent
 
@@ -16,7 +18,8 @@ BIN = Path(sys.executable).parent
 SHIPPED = ["LICENSE", "README.md", "CHANGELOG.md", "MANIFEST.json", "FILES.json", "bindep.txt", "requirements.txt",
            "meta/runtime.yml", "meta/execution-environment.yml", "changelogs/changelog.yaml",
            "plugins/modules/domain_migration.py", "plugins/strategy/rolling.py", "plugins/filter/upgrade.py",
-           "roles/rolling_upgrade/tasks/main.yml", "playbooks/drain-host.yml", "docs/ROLLING.md",
+           "roles/rolling_upgrade/tasks/main.yml", "playbooks/drain-host.yml", "playbooks/drain_host.yml",
+           "plugins/action/rolling_turn.py", "docs/ROLLING.md",
            "inventories/example/hosts.yml", "examples/gitops/.gitlab-ci.yml"]
 LEFT_OUT = ["tests", "benchmarks", "scripts", "extensions", ".ci", "reports", ".venv", ".collections", ".git",
             "inventories/lab", "ansible.cfg", "pyproject.toml", "requirements-test.txt", ".ansible-lint", ".yamllint",
@@ -61,3 +64,36 @@ def test_tarball_installs_and_its_module_runs(tmp_path):
     result = json.loads(out[out.index("=> {") + 3:])
     assert "no-such-vm" in result["msg"], result
     assert "test:///default" in result["msg"], result
+
+
+def test_installed_playbooks_run_by_their_fully_qualified_names(tmp_path):
+    """Every playbook has a name valid as a Python identifier, so that `ansible-playbook hvfleet.drain.NAME` finds it
+    once the collection is installed; each hyphenated name only imports its underscore twin."""
+    playbooks = sorted(p.stem for p in (REPO / "playbooks").glob("*.yml"))
+    fqcn = [name for name in playbooks if name.isidentifier()]
+    for name in set(playbooks) - set(fqcn):
+        assert name.replace("-", "_") in fqcn, name
+        plays = yaml.safe_load((REPO / "playbooks" / f"{name}.yml").read_text())
+        assert plays == [{"name": f"Run {name.replace('-', '_')}.yml",
+                          "ansible.builtin.import_playbook": f"{name.replace('-', '_')}.yml"}], name
+    assert {"drain_host", "undrain_host", "migrate_vm", "rolling_kernel_upgrade", "reconcile"} <= set(fqcn)
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ANSIBLE_")}
+    run([BIN / "ansible-galaxy", "collection", "build", str(REPO), "--output-path", str(tmp_path)], cwd=tmp_path,
+        env=env)
+    (tarball,) = tmp_path.glob("hvfleet-drain-*.tar.gz")
+    colls = tmp_path / "collections"
+    run([BIN / "ansible-galaxy", "collection", "install", str(tarball), "-p", str(colls)], cwd=tmp_path, env=env)
+    inventory = tmp_path / "hosts.yml"
+    inventory.write_text("all:\n  children:\n    hypervisors:\n      hosts:\n        hv1:\n        hv2:\n")
+    env.update(ANSIBLE_COLLECTIONS_PATH=str(colls), ANSIBLE_NOCOLOR="1")
+    for name in fqcn:
+        res = subprocess.run([BIN / "ansible-playbook", f"hvfleet.drain.{name}", "-i", str(inventory),
+                              "--syntax-check", "-e", "target=hv1"],
+                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300, check=False)
+        assert res.returncode == 0, f"hvfleet.drain.{name}:\n{res.stdout}\n{res.stderr}"
+        assert "playbook: " in res.stdout and str(colls) in res.stdout, res.stdout  # the installed copy ran
+    # and one for real: the request check of drain_host refuses a run without a host, before contacting any
+    res = subprocess.run([BIN / "ansible-playbook", "hvfleet.drain.drain_host", "-i", str(inventory)],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert res.returncode != 0 and "No hypervisor given" in res.stdout + res.stderr, res.stdout + res.stderr
