@@ -463,6 +463,14 @@ source:
     qemu_version_text:
       description: QEMU version as text.
       type: str
+    machine_types:
+      description:
+        - Machine types QEMU offers for the host's architecture, by domain type (V(qemu), V(kvm)), aliases
+          included; V(null) when libvirt's capabilities list none.
+      type: dict
+    machine_aliases:
+      description: Alias to the machine type it stands for, for example V(pc) to V(pc-i440fx-7.2).
+      type: dict
     migration_live:
       description: Whether the host can live-migrate; V(null) when unknown.
       type: bool
@@ -513,6 +521,8 @@ source:
     libvirt_version_text: 9.0.0
     qemu_version: 7002000
     qemu_version_text: 7.2.0
+    machine_types: {kvm: [pc, pc-i440fx-7.2, pc-q35-7.2, q35], qemu: [pc, pc-i440fx-7.2, pc-q35-7.2, q35]}
+    machine_aliases: {pc: pc-i440fx-7.2, q35: pc-q35-7.2}
     migration_live: true
     migration_transports: [tcp, rdma]
     userfaultfd: true
