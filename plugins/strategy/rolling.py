@@ -47,6 +47,8 @@ description:
     they show in the recap with C(skipped=1), they are marked failed (so they appear in a retry
     file), the custom stat C(hvfleet_rolling_not_done) lists them, and the playbook stops there
     with exit code 2 - a CI job notices that the rollout is incomplete.
+  - The custom stats C(hvfleet_rolling_admissions) (each admitted host with the hosts in flight
+    then, in order) and C(hvfleet_rolling_settings) (the settings read) record the run for callbacks.
   - The O(hvfleet_rolling_max_in_flight), O(hvfleet_rolling_failure_domain_key),
     O(hvfleet_rolling_order_key), O(hvfleet_rolling_max_failures) and O(hvfleet_rolling_capacity_check)
     settings are read once when the play starts, from the variables of the play's hosts - inventory
@@ -152,6 +154,7 @@ EXAMPLES = r"""
         name: maintenance
 """
 
+import dataclasses  # noqa: E402
 import datetime  # noqa: E402
 
 from ansible import constants as C  # noqa: E402
@@ -189,6 +192,7 @@ class StrategyModule(FreeStrategyModule):
         self._rolling_last = RA.Decision()
         self._rolling_stock_next = None
         self._rolling_reported = set()
+        self._rolling_admissions = []  # {"host", "in_flight"} in admission order (custom stat)
 
     # ------------------------------------------------------------------ overrides
 
@@ -209,6 +213,10 @@ class StrategyModule(FreeStrategyModule):
             result = super().run(iterator, play_context)
         finally:
             del iterator.get_next_task_for_host
+            stats = self._tqm._stats
+            stats.set_custom_stats("hvfleet_rolling_admissions", list(self._rolling_admissions))
+            if self._rolling_settings is not None:
+                stats.set_custom_stats("hvfleet_rolling_settings", dataclasses.asdict(self._rolling_settings))
         return self._rolling_report(result)
 
     def get_hosts_left(self, iterator):
@@ -340,6 +348,7 @@ class StrategyModule(FreeStrategyModule):
         for name in decision.admit:
             self._rolling_admitted.append(name)
             in_flight.append(name)
+            self._rolling_admissions.append({"host": name, "in_flight": list(in_flight)})
             display.display(f"{_PREFIX}: admitting {name} (in flight {len(in_flight)}/"
                             f"{self._rolling_settings.max_in_flight}: {', '.join(in_flight)})")
         self._rolling_announce(decision, in_flight, failed)

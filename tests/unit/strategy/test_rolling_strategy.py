@@ -70,11 +70,12 @@ def group_hosts(group):
 
 
 class Run:
-    def __init__(self, rc, output, records, settings):
+    def __init__(self, rc, output, records, settings, stats):
         self.rc = rc
         self.output = output
         self.records = records
         self.settings = settings
+        self.stats = stats  # the recorder's recap record: per-host summary and custom stats
 
     def starts(self):
         """host -> first task start (monotonic)."""
@@ -93,18 +94,20 @@ class Run:
                 ends[r["host"]] = max(ends.get(r["host"], r["mono"]), r["mono"])
         return {h: (s, ends[h]) for h, s in starts.items()}
 
+    def custom(self, name, default=None):
+        """A custom stat of the run (the strategy's structured record), from the recorder's recap."""
+        return self.stats.get("custom", {}).get("_run", {}).get(name, default)
+
     def not_done(self):
-        """host -> reason, from the strategy's final warning."""
-        match = re.search(r"host\(s\) never admitted, not done:\n((?:  - .*\n?)+)", self.output)
-        if not match:
-            return {}
-        return dict(line.strip()[2:].split(": ", 1) for line in match.group(1).splitlines())
+        """host -> reason, from the strategy's custom stat hvfleet_rolling_not_done."""
+        return {item["host"]: item["reason"] for item in self.custom("hvfleet_rolling_not_done", [])}
 
     def admissions(self):
-        """[(host, [in flight after admission])] from the strategy's messages, in order."""
-        return [(m.group(1), m.group(2).split(", "))
-                for m in re.finditer(r"hvfleet\.drain\.rolling: admitting (\S+) \(in flight \d+/\d+: ([^)]*)\)",
-                                     self.output)]
+        """[(host, [in flight after admission])], in order, from the custom stat hvfleet_rolling_admissions."""
+        return [(item["host"], item["in_flight"]) for item in self.custom("hvfleet_rolling_admissions", [])]
+
+    def settings_read(self):
+        return self.custom("hvfleet_rolling_settings", {})
 
 
 def max_overlap(intervals):
@@ -143,8 +146,9 @@ def runs(tmp_path_factory):
     for name, (proc, record, settings) in procs.items():
         output = proc.communicate(timeout=120)[0]
         records = [json.loads(line) for line in record.read_text().splitlines() if line.strip()]
+        stats = next((r for r in records if r["event"] == "stats"), {})
         records = [r for r in records if r["play"] == ROLLING_PLAY]
-        results[name] = Run(proc.returncode, output, records, settings)
+        results[name] = Run(proc.returncode, output, records, settings, stats)
     return results
 
 
@@ -243,7 +247,7 @@ def test_failure_stops_admission_in_flight_host_finishes(runs):
     not_done = run.not_done()
     assert set(not_done) == {"f03", "f04", "f05"}
     assert all("admission stopped after failures" in reason for reason in not_done.values())
-    assert re.search(r"^f03\s+: ok=0 .* skipped=1 ", run.output, re.M)
+    assert run.stats["summary"]["f03"]["ok"] == 0 and run.stats["summary"]["f03"]["skipped"] == 1
 
 
 def test_failure_threshold_tolerates_max_failures(runs):
@@ -315,7 +319,7 @@ def test_settings_come_from_inventory_group_vars(runs):
     """invset's group vars: two in flight, one per rack (no -e, no play vars)."""
     run = runs["inventory"]
     assert run.rc == 0, run.output
-    assert "max in flight 2, failure domain key rack" in run.output
+    assert run.settings_read()["max_in_flight"] == 2 and run.settings_read()["failure_domain_key"] == "rack"
     hosts = group_hosts("invset")
     intervals = run.intervals()
     assert set(intervals) == set(hosts)
@@ -329,7 +333,8 @@ def test_settings_come_from_inventory_group_vars(runs):
 def test_play_vars_win_over_inventory(runs):
     run = runs["play_vars"]
     assert run.rc == 0, run.output
-    assert "max in flight 1, failure domain key rack" in run.output  # the domain key still from inventory
+    assert run.settings_read()["max_in_flight"] == 1  # the play's vars
+    assert run.settings_read()["failure_domain_key"] == "rack"  # still from inventory
     intervals = run.intervals()
     assert set(intervals) == set(group_hosts("invset"))
     assert max_overlap(intervals) == 1
