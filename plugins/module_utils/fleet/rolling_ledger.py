@@ -352,7 +352,7 @@ def wait_turn(req: Request, timeout: float, poll_interval: float, arrival_timeou
               now: Callable[[], datetime.datetime] = lambda: datetime.datetime.now(RA.UTC)) -> Outcome:
     """Register `req.host` as waiting, then look at the ledger every `poll_interval` seconds until it is admitted
     (its entry is then in flight), admission is over for it (final), or `timeout` seconds passed (its entry is
-    then removed). `say` is called with each new reason to wait."""
+    then removed). `say` is called whenever the reason to wait, or whom it waits for, changes."""
     me = next((h for h in req.hosts if h.name == req.host), None)
     domain = me.domain if me is not None else None
     started = clock()
@@ -387,8 +387,8 @@ def wait_turn(req: Request, timeout: float, poll_interval: float, arrival_timeou
             if turn.final or timed_out:
                 data.drop(entry)
                 return Outcome(turn, elapsed, timed_out=timed_out and not turn.final)
-        if turn.reason != said:
-            said = turn.reason
+        if (turn.reason, turn.waits_for) != said:
+            said = (turn.reason, turn.waits_for)
             say(turn)
         sleep(max(0.01, min(poll_interval, timeout - elapsed)))
 
