@@ -9,11 +9,15 @@ bound (the real backend bounds its libvirt calls).
 
 from __future__ import annotations
 
+import threading
 from typing import Any, Optional
 
+from ansible_collections.hvfleet.drain.plugins.module_utils.drain.ledger import LedgerStore, MemoryLedgers
 from ansible_collections.hvfleet.drain.plugins.module_utils.engine import reconcile
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning.model import CheckResult, Host, VmInfo
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning.placement import HostCapacity
+
+_LEDGERS_LOCK = threading.Lock()
 
 
 class Backend:
@@ -72,3 +76,14 @@ class Backend:
                    by: Optional[str] = None) -> bool:
         """Cordon or uncordon the host running this code; returns changed."""
         raise NotImplementedError
+
+    def ledger(self, conn: Any, host: Host, holder: str) -> LedgerStore:
+        """Where `host`'s capacity ledger (drain/ledger.py) lives, reached through `conn`; `holder` names this
+        run in the lock. This default keeps ledgers in the backend object (fakes); the real backend keeps
+        each on its host (drain/ledger_store.py)."""
+        with _LEDGERS_LOCK:
+            ledgers = getattr(self, "_memory_ledgers", None)
+            if ledgers is None:
+                ledgers = MemoryLedgers()
+                self._memory_ledgers = ledgers  # pylint: disable=attribute-defined-outside-init
+        return ledgers.store(host.name)

@@ -33,8 +33,8 @@ from collections.abc import Callable, Iterator
 from typing import Any, Optional
 
 from ansible_collections.hvfleet.drain.plugins.module_utils.common.vocabulary import Action, CycleState, VmState
+from ansible_collections.hvfleet.drain.plugins.module_utils.drain import claims, report
 from ansible_collections.hvfleet.drain.plugins.module_utils.drain import journal as jr
-from ansible_collections.hvfleet.drain.plugins.module_utils.drain import report
 from ansible_collections.hvfleet.drain.plugins.module_utils.drain.backend import Backend
 from ansible_collections.hvfleet.drain.plugins.module_utils.drain.context import Connections, RunContext
 from ansible_collections.hvfleet.drain.plugins.module_utils.drain.execution import Job, execute
@@ -160,20 +160,23 @@ class Drainer:
             result.summary = {"moved": 0, "failed": 0, "blocked": 0, "not_started": 0}
             return result
         result.resumed = unfinished or journal.state in (CycleState.FAILED, CycleState.INTERRUPTED)
-        cordon_changed = ctx.backend.set_cordon(ctx.state_dir, True, ctx.config.reason or "drain", ctx.config.by)
+        cordon_changed = claims.set_cordon(ctx, True, ctx.config.reason or "drain")
         result.cordon = {"changed": bool(cordon_changed), "state": "cordoned"}
         result.changed = bool(cordon_changed)
         journal.begin_run(str(Action.DRAIN), reason=ctx.config.reason, by=ctx.config.by, source_uri=ctx.source.uri,
                           options=self._options())
         if cordon_changed:
             ctx.note(f"cordoned {ctx.source.name}")
+        still_coming = claims.wait_for_incoming(ctx)
+        if still_coming:
+            ctx.note(f"still on their way to {ctx.source.name} (listed again at the end): {'; '.join(still_coming)}")
         resumed = reconcile_journal(ctx, conns, result, act=True)
         result.changed = result.changed or any(r.get("changed") for r in result.reconciled)
         plan = plan_drain(ctx, conns, result, reviewed=reviewed, pinned=resumed.pinned, skip=frozenset(resumed.skip))
         if result.plan_differences and reviewed is not None:
             journal.end_run(CycleState.FAILED, {"message": "reviewed plan no longer matches"})
             if cordon_changed:  # refused: leave the host as this run found it
-                ctx.backend.set_cordon(ctx.state_dir, False, "reviewed plan refused", ctx.config.by)
+                claims.set_cordon(ctx, False, "reviewed plan refused")
             raise DrainError("The reviewed plan no longer matches reality: " + "; ".join(result.plan_differences),
                              "review a new plan (check mode with plan_file), then apply that one.")
         self._record_plan(plan, result, handled=resumed.skip)

@@ -17,7 +17,10 @@ from typing import Any, Optional
 
 from ansible_collections.hvfleet.drain.plugins.module_utils.common.errors import HvfleetError, MigrationFailed
 from ansible_collections.hvfleet.drain.plugins.module_utils.common.vocabulary import Action, Outcome, VmState
+from ansible_collections.hvfleet.drain.plugins.module_utils.drain import replace
+from ansible_collections.hvfleet.drain.plugins.module_utils.drain.claims import Claims
 from ansible_collections.hvfleet.drain.plugins.module_utils.drain.context import Connections, RunContext
+from ansible_collections.hvfleet.drain.plugins.module_utils.drain.ledger import RENEW_EVERY_S, Verdict
 from ansible_collections.hvfleet.drain.plugins.module_utils.drain.model import DrainResult
 from ansible_collections.hvfleet.drain.plugins.module_utils.drain.planner import anti_affinity, schedule_move
 from ansible_collections.hvfleet.drain.plugins.module_utils.drain.report import summarize_result, vm_result
@@ -26,7 +29,7 @@ from ansible_collections.hvfleet.drain.plugins.module_utils.engine.control impor
 from ansible_collections.hvfleet.drain.plugins.module_utils.engine.migration import STAYED, Step
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning.forecast import MIB
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning.model import Host
-from ansible_collections.hvfleet.drain.plugins.module_utils.planning.placement import VmDemand, recheck
+from ansible_collections.hvfleet.drain.plugins.module_utils.planning.placement import VmDemand
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning.policy_spec import spec_for
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning.scheduler import Scheduler
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning.vm_plan import Blocker, PlanItem
@@ -112,9 +115,11 @@ def _run_live(ctx: RunContext, jobs: list[Job], result: DrainResult, out: Outcom
                        for j in jobs], ctx.config.limits()) if jobs else None
     running: dict[str, Worker] = {}
     finished: set = set()
+    waiting: dict[str, float] = {}  # VMs whose destination has no free slot or link share yet: since when
+    claims = Claims(ctx)
     done: queue.Queue = queue.Queue()
     stop_progress = threading.Event()
-    ticker = threading.Thread(target=_progress_loop, args=(ctx, running, stop_progress), daemon=True,
+    ticker = threading.Thread(target=_progress_loop, args=(ctx, running, stop_progress, claims), daemon=True,
                               name="drain-progress")
     ticker.start()
     try:
@@ -127,27 +132,18 @@ def _run_live(ctx: RunContext, jobs: list[Job], result: DrainResult, out: Outcom
                 ctx.note(f"{out.failures} failure(s) > max_failures {ctx.config.max_failures}: no new migration "
                          "starts")
             if not _stopping(ctx, out) and not out.window_closed:
-                for mig in sched.ready(set(running), finished):
-                    job = by_vm[mig.vm]
-                    ok, why = (True, "") if job.item.resume else _recheck(ctx, job)  # a resumed guest runs there
-                    if not ok:
-                        finished.add(job.vm)
-                        _record_not_moved(ctx, job, why)
-                        result.block(Blocker(job.vm, "destination_changed", why,
-                                             "run again: the VM is re-placed with fresh facts."))
-                        continue
-                    worker = Worker(ctx, job, done)
-                    running[job.vm] = worker
-                    _rebalance(sched, running)  # the others give up their share before this one starts
-                    out.attempted += 1
-                    worker.start()
+                _start_ready(ctx, sched, by_vm, (running, finished, waiting), claims, result, out, done)
             if not running:
-                break
+                if not waiting or _stopping(ctx, out) or out.window_closed:
+                    break
+                ctx.sleep(1.0)  # only waiting for a destination's slot or link
+                continue
             try:
                 name, item = done.get(timeout=0.5)
             except queue.Empty:
                 continue
             running.pop(name).join(5)
+            claims.release(name)
             finished.add(name)
             result.vms.append(item)
             if not item.get("ok"):
@@ -157,7 +153,74 @@ def _run_live(ctx: RunContext, jobs: list[Job], result: DrainResult, out: Outcom
         stop_progress.set()
         for worker in list(running.values()):  # an exception escaped: let running migrations be journalled
             worker.join()
+        claims.release_all()
     return finished
+
+
+def _start_ready(ctx: RunContext, sched: Scheduler, by_vm: dict, sets: tuple, claims: Claims, result: DrainResult,
+                 out: Outcomes, done: queue.Queue) -> None:
+    """Start what the scheduler allows and the destinations' ledgers grant; a VM refused for good makes room
+    for the next one in the queue at once."""
+    running, finished, waiting = sets
+    again = True
+    while again:
+        again = False
+        for mig in sched.ready(set(running), finished):
+            job = by_vm[mig.vm]
+            if not job.item.resume:  # a resumed guest already runs on its destination
+                share = sched.bandwidth_for(job.vm, {*running, job.vm})
+                verdict = _claim(ctx, claims, job, share, waiting)
+                if verdict is None:
+                    continue  # try again in a moment
+                if not verdict.granted and not job.returning:
+                    job, verdict = _re_place(ctx, claims, job, verdict, share)
+                    by_vm[job.vm] = job
+                if not verdict.granted:
+                    finished.add(job.vm)
+                    _record_not_moved(ctx, job, verdict.why)
+                    result.block(Blocker(job.vm, "destination_changed", verdict.why,
+                                         "run again: the VM is re-placed with fresh facts."))
+                    again = True
+                    continue
+            worker = Worker(ctx, job, done)
+            running[job.vm] = worker
+            _rebalance(sched, running)  # the others give up their share before this one starts
+            out.attempted += 1
+            worker.start()
+
+
+def _re_place(ctx: RunContext, claims: Claims, job: Job, refused: Verdict, share_bps: Optional[int]
+              ) -> tuple[Job, Verdict]:
+    """The job on another destination that grants it (replace.py), or the job as it was with every reason."""
+    demand = VmDemand(job.vm, job.item.memory_mib, job.item.vcpus, anti_affinity=anti_affinity(ctx, job.item.labels))
+    dest, others = replace.elsewhere(ctx, claims, job.vm, job.src, job.dst, job.item.settings, demand,
+                                     int(share_bps / MIB) if share_bps else None)
+    if dest is None:
+        return job, Verdict(False, "; ".join([refused.why, *others]))
+    replace.journal_new_destination(ctx, job.vm, dest, refused.why)
+    item = job.item.replace(destination=dest.name, destination_uri=dest.target_uri, migrate_uri=dest.migrate_uri,
+                            placement_reason=f"re-placed: {refused.why}")
+    return Job(item, job.src, dest, job.action), Verdict(True, f"re-placed on {dest.name}")
+
+
+def _claim(ctx: RunContext, claims: Claims, job: Job, share_bps: Optional[int],
+           waiting: dict[str, float]) -> Optional[Verdict]:
+    """Claim the destination for `job` in the fleet-wide ledger; None while it waits for a slot or the link
+    (up to claim_wait_s), else the verdict (refused for good: the reason names the claims in the way)."""
+    demand = VmDemand(job.vm, job.item.memory_mib, job.item.vcpus, anti_affinity=anti_affinity(ctx, job.item.labels))
+    share = int(share_bps / MIB) if share_bps else None
+    verdict = claims.take(job.vm, job.src, job.dst, demand, job.returning, share)
+    if verdict.wait:
+        if job.vm not in waiting:
+            ctx.note(f"{job.vm}: waiting (up to {ctx.config.claim_wait_s:g} s) for {job.dst.name}: {verdict.why}")
+        since = waiting.setdefault(job.vm, ctx.clock())
+        if ctx.clock() - since < ctx.config.claim_wait_s:
+            return None
+        verdict = Verdict(False, f"waited {ctx.config.claim_wait_s:g} s for {job.dst.name}: {verdict.why}")
+    waiting.pop(job.vm, None)
+    if not verdict.granted:
+        ctx.note(f"{job.vm}: destination re-check failed: {verdict.why}")
+    return verdict
 
 
 def _record_not_moved(ctx: RunContext, job: Job, why: str) -> None:
@@ -165,27 +228,6 @@ def _record_not_moved(ctx: RunContext, job: Job, why: str) -> None:
         ctx.jr.update_vm(job.vm, note=why, restore_error=why)
     else:
         ctx.jr.update_vm(job.vm, VmState.BLOCKED, note=why, error=why)
-
-
-def _recheck(ctx: RunContext, job: Job) -> tuple[bool, str]:
-    """Fresh facts of the destination right before starting; False with the reason when it no longer fits."""
-    dest = job.dst
-    conn = None
-    try:
-        conn = ctx.backend.connect(dest.uri)
-        cap = ctx.backend.capacity(conn, dest, ctx.config.anti_affinity_labels)
-    except HvfleetError as exc:
-        return False, f"{dest.name} cannot be checked right before the migration: {exc.message}"
-    finally:
-        if conn is not None:
-            ctx.backend.close(conn)
-    cordoned = (cap.cordoned or dest.cordoned_now) and not job.returning
-    cap = dataclasses.replace(cap, name=dest.name, cordoned=cordoned)
-    demand = VmDemand(job.vm, job.item.memory_mib, job.item.vcpus, anti_affinity=anti_affinity(ctx, job.item.labels))
-    ok, why = recheck(demand, cap, ctx.config.placement)
-    if not ok:
-        ctx.note(f"{job.vm}: destination re-check failed: {why}")
-    return ok, why
 
 
 def _rebalance(sched: Scheduler, running: dict) -> None:
@@ -197,9 +239,13 @@ def _rebalance(sched: Scheduler, running: dict) -> None:
             worker.set_bandwidth(share)
 
 
-def _progress_loop(ctx: RunContext, running: dict, stop: threading.Event) -> None:
+def _progress_loop(ctx: RunContext, running: dict, stop: threading.Event, claims: Claims) -> None:
     last: dict[str, Any] = {}
-    while not stop.wait(ctx.config.progress_interval_s):
+    renewed = ctx.clock()
+    while not stop.wait(min(ctx.config.progress_interval_s, RENEW_EVERY_S)):
+        if ctx.clock() - renewed >= RENEW_EVERY_S:
+            renewed = ctx.clock()
+            claims.renew()
         for name, worker in list(running.items()):
             sample = worker.control.sample()
             if sample is None:

@@ -20,6 +20,7 @@ from ansible_collections.hvfleet.drain.plugins.module_utils.common import bounde
 from ansible_collections.hvfleet.drain.plugins.module_utils.common.connection import close_quietly, connect
 from ansible_collections.hvfleet.drain.plugins.module_utils.common.errors import DomainNotFound, HvfleetError
 from ansible_collections.hvfleet.drain.plugins.module_utils.drain.backend import Backend
+from ansible_collections.hvfleet.drain.plugins.module_utils.drain.ledger_store import SecretLedgerStore
 from ansible_collections.hvfleet.drain.plugins.module_utils.engine import leftover, reconcile
 from ansible_collections.hvfleet.drain.plugins.module_utils.engine.control import MigrationControl
 from ansible_collections.hvfleet.drain.plugins.module_utils.engine.core import ACTION_TIMEOUT_S, conn_uri
@@ -208,7 +209,10 @@ class LibvirtBackend(Backend):
         _bounded(lambda: conn.lookupByName(name).abortJob(), f"abort the job of '{name}'",
                  f"abort it by hand: virsh -c {shlex.quote(conn_uri(conn) or 'URI')} domjobabort {shlex.quote(name)}")
 
-    # ---- cordon -----------------------------------------------------------------------------
+    # ---- cordon and ledger ------------------------------------------------------------------
+
+    def ledger(self, conn: Any, host: Host, holder: str) -> SecretLedgerStore:
+        return SecretLedgerStore(conn, host.name, holder)
 
     def read_cordon(self, state_dir: str) -> bool:
         return maintenance.read_state(state_dir).cordoned

@@ -42,6 +42,8 @@ class DrainConfig:  # pylint: disable=too-many-instance-attributes
     reason: Optional[str] = None
     by: Optional[str] = None
     orphan_wait_s: float = 30.0
+    # how long a migration waits for a destination's inbound slot or link share held by other drains
+    claim_wait_s: float = 600.0
     progress_interval_s: float = 5.0
     measure_dirty_rate: bool = True
     # no migration starts at or after this time (the Drainer's clock, e.g. the end of a maintenance window);
@@ -68,7 +70,7 @@ class DrainConfig:  # pylint: disable=too-many-instance-attributes
         """Refuse settings that cannot work before anything is touched."""
         self.limits()  # scheduler.Limits refuses limits under which nothing could start
         for name, low, high in (("progress_interval_s", 0.0, 3600), ("default_link_mbit", 0.0, 1e7),
-                                ("orphan_wait_s", None, 86400)):
+                                ("orphan_wait_s", None, 86400), ("claim_wait_s", None, 86400)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or (
                     low is not None and value <= low) or value < 0 or value > high:

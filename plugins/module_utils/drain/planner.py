@@ -13,6 +13,7 @@ import dataclasses
 from typing import Any, Optional
 
 from ansible_collections.hvfleet.drain.plugins.module_utils.common.errors import HvfleetError
+from ansible_collections.hvfleet.drain.plugins.module_utils.drain import claims
 from ansible_collections.hvfleet.drain.plugins.module_utils.drain.context import Connections, RunContext
 from ansible_collections.hvfleet.drain.plugins.module_utils.drain.model import DrainResult
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning.drain_forecast import (
@@ -122,7 +123,8 @@ def _destinations(ctx: RunContext, conns: Connections, result: DrainResult) -> t
             conn = conns.get(dest.uri)
             cap = ctx.backend.capacity(conn, dest, ctx.config.anti_affinity_labels)
             dest_conns[dest.name] = conn
-            capacities.append(dataclasses.replace(cap, name=dest.name, cordoned=cap.cordoned or dest.cordoned_now))
+            cap = dataclasses.replace(cap, name=dest.name, cordoned=cap.cordoned or dest.cordoned_now)
+            capacities.append(claims.as_planned(ctx, conn, dest, cap))
         except HvfleetError as exc:
             capacities.append(HostCapacity(dest.name, 0, 0, 0, 0, cordoned=dest.cordoned))
             result.block(Blocker(None, "destination_unreachable", f"{dest.name}: {exc.message}", exc.hint))

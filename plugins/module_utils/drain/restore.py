@@ -16,7 +16,7 @@ from typing import Optional
 
 from ansible_collections.hvfleet.drain.plugins.module_utils.common.errors import HvfleetError
 from ansible_collections.hvfleet.drain.plugins.module_utils.common.vocabulary import Action, CycleState, Mode, VmState
-from ansible_collections.hvfleet.drain.plugins.module_utils.drain import report
+from ansible_collections.hvfleet.drain.plugins.module_utils.drain import claims, report
 from ansible_collections.hvfleet.drain.plugins.module_utils.drain.context import Connections, RunContext
 from ansible_collections.hvfleet.drain.plugins.module_utils.drain.execution import Job, execute
 from ansible_collections.hvfleet.drain.plugins.module_utils.drain.model import DrainResult
@@ -282,7 +282,7 @@ class Restorer:
                          "forecast_total_s": (result.forecast or {}).get("total_s")}
         complete = not failed and not result.blockers and not self.ctx.cancelled and not self._verified_home()
         if complete:
-            changed = self.ctx.backend.set_cordon(self.ctx.state_dir, False, "restored", self.ctx.config.by)
+            changed = claims.set_cordon(self.ctx, False, "restored")
             result.changed = result.changed or bool(changed)
             result.cordon = {"changed": bool(changed), "state": "active"}
             result.state = str(CycleState.RESTORED)

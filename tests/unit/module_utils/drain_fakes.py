@@ -8,6 +8,7 @@ import time
 from ansible_collections.hvfleet.drain.plugins.module_utils.common.errors import HvfleetError, MigrationFailed
 from ansible_collections.hvfleet.drain.plugins.module_utils.drain.backend import Backend
 from ansible_collections.hvfleet.drain.plugins.module_utils.drain.drainer import Drainer
+from ansible_collections.hvfleet.drain.plugins.module_utils.drain.ledger import MemoryLedgers
 from ansible_collections.hvfleet.drain.plugins.module_utils.drain.model import DrainConfig
 from ansible_collections.hvfleet.drain.plugins.module_utils.engine import reconcile
 from ansible_collections.hvfleet.drain.plugins.module_utils.engine.migration import MigrationResult, Step
@@ -31,6 +32,7 @@ class World:
         self.memory_mib = memory_mib
         self.cpus = cpus
         self.lock = threading.RLock()
+        self.ledgers = MemoryLedgers()  # every host's capacity ledger, shared by all drains over this world
 
     @staticmethod
     def uri(name):
@@ -213,6 +215,9 @@ class FakeBackend(Backend):
             d = self.world.hosts[conn.host].get(name)
             if d:
                 d["job"] = False
+
+    def ledger(self, conn, host, holder):
+        return self.world.ledgers.store(host.name)
 
     def read_cordon(self, state_dir):
         return self.cordoned

@@ -291,20 +291,41 @@ def test_reviewed_plan_for_a_destination_that_no_longer_fits_is_refused(tmp_path
     assert f"'a' cannot go to {dest} as reviewed" in str(info.value)
 
 
-def test_recheck_before_start_catches_a_destination_that_filled_up(tmp_path):
+def test_a_vm_whose_destination_filled_up_is_re_placed_on_another_that_fits(tmp_path):
+    world = fleet(a=vm(memory=3000), b=vm(memory=3000))
+    backend = FakeBackend(world)
+    planned = {}
+
+    def fill(name, src, dst):
+        planned.setdefault(name, dst)
+        if name == "a":
+            other = "hv3" if dst == "hv2" else "hv2"
+            world.place(other, "intruder", vm(memory=7000))
+
+    backend.before_migrate = fill
+    drainer, backend, events = make(tmp_path, world, backend=backend, max_parallel=1)
+    result = drainer.drain()
+    assert [c[2] for c in backend.calls] == [planned["a"], planned["a"]]  # b went where a went: it still fits
+    assert not result.failed and not result.blockers, result.message
+    assert any("b: re-placed on" in e.get("message", "") for e in events)
+    assert drainer.ctx.jr.vm("b")["destination"] == planned["a"]
+
+
+def test_a_vm_no_destination_takes_any_more_is_blocked_with_the_reasons(tmp_path):
     world = fleet(a=vm(memory=3000), b=vm(memory=3000))
     backend = FakeBackend(world)
 
     def fill(name, src, dst):
-        other = "hv3" if dst == "hv2" else "hv2"
-        world.place(other, "intruder", vm(memory=7000))
+        for host in ("hv2", "hv3"):
+            world.place(host, f"intruder-{host}", vm(memory=6000))
 
     backend.before_migrate = fill
     drainer, backend, _events = make(tmp_path, world, backend=backend, max_parallel=1)
     result = drainer.drain()
     assert len(backend.calls) == 1
-    assert any(b["kind"] == "destination_changed" for b in result.blockers)
-    assert result.failed
+    [blocker] = [b for b in result.blockers if b["kind"] == "destination_changed"]
+    assert blocker["vm"] == "b" and "hv2" in blocker["message"] and "hv3" in blocker["message"]
+    assert result.failed and world.where("b") == ["hv1"]
 
 
 def test_cancel_aborts_precopy_and_starts_nothing_new(tmp_path):
