@@ -75,14 +75,16 @@ def fresh_events(events, seen):
 
 
 def playbook_command(argv, host, state):
-    """The ansible-playbook command line that was run, with `-e target=HOST -e drain_host_state=STATE` added
-    (extra vars given later win), or None when this is not an ansible-playbook run."""
+    """The ansible-playbook command line that was run, with `-e drain_host_state=STATE` (and `-e target=HOST`
+    unless given) added (extra vars given later win), or None when this is not an ansible-playbook run."""
     if not argv or "ansible-playbook" not in os.path.basename(argv[0]):
         return None
     program = os.path.basename(argv[0])
     if shutil.which(program) != argv[0]:
         program = argv[0]
-    return shlex.join([program, *argv[1:], "-e", f"target={host}", "-e", f"drain_host_state={state}"])
+    given = {argv[i + 1] for i in range(1, len(argv) - 1) if argv[i] in ("-e", "--extra-vars")}
+    target = [] if f"target={host}" in given else ["-e", f"target={host}"]
+    return shlex.join([program, *argv[1:], *target, "-e", f"drain_host_state={state}"])
 
 
 def interrupt_message(host, action, state_dir, job_id, argv):

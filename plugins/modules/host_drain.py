@@ -282,101 +282,430 @@ EXAMPLES = r"""
 RETURN = r"""
 state:
   description:
-    - V(drained), V(failed) (something could not move; the host stays cordoned), V(interrupted), V(restored), or
+    - V(drained), V(failed) (something could not move; the host stays cordoned), V(interrupted) (Ctrl-C or a kill),
+      V(cancelled) (a O(state=cancelled) request from another run stopped it, see RV(cancel)), V(restored), or
       V(planned) in check mode.
+    - With O(state=cancelled), V(cancelled) when a running drain was stopped, else the journal's state (or V(idle)).
   returned: always
   type: str
+  sample: drained
 message:
-  description: One paragraph summary naming every VM that did not move and why.
+  description: One paragraph summary naming every VM that did not move and why (and, when cancelled, who cancelled).
   returned: always
   type: str
+  sample: "drain of hv1: 3 moved, 0 failed, 0 blocked, 0 not started; hv1 is empty and stays cordoned."
+action:
+  description: V(drain) or V(restore).
+  returned: with O(state=drained) or O(state=restored)
+  type: str
+  sample: drain
+host:
+  description: The drained host's name.
+  returned: with O(state=drained) or O(state=restored)
+  type: str
+  sample: hv1
 plan:
-  description:
-    - Every VM to move, in start order, with C(vm), C(kind) (V(live) or V(definition)), C(destination),
-      C(destination_uri), C(policy), C(policy_reason), C(mode), C(mode_reason), C(auto_converge),
-      C(predicted_duration_s), C(predicted_downtime_ms), C(predicted_bytes), C(placement_reason), C(spec),
-      C(memory_mib), C(vcpus), C(dirty_rate_bps).
-  returned: always
+  description: Every VM to move, in start order.
+  returned: with O(state=drained) or O(state=restored)
   type: list
   elements: dict
+  contains:
+    vm:
+      description: The VM.
+      type: str
+    kind:
+      description: V(live) (a running VM migrates) or V(definition) (a shut-off VM's definition moves).
+      type: str
+    source:
+      description: The host it leaves.
+      type: str
+    destination:
+      description: The host it goes to.
+      type: str
+    destination_uri:
+      description: The libvirt URI of the destination.
+      type: str
+    policy:
+      description: Its migration policy.
+      type: str
+    policy_reason:
+      description: Why that policy.
+      type: str
+    mode:
+      description: The migration mode, V(precopy), V(postcopy), V(postcopy_after_precopy) or V(definition).
+      type: str
+    mode_reason:
+      description: Why that mode.
+      type: str
+    auto_converge:
+      description: Whether vCPU throttling is on.
+      type: bool
+    placement_reason:
+      description: Why that destination.
+      type: str
+    spec:
+      description: The migration's settings in one line.
+      type: str
+    memory_mib:
+      description: Its memory.
+      type: int
+    vcpus:
+      description: Its vCPUs.
+      type: int
+    dirty_rate_bps:
+      description: Its measured dirty rate in bytes per second (null when not measured).
+      type: float
+    predicted_duration_s:
+      description: Forecast duration.
+      type: float
+    predicted_downtime_ms:
+      description: Forecast pause at the switch-over.
+      type: float
+    predicted_bytes:
+      description: Forecast data to send.
+      type: int
+  sample:
+    - vm: web1
+      kind: live
+      source: hv1
+      destination: hv2
+      destination_uri: qemu+tls://hv2.example.com/system
+      policy: default
+      policy_reason: no policy matched; the default applies
+      mode: precopy
+      mode_reason: "dirty rate 2.0 MiB/s against 112 MiB/s: pre-copy converges"
+      auto_converge: false
+      placement_reason: most free memory after headroom
+      spec: precopy, max downtime 500 ms
+      memory_mib: 2048
+      vcpus: 2
+      dirty_rate_bps: 2097152
+      predicted_duration_s: 19.4
+      predicted_downtime_ms: 40
+      predicted_bytes: 2181038080
 vms:
-  description:
-    - Per VM that was acted on, C(vm), C(kind), C(source), C(destination), C(policy), C(mode) (planned),
-      C(mode_used), C(state) (journal state, V(moved), V(stayed), V(failed), V(paused_postcopy), V(home)),
-      C(ok), C(outcome), C(duration_s), C(downtime_ms), C(bytes_sent), C(predicted_duration_s),
-      C(predicted_downtime_ms), C(message), C(recovery), C(steps), C(attempts), C(started), C(finished).
-  returned: always
+  description: Per VM that was acted on, what happened.
+  returned: with O(state=drained) or O(state=restored)
   type: list
   elements: dict
+  contains:
+    vm:
+      description: The VM.
+      type: str
+    kind:
+      description: V(live) or V(definition).
+      type: str
+    source:
+      description: The host it left.
+      type: str
+    destination:
+      description: The host it went to (or was to go to).
+      type: str
+    policy:
+      description: Its migration policy.
+      type: str
+    mode:
+      description: The planned mode.
+      type: str
+    mode_used:
+      description: The mode actually used.
+      type: str
+    state:
+      description: Journal state, V(moved), V(stayed), V(failed), V(paused_postcopy), V(home).
+      type: str
+    ok:
+      description: Whether it moved.
+      type: bool
+    outcome:
+      description: The migration engine's outcome.
+      type: str
+    duration_s:
+      description: Seconds the move took.
+      type: float
+    downtime_ms:
+      description: The pause at the switch-over (null after a post-copy).
+      type: float
+    bytes_sent:
+      description: Data sent.
+      type: int
+    predicted_duration_s:
+      description: Forecast duration.
+      type: float
+    predicted_downtime_ms:
+      description: Forecast pause.
+      type: float
+    message:
+      description: What happened.
+      type: str
+    recovery:
+      description: What to do when it failed (null when it moved).
+      type: str
+    steps:
+      description: The engine's steps, each with C(t), C(action) and C(detail).
+      type: list
+      elements: dict
+    attempts:
+      description: How many times its migration was started.
+      type: int
+    started:
+      description: When its last attempt started (ISO 8601).
+      type: str
+    finished:
+      description: When it ended (ISO 8601).
+      type: str
+  sample:
+    - vm: web1
+      kind: live
+      source: hv1
+      destination: hv2
+      policy: default
+      mode: precopy
+      mode_used: precopy
+      state: moved
+      ok: true
+      outcome: moved
+      duration_s: 18.2
+      downtime_ms: 35
+      bytes_sent: 2090000000
+      predicted_duration_s: 19.4
+      predicted_downtime_ms: 40
+      message: "'web1' moved to hv2"
+      recovery: null
+      steps: []
+      attempts: 1
+      started: "2025-06-02T02:00:05.000000+00:00"
+      finished: "2025-06-02T02:00:23.200000+00:00"
 blockers:
-  description: What kept VMs from moving, each with C(vm), C(kind), C(message), C(fix) and C(reasons) per host.
-  returned: always
+  description: What kept VMs from moving.
+  returned: with O(state=drained) or O(state=restored)
   type: list
   elements: dict
+  contains:
+    vm:
+      description: The VM (null for a problem of the whole run).
+      type: str
+    kind:
+      description: What kind of blocker, for example V(placement) or V(leftover).
+      type: str
+    message:
+      description: What is wrong.
+      type: str
+    fix:
+      description: What to do about it.
+      type: str
+    reasons:
+      description: Per destination, why it does not fit.
+      type: dict
+  sample:
+    - vm: db2
+      kind: placement
+      message: "no destination fits 'db2' (8192 MiB)"
+      fix: free memory on a destination or add one.
+      reasons: {hv2: "3072 MiB free after headroom, needs 8192 MiB"}
 moves:
-  description: C(vm), C(from), C(to) of every planned move.
-  returned: always
+  description: Every planned move.
+  returned: with O(state=drained) or O(state=restored)
   type: list
   elements: dict
+  contains:
+    vm:
+      description: The VM.
+      type: str
+    from:
+      description: The host it leaves.
+      type: str
+    to:
+      description: The host it goes to.
+      type: str
+  sample:
+    - {vm: web1, from: hv1, to: hv2}
 forecast:
-  description:
-    - The drain forecast, C(total_s), C(serial_s), C(concurrency), C(migrations), C(blocked), C(predicted_bytes),
-      C(worst_downtime_ms), C(summary).
+  description: The drain forecast.
   returned: when there is something to plan
   type: dict
+  contains:
+    total_s:
+      description: Forecast wall time of the whole drain.
+      type: float
+    serial_s:
+      description: The sum of all migrations' forecast durations.
+      type: float
+    concurrency:
+      description: Migrations at once.
+      type: int
+    migrations:
+      description: Number of migrations.
+      type: int
+    blocked:
+      description: VMs that cannot move.
+      type: list
+      elements: str
+    predicted_bytes:
+      description: Data to send in all.
+      type: int
+    worst_downtime_ms:
+      description: The longest forecast pause.
+      type: float
+    summary:
+      description: The forecast in one sentence.
+      type: str
+  sample:
+    total_s: 42.0
+    serial_s: 61.5
+    concurrency: 2
+    migrations: 3
+    blocked: []
+    predicted_bytes: 6442450944
+    worst_downtime_ms: 120
+    summary: 3 migrations on 2 lanes, about 42 s
 actual:
-  description: C(total_s), C(migrations), C(bytes_sent), C(worst_downtime_ms) and C(forecast_total_s) of the run.
+  description: What the run measured.
   returned: when migrations ran
   type: dict
+  contains:
+    total_s:
+      description: Wall time of the run.
+      type: float
+    migrations:
+      description: Live migrations run.
+      type: int
+    bytes_sent:
+      description: Data sent in all.
+      type: int
+    worst_downtime_ms:
+      description: The longest pause measured.
+      type: float
+    forecast_total_s:
+      description: The forecast wall time, to compare.
+      type: float
+  sample: {total_s: 39.8, migrations: 3, bytes_sent: 6300000000, worst_downtime_ms: 95, forecast_total_s: 42.0}
 summary:
-  description: Counts, C(moved), C(failed), C(blocked), C(not_started).
-  returned: always
+  description: Counts of the run.
+  returned: with O(state=drained) or O(state=restored)
   type: dict
+  contains:
+    moved:
+      description: VMs moved.
+      type: int
+    failed:
+      description: Migrations that failed.
+      type: int
+    blocked:
+      description: VMs that could not be placed or checked.
+      type: int
+    not_started:
+      description: VMs not started (interrupted, cancelled, too many failures, window closed).
+      type: int
+    definitions_moved:
+      description: Definitions of shut-off VMs moved.
+      type: int
+  sample: {moved: 3, failed: 0, blocked: 0, not_started: 0, definitions_moved: 0}
 verified_empty:
   description: Whether the host had no running or persistent domain left at the end.
   returned: state=drained, not in check mode
   type: bool
+  sample: true
 leftovers:
   description: Domains still on the host at the end.
-  returned: always
+  returned: with O(state=drained) or O(state=restored)
   type: list
   elements: str
+  sample: [db2]
 resumed:
   description: Whether this run resumed an interrupted one from the journal.
-  returned: always
+  returned: with O(state=drained) or O(state=restored)
   type: bool
+  sample: false
 reconciled:
   description: For a resumed run, what was found for each VM the journal had in flight.
-  returned: always
+  returned: with O(state=drained) or O(state=restored)
   type: list
   elements: dict
+  contains:
+    vm:
+      description: The VM.
+      type: str
+    journal_state:
+      description: Its state in the journal.
+      type: str
+    destination:
+      description: Its planned destination.
+      type: str
+    found:
+      description: What was found, for example V(moved), V(on_source), V(leftover_definition).
+      type: str
+    where:
+      description: The host it was found on.
+      type: str
+    reason:
+      description: How that was told.
+      type: str
+    changed:
+      description: Whether the journal or a host was changed to match.
+      type: bool
+  sample:
+    - {vm: web1, journal_state: migrating, destination: hv2, found: moved, where: hv2,
+       reason: running on hv2 only, changed: true}
+cordon:
+  description: The cordon set by a drain.
+  returned: when a drain ran
+  type: dict
+  contains:
+    changed:
+      description: Whether this run cordoned the host.
+      type: bool
+    state:
+      description: V(cordoned).
+      type: str
+  sample: {changed: true, state: cordoned}
 journal_path:
   description: Path of the journal on the host.
   returned: not in check mode
   type: str
+  sample: /var/lib/hvfleet/drain-journal.json
 progress_path:
   description: Path of the progress events (JSON lines) on the host.
-  returned: not in check mode
+  returned: with O(state=drained) or O(state=restored), not in check mode
   type: str
+  sample: /var/lib/hvfleet/drain-progress.jsonl
 lock_holder:
-  description: In check mode, the drain or restore running now (pid, purpose, started, by), if any.
+  description: In check mode, the drain or restore running now, if any.
   returned: check mode
   type: dict
+  contains:
+    pid:
+      description: Its process id.
+      type: int
+    purpose:
+      description: V(drain) or V(restore).
+      type: str
+    started:
+      description: When it took the lock (ISO 8601).
+      type: str
+    by:
+      description: Who runs it.
+      type: str
+    host:
+      description: The host.
+      type: str
+  sample: {pid: 4242, purpose: drain, started: "2025-06-02T02:00:00+00:00", by: alice@10.0.0.5, host: hv1}
 plan_differences:
   description: With O(plan_from), how reality differs from the reviewed plan.
-  returned: always
+  returned: with O(state=drained) or O(state=restored)
   type: list
   elements: str
+  sample: ["'web3' is on hv1 but not in the reviewed plan"]
 not_started:
-  description: VMs whose migration was not started (the run was interrupted, too many failed, or the window closed).
-  returned: always
+  description: VMs whose migration was not started (interrupted, cancelled, too many failed, or the window closed).
+  returned: with O(state=drained) or O(state=restored)
   type: list
   elements: str
+  sample: [web2, web3]
 recoverable:
   description:
     - VMs that are not provably in exactly one place (running on two hosts, seen on none, a leftover definition that
       could not be removed, a host that cannot be seen). Nothing more is done with them until a person acts.
-  returned: always
+  returned: with O(state=drained) or O(state=restored)
   type: list
   elements: dict
   contains:
@@ -393,10 +722,47 @@ recoverable:
     - vm: db1
       where: "running on both hosts and it cannot be told which copy is current; paused: hv1, hv2"
       fix: decide which copy is current, destroy the other, resume the one kept, then run again.
+cancel:
+  description:
+    - With O(state=cancelled), what the cancel did. In the result of a drain that a request stopped, the request
+      (C(request) only).
+  returned: with O(state=cancelled), or when a cancel request stopped this run
+  type: dict
+  contains:
+    cancelled:
+      description: Whether a running drain or restore was stopped.
+      type: bool
+    changed:
+      description: Whether a request was sent.
+      type: bool
+    message:
+      description: What happened.
+      type: str
+    holder:
+      description: The drain that held the lock (C(pid), C(purpose), C(started), C(by), C(host)); null when none ran.
+      type: dict
+    request:
+      description:
+        - The request, C(pid) and C(holder_started) (the run it is for), C(by), C(reason), C(mode), C(requested).
+      type: dict
+    journal:
+      description: The journal's final C(state), its last C(run) record (with the C(cancel) request) and C(vms) (state
+        and destination of each).
+      type: dict
+  sample:
+    cancelled: true
+    changed: true
+    message: "The drain run by pid 4242 (drain, started 2025-06-02T02:00:00+00:00, host hv1) stopped: ..."
+    holder: {pid: 4242, purpose: drain, started: "2025-06-02T02:00:00+00:00", by: alice@10.0.0.5, host: hv1}
+    request: {pid: 4242, holder_started: "2025-06-02T02:00:00+00:00", by: bob@10.0.0.6, reason: change withdrawn,
+              mode: abort, requested: "2025-06-02T02:03:00.000000+00:00", purpose: drain}
+    journal: {state: interrupted, run: {id: 20250602T020000-4242, state: interrupted}, vms: {web1: {state: moved,
+              destination: hv2}}}
 plan_file:
   description: Where the plan was written.
   returned: when O(plan_file) is set
   type: str
+  sample: /var/lib/hvfleet/plan.json
 """
 
 import contextlib  # noqa: E402

@@ -163,7 +163,9 @@ def test_playbook_command_adds_target_and_state():
     argv = ["/nowhere/bin/ansible-playbook", "playbooks/drain-host.yml", "-e", "target=hv1", "-e", "x=a b"]
     cmd = playbook_command(argv, "hv1", "cancelled")
     assert cmd == ("/nowhere/bin/ansible-playbook playbooks/drain-host.yml -e target=hv1 -e 'x=a b' "
-                   "-e target=hv1 -e drain_host_state=cancelled")
+                   "-e drain_host_state=cancelled")
+    cmd = playbook_command(["ansible-playbook", "p.yml", "--limit", "hv1"], "hv1", "followed")
+    assert cmd.endswith("p.yml --limit hv1 -e target=hv1 -e drain_host_state=followed")
     assert playbook_command(["/usr/bin/ansible", "hv1"], "hv1", "cancelled") is None
 
 
