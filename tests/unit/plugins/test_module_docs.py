@@ -172,12 +172,14 @@ def test_an_option_name_has_one_type_and_default_across_modules(docs):
 
 
 def test_the_option_check_catches_what_it_should():
-    docs = {"a": {"options": {"timeout": {"type": "int", "default": 30}, "d": {"type": "list", "suboptions": {
-        "cordoned": {"type": "bool"}}}, "state": {"type": "str", "choices": ["on", "off"], "default": "on"}}},
-            "b": {"options": {"timeout": {"type": "float", "default": 30.0}, "d": {"type": "list", "suboptions": {
-                "cordoned": {"type": "bool", "default": False}}}, "state": {"type": "str", "choices": ["up", "down"]}}},
-            "c": {"options": {"timeout": {"type": "int", "default": 30.0},
-                              "state": {"type": "str", "choices": ["on", "down"], "default": "down"}}}}
+    a = {"timeout": {"type": "int", "default": 30}, "d": {"type": "list", "suboptions": {"cordoned": {"type": "bool"}}},
+         "state": {"type": "str", "choices": ["on", "off"], "default": "on"}}
+    b = {"timeout": {"type": "float", "default": 30.0},
+         "d": {"type": "list", "suboptions": {"cordoned": {"type": "bool", "default": False}}},
+         "state": {"type": "str", "choices": ["up", "down"]}}
+    c = {"timeout": {"type": "int", "default": 30.0},
+         "state": {"type": "str", "choices": ["on", "down"], "default": "down"}}
+    docs = {"a": {"options": a}, "b": {"options": b}, "c": {"options": c}}
     conflicts = option_conflicts(docs)
     assert [c.split(":")[0] for c in conflicts] == ["d.cordoned", "state", "timeout"], conflicts
     assert "a: type bool, elements None, default null" in conflicts[0] and "b: type bool" in conflicts[0]
