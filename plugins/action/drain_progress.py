@@ -208,6 +208,7 @@ class ActionModule(ActionBase):
         seen = set()
         kept = []
         failures = 0
+        idle = 0
         last = {}
         with interrupt_notice(message):
             while True:
@@ -229,6 +230,12 @@ class ActionModule(ActionBase):
                     display.display(f"  {text}", color=TONE_COLORS.get(tone))
                 kept.extend(e for e in fresh if e.get("event") != "vm_progress")
                 if res.get("finished"):
+                    break
+                idle = idle + 1 if res.get("running") is False and not fresh else 0
+                if not args.get("job_id") and idle >= 2:
+                    # no drain held the lock before this poll read the events to their end: nothing more will come
+                    if not seen:
+                        display.display(f"  No drain or restore is running on {host}.")
                     break
                 if deadline is not None and time.monotonic() >= deadline:
                     return dict(res, failed=True, printed=True, events=kept,

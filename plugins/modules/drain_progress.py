@@ -207,6 +207,11 @@ progress_path:
   description: Path of the events file on the host.
   returned: always
   type: str
+running:
+  description: Whether a drain or restore holds the host's drain lock now (read after the events).
+  returned: unless O(mark)
+  type: bool
+  sample: true
 printed:
   description: With O(follow), the events were printed as they arrived (the callback plugin prints them no more).
   returned: with O(follow)
@@ -216,6 +221,7 @@ printed:
 import functools  # noqa: E402
 
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402
+from ansible_collections.hvfleet.drain.plugins.module_utils.drain.lock import DrainLock  # noqa: E402
 from ansible_collections.hvfleet.drain.plugins.module_utils.drain.progress import follow, job_state, mark  # noqa: E402
 
 ARGUMENT_SPEC = dict(
@@ -241,7 +247,8 @@ def main():
     job = functools.partial(job_state, p["async_dir"], p["job_id"]) if p["job_id"] else None
     result = follow(p["state_dir"], cursor={"offset": p["offset"], "run": p["run"], "seq": p["seq"]},
                     since=p["since"], wait=p["wait"], job=job)
-    module.exit_json(changed=False, job_id=p["job_id"], since=p["since"], **result)
+    running = DrainLock(p["state_dir"]).is_locked_elsewhere() is not None
+    module.exit_json(changed=False, job_id=p["job_id"], since=p["since"], running=running, **result)
 
 
 if __name__ == "__main__":

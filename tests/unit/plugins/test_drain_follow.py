@@ -183,3 +183,30 @@ def test_fresh_events_never_twice(seen_before):
     first = fresh_events(events, seen)
     assert [e["seq"] for e in first] == ([2] if seen_before else [1, 2])
     assert fresh_events(events, seen) == []
+
+
+FOLLOW_ONLY = """
+- name: Follow whatever runs
+  hosts: localhost
+  gather_facts: false
+  tasks:
+    - name: Follow the progress
+      hvfleet.drain.drain_progress:
+        state_dir: "{{ state_dir }}"
+        wait: 0.5
+        follow: true
+        follow_timeout: 60
+"""
+
+
+def test_following_when_nothing_runs_ends_at_once(tmp_path):
+    (tmp_path / "play.yml").write_text(FOLLOW_ONLY)
+    env = dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg"), ANSIBLE_FORCE_COLOR="0",
+               ANSIBLE_LOCAL_TEMP=str(tmp_path / "tmp"))
+    argv = [str(Path(sys.executable).parent / "ansible-playbook"), "-i", "localhost,", "-c", "local",
+            "-e", f"ansible_python_interpreter={sys.executable}", "-e", f"state_dir={tmp_path / 'state'}",
+            str(tmp_path / "play.yml")]
+    res = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=120, check=False)
+    print(res.stdout, res.stderr)
+    assert res.returncode == 0
+    assert "No drain or restore is running on localhost." in res.stdout
