@@ -117,7 +117,7 @@ def test_a_drain_cancelled_from_a_second_run_starts_nothing_new(clean_lab, make_
         running = wait_for(lambda: vms_in(lab, "migrating"), 300, "a migration to run")
         t0 = time.monotonic()
         rc, lines = run_playbook("drain-host.yml", "-e", "target=hv1", "-e", "drain_host_state=cancelled",
-                                 "-e", "drain_host_reason=lab: change withdrawn")
+                                 "-e", json.dumps({"drain_host_reason": "lab: change withdrawn"}))
         print(f"LAB-TIMING cancel returned after {time.monotonic() - t0:.1f}s")
         drain_rc = controller.wait(120)
     finally:
