@@ -32,7 +32,7 @@ description:
   - The hosts meet in a ledger file on the controller (O(ledger)), read and written under a lock, so two
     ansible-playbook runs on the same controller with the same ledger share one in-flight limit and the failure
     domains; the failure count is per play of a run. A turn belongs to the ansible-playbook process that took it
-    (its pid and start time): a turn of a run that has ended, or crashed, counts as released.
+    (its pid and start time); a turn of a run that has ended, or crashed, counts as released.
   - While waiting it prints whom the host waits for, each time the reason changes. When failures stop admission,
     or a closed window leaves nothing in flight, the waiting hosts fail at once with the reason; after
     O(timeout) seconds of waiting a host fails, naming whom it waited for.
@@ -82,7 +82,7 @@ attributes:
     description: Returns no diff.
     support: none
 notes:
-  - Run the play with C(strategy: free) and at least as many forks as the play has hosts - a waiting host holds
+  - Run the play with C(strategy=free) and at least as many forks as the play has hosts - a waiting host holds
     its fork. Under C(linear) every host would wait at this task for the others; the task refuses it.
   - A host that becomes unreachable during its turn does not run its C(always) block; its turn stays in flight
     until the run ends. The hosts waiting for that slot give up after O(timeout).
@@ -153,6 +153,7 @@ waits_for:
   returned: when not admitted
   type: list
   elements: str
+  sample: [hv1]
 released:
   description: Whether a turn was given back (O(state=released)).
   returned: state is released
