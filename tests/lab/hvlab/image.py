@@ -58,8 +58,9 @@ class GuestImage:
 # Pure parts
 
 
-def kernel_cmdline(name: str, dirty_mb: int = 0, dirty_rate: int = 0, hb_ms: int = 500) -> str:
-    """Kernel command line for a lab guest called `name` (see guest/hvguest.c for the keys)."""
+def kernel_cmdline(name: str, dirty_mb: int = 0, dirty_rate: int = 0, hb_ms: int = 500, pti: bool = True) -> str:
+    """Kernel command line for a lab guest called `name` (see guest/hvguest.c for the keys).
+    `pti=False` leaves out the TCG workaround below (only to check whether a QEMU still needs it)."""
     if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
         raise ValueError(f"guest name must match [A-Za-z0-9_.-]+, got {name!r}")
     for key, value in (("dirty_mb", dirty_mb), ("dirty_rate", dirty_rate), ("hb_ms", hb_ms)):
@@ -72,8 +73,9 @@ def kernel_cmdline(name: str, dirty_mb: int = 0, dirty_rate: int = 0, hb_ms: int
     # pre-copy with stale kernel pages and oopsed (10 of 10 migrations). Page-table isolation
     # switches CR3 on every kernel/user crossing, which flushes TCG's TLB: 0 of 20, 0 pages differing.
     return (
-        "console=ttyS0,115200 quiet loglevel=1 panic=-1 oops=panic pti=on"
-        f" hvlab.name={name} hvlab.dirty_mb={dirty_mb} hvlab.dirty_rate={dirty_rate} hvlab.hb_ms={hb_ms}"
+        "console=ttyS0,115200 quiet loglevel=1 panic=-1 oops=panic"
+        + (" pti=on" if pti else "")
+        + f" hvlab.name={name} hvlab.dirty_mb={dirty_mb} hvlab.dirty_rate={dirty_rate} hvlab.hb_ms={hb_ms}"
     )
 
 

@@ -228,7 +228,7 @@ class Lab:
             spec,
             kernel=image.kernel,
             initrd=image.initrd,
-            cmdline=kernel_cmdline(spec.name, spec.dirty_mb, spec.dirty_rate, spec.hb_ms),
+            cmdline=kernel_cmdline(spec.name, spec.dirty_mb, spec.dirty_rate, spec.hb_ms, spec.pti),
             console_path=str(console),
             nbd_host=netns.STORAGE_ADDR,
             nbd_port=storage.NBD_PORT,

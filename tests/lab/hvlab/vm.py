@@ -36,6 +36,7 @@ class VMSpec:
     bridges: list[str] = field(default_factory=lambda: ["labbr0"])
     labels: dict[str, str] = field(default_factory=dict)
     hb_ms: int = 500
+    pti: bool = True  # the guests' TCG workaround (image.kernel_cmdline); off only to test whether it is needed
 
     def __post_init__(self) -> None:
         if not _NAME_RE.fullmatch(self.name or ""):

@@ -182,3 +182,8 @@ def test_kernel_resolution_is_reused_until_apt_lists_change(tmp_path, monkeypatc
     (lists / "x_Packages").write_text("changed by apt-get update")
     assert image._resolve_kernel(root) == ("linux-image-6.1.0-1-cloud-amd64", "6.1.2-1")
     assert len(calls) == 2
+
+
+def test_cmdline_pti_workaround_can_be_left_out_for_the_check():
+    assert "pti=on" in image.kernel_cmdline("vm1").split()
+    assert "pti=on" not in image.kernel_cmdline("vm1", pti=False).split()
