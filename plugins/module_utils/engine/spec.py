@@ -204,7 +204,8 @@ class MigrationSpec:  # pylint: disable=too-many-instance-attributes
         if self.postcopy_armed and self.parallel_connections:
             raise InvalidSpec(
                 "parallel_connections cannot be combined with post-copy (QEMU refuses multifd together "
-                f"with postcopy-ram); post-copy is needed by {' and '.join(needs)}.",
+                "with postcopy-ram: 'Postcopy is not yet compatible with multifd', QEMU 10.0 included); "
+                f"post-copy is needed by {' and '.join(needs)}.",
                 "drop parallel_connections, or use mode precopy with on_timeout abort or suspend.")
 
     def _check_data_path(self) -> None:

@@ -303,7 +303,8 @@ def _settings_problems(declared: Settings, add: Callable[[list[object], str, str
                               or settings["on_timeout"] == OnTimeout.POSTCOPY)
     if parallel and may_postcopy:
         add(["settings", "parallel_connections"], f"parallel migration cannot be combined with post-copy, which "
-            f"mode {mode} / on_timeout {settings['on_timeout']} may use", "no parallel_connections, or "
+            f"mode {mode} / on_timeout {settings['on_timeout']} may use (QEMU refuses it, 10.0 included: "
+            "'Postcopy is not yet compatible with multifd')", "no parallel_connections, or "
             "allow_postcopy: false (mode precopy or auto)")
     for field in ("auto_converge_initial", "auto_converge_increment"):
         if field in declared and mode != Mode.AUTO and not settings["auto_converge"]:
