@@ -35,7 +35,9 @@ SCENARIOS = {
     # two runs on one ledger, each allowing two in flight: together never more than two
     "shared_a": ("a01,a02,a03,a04", {"hvfleet_rolling_max_in_flight": 2}, "shared"),
     "shared_b": ("a05,a06,a07,a08", {"hvfleet_rolling_max_in_flight": 2}, "shared"),
+    "few_forks": ("invset", {}, "few_forks"),  # run with -f 2 for its 4 hosts
 }
+EXTRA_ARGS = {"few_forks": ["--forks", "2"]}
 
 
 def group_hosts(group):
@@ -89,7 +91,8 @@ def runs(tmp_path_factory):
         env = dict(os.environ, ANSIBLE_CONFIG=str(FIXTURES / "ansible.cfg"), ANSIBLE_HOME=str(base / "ansible-home"),
                    ANSIBLE_LOCAL_TEMP=str(base / "tmp"), ANSIBLE_NOCOLOR="1", HVFLEET_ROLLING_RECORD=str(record))
         extra = {**settings, "turn_ledger": str(base / f"{ledger}.json")}
-        cmd = [str(ANSIBLE_PLAYBOOK), str(FIXTURES / "playbook_turn.yml"), "--limit", limit, "-e", json.dumps(extra)]
+        cmd = [str(ANSIBLE_PLAYBOOK), str(FIXTURES / "playbook_turn.yml"), "--limit", limit, "-e", json.dumps(extra),
+               *EXTRA_ARGS.get(name, [])]
         procs[name] = (subprocess.Popen(cmd, cwd=base, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                         text=True), record)
     results = {}
@@ -178,3 +181,14 @@ def test_two_runs_on_one_ledger_share_one_limit(runs):
     together = {**a.intervals(), **b.intervals()}
     assert len(together) == 8
     assert max_overlap(together) <= 2, together
+
+
+def test_fewer_forks_than_hosts_is_refused_naming_the_fix(runs):
+    """A waiting host holds its worker: with 2 forks for 4 hosts the hosts would starve the one in flight."""
+    run = runs["few_forks"]
+    assert run.rc != 0
+    refused = run.turns("failed")
+    assert refused, run.output
+    assert all("forks=2 is below the 4 hosts of the play" in r["msg"] and "-f 4" in r["msg"]
+               for r in refused.values()), refused
+    assert run.intervals() == {}
