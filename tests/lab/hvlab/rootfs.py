@@ -104,18 +104,21 @@ def dpkg_version(status_text: str, package: str) -> str | None:
 def _root_from(keydir: Path) -> HostRoot | None:
     try:
         meta = json.loads((keydir / "root.json").read_text())
-        if not (keydir / "rootfs" / "usr" / "sbin" / "libvirtd").exists():
+        if not (keydir / "rootfs" / "usr" / "bin" / "python3").exists():
             return None
         return HostRoot(str(keydir / "rootfs"), meta["suite"], meta["libvirt_version"], meta["qemu_version"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
 
-def ensure_root(cache_root: str = DEFAULT_CACHE_ROOT, mirror: str | None = None) -> HostRoot:
-    """Return the cached Debian 13 root, building it first if needed (root, network to the mirror)."""
+def ensure_root(
+    cache_root: str = DEFAULT_CACHE_ROOT, mirror: str | None = None, packages: tuple[str, ...] = PACKAGES
+) -> HostRoot:
+    """Return the cached Debian 13 root with `packages`, building it first if needed (root, network to the
+    mirror). The default packages make a lab host; controller.py asks for a controller's."""
     root = Path(cache_root)
     mirror = mirror or default_mirror()
-    key = cache_key(SUITE, PACKAGES, mirror)
+    key = cache_key(SUITE, packages, mirror)
     found = _root_from(root / key)
     if found:
         return found
@@ -130,10 +133,10 @@ def ensure_root(cache_root: str = DEFAULT_CACHE_ROOT, mirror: str | None = None)
         found = _root_from(root / key)
         if found:
             return found
-        return _build(root, key, mirror)
+        return _build(root, key, mirror, packages)
 
 
-def _build(root: Path, key: str, mirror: str) -> HostRoot:
+def _build(root: Path, key: str, mirror: str, packages: tuple[str, ...]) -> HostRoot:
     build = Path(tempfile.mkdtemp(prefix=".build-", dir=root))
     try:
         target = build / "rootfs"
@@ -141,7 +144,7 @@ def _build(root: Path, key: str, mirror: str) -> HostRoot:
             "mmdebstrap",
             "--quiet",
             "--variant=apt",
-            "--include=" + ",".join(PACKAGES),
+            "--include=" + ",".join(packages),
             # each host has its own sshd host key (hosts.py): none is shared through the cache
             '--customize-hook=rm -f "$1/etc/ssh/ssh_host_"*',
             SUITE,
@@ -159,7 +162,7 @@ def _build(root: Path, key: str, mirror: str) -> HostRoot:
         meta = {
             "suite": SUITE,
             "mirror": mirror,
-            "packages": list(PACKAGES),
+            "packages": list(packages),
             "format": ROOT_FORMAT,
             "libvirt_version": dpkg_version(status, "libvirt-daemon") or "?",
             "qemu_version": dpkg_version(status, "qemu-system-x86") or "?",
