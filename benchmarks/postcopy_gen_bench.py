@@ -103,7 +103,7 @@ def bench_generation(lab, gen, runs, mbit):
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", maxsplit=1)[0])
     parser.add_argument("--gens", default="1,2", help="generations to measure, e.g. 1,2")
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--mbit", type=float, default=200)

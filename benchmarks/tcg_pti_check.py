@@ -2,7 +2,7 @@
 
 Under QEMU 7.2's TCG, a guest that writes while a multi-pass pre-copy runs came out of the migration with
 stale kernel pages and oopsed, unless it booted with `pti=on`. This moves such a guest (256 MiB, rewriting
-64 MiB at 16 MiB/s, booted WITHOUT `pti=on`) back and forth between two hosts of one lab generation in
+64 MiB at 8 MiB/s, booted WITHOUT `pti=on`) back and forth between two hosts of one lab generation in
 pre-copy over links shaped to 100 Mbit/s (several passes per migration), and counts the migrations after
 which the guest restarted (new boot id: panic=-1 and oops=panic make an oops a reboot) or stopped beating.
 
@@ -29,7 +29,7 @@ PAIRS = {1: ("hv1", "hv2"), 2: ("hv2", "hv3")}
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", maxsplit=1)[0])
     parser.add_argument("--gen", type=int, choices=(1, 2), default=2)
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--mbit", type=float, default=100)
@@ -42,7 +42,7 @@ def main() -> int:
         lab.up(hosts_count=3, gen2=PAIRS[2] if args.gen == 2 else ())
         for i in range(args.runs):
             vm = f"pti-g{args.gen}-{os.getpid()}-{i}"
-            lab.vm_start(VMSpec(name=vm, memory=256, dirty_mb=64, dirty_rate=16, pti=args.pti), host=a)
+            lab.vm_start(VMSpec(name=vm, memory=256, dirty_mb=64, dirty_rate=8, pti=args.pti), host=a)
             try:
                 boot = lab.wait_heartbeat_advances(vm, beyond=12, timeout=60).boot_id  # its dirtier runs by now
                 for host in (a, b):

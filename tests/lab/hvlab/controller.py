@@ -93,7 +93,7 @@ def run(ansible_core: str, pytest_args: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", maxsplit=1)[0])
     parser.add_argument("--ansible-core", default="ansible-core", help="pip requirement (default: the newest)")
     parser.add_argument("pytest_args", nargs="*")
     args = parser.parse_args(argv)
