@@ -109,9 +109,10 @@ options:
         description: Bandwidth of the destination's migration link in Mbit/s.
         type: float
       cordoned:
-        description: The destination is cordoned (for example from its C(hvfleet.drain.host_maintenance) state).
+        description:
+          - The destination is cordoned (for example from its C(hvfleet.drain.host_maintenance) state). Not set means
+            not cordoned.
         type: bool
-        default: false
       facts:
         description:
           - The destination's facts as read on the destination itself (the C(hypervisor) result of
@@ -124,7 +125,6 @@ options:
         C(docs/POLICIES.md). Without policies the built-in defaults apply.
     type: list
     elements: dict
-    default: []
   memory_headroom_mib:
     description: Memory kept free on every destination, in MiB.
     type: int
@@ -441,9 +441,22 @@ vms:
       description: What to do when it failed (null when it moved).
       type: str
     steps:
-      description: The engine's steps, each with C(t), C(action) and C(detail).
+      description: What the migration engine did or saw, in order.
       type: list
       elements: dict
+      contains:
+        t:
+          description: Seconds after the migration started.
+          type: float
+        action:
+          description: What, for example V(start), V(bandwidth), V(abort), V(retry).
+          type: str
+        reason:
+          description: Why, or what was seen.
+          type: str
+        error:
+          description: libvirt's error when it refused (null otherwise).
+          type: str
     attempts:
       description: How many times its migration was started.
       type: int
@@ -809,10 +822,10 @@ ARGUMENT_SPEC = dict(
         uri=dict(type="str", required=True),
         migration_address=dict(type="str"),
         link_mbit=dict(type="float"),
-        cordoned=dict(type="bool", default=False),
+        cordoned=dict(type="bool"),
         facts=dict(type="dict"),
     )),
-    policies=dict(type="list", elements="dict", default=[]),
+    policies=dict(type="list", elements="dict"),
     memory_headroom_mib=dict(type="int", default=1024),
     memory_headroom_fraction=dict(type="float", default=0.0),
     vcpu_overcommit=dict(type="float", default=4.0),
