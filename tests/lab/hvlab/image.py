@@ -72,6 +72,8 @@ def kernel_cmdline(name: str, dirty_mb: int = 0, dirty_rate: int = 0, hb_ms: int
     # fast sync path never re-arms TCG's write tracking), so a busy guest came out of a multi-pass
     # pre-copy with stale kernel pages and oopsed (10 of 10 migrations). Page-table isolation
     # switches CR3 on every kernel/user crossing, which flushes TCG's TLB: 0 of 20, 0 pages differing.
+    # QEMU 10.0 (the lab's Debian 13 hosts) does not need it (benchmarks/tcg_pti_check.py: 0 of 10 without
+    # it there, 3 of 3 hung on QEMU 7.2); it stays on while a lab has QEMU 7.2 hosts.
     return (
         "console=ttyS0,115200 quiet loglevel=1 panic=-1 oops=panic"
         + (" pti=on" if pti else "")
