@@ -14,10 +14,15 @@ description:
     migration destination by the prerequisite checks and the drain; V(active) makes it eligible again.
   - The state, the reason, who set it and since when (UTC) are kept on the host itself in
     C(maintenance.json) under O(state_dir), written atomically, so every controller sees the same state.
+  - The state also goes into the host's capacity ledger in its own libvirtd (O(uri); two libvirt secret objects,
+    see the collection's docs/DRAIN.md), written before the file. A drain running on another host reads a
+    destination's ledger right before each migration it starts, so a host cordoned here receives no VM from then on.
   - Idempotent. Asking for the state the host is already in changes nothing and keeps the recorded reason,
     author and time.
 author:
   - hvfleet maintainers (@hvfleet)
+extends_documentation_fragment:
+  - hvfleet.drain.libvirt_connection
 attributes:
   check_mode:
     description: Reports whether the state would change, without writing it.
@@ -112,7 +117,14 @@ import getpass  # noqa: E402
 import os  # noqa: E402
 
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402
+from ansible_collections.hvfleet.drain.plugins.module_utils.common.connection import connection  # noqa: E402
+from ansible_collections.hvfleet.drain.plugins.module_utils.common.connection_spec import (  # noqa: E402
+    connect_options,
+    connection_argument_spec,
+)
 from ansible_collections.hvfleet.drain.plugins.module_utils.common.errors import HvfleetError  # noqa: E402
+from ansible_collections.hvfleet.drain.plugins.module_utils.drain.ledger import Cordon  # noqa: E402
+from ansible_collections.hvfleet.drain.plugins.module_utils.drain.ledger_store import publish_host_cordon  # noqa: E402
 from ansible_collections.hvfleet.drain.plugins.module_utils.fleet import maintenance  # noqa: E402
 
 ARGUMENT_SPEC = dict(
@@ -120,6 +132,7 @@ ARGUMENT_SPEC = dict(
     reason=dict(type="str"),
     by=dict(type="str"),
     state_dir=dict(type="path", default=maintenance.DEFAULT_DIR),
+    **connection_argument_spec(),
 )
 
 
@@ -143,12 +156,19 @@ class HostMaintenanceModule:
 
     def run(self):
         p = self.params
+        by = p["by"] or default_by()
+        published = False
         try:
+            if not self.module.check_mode:
+                with connection(p["uri"], **connect_options(p)) as conn:
+                    cordon = Cordon(p["state"] == maintenance.CORDONED, by=by, reason=p["reason"] or "",
+                                    since=maintenance.utc_now())
+                    published = publish_host_cordon(conn, os.uname().nodename, cordon)
             changed, before, after = maintenance.set_state(
-                p["state_dir"], p["state"], reason=p["reason"], by=p["by"] or default_by(),
-                check_mode=self.module.check_mode)
+                p["state_dir"], p["state"], reason=p["reason"], by=by, check_mode=self.module.check_mode)
         except HvfleetError as exc:
-            self.module.fail_json(msg=str(exc), changed=False)
+            self.module.fail_json(msg=str(exc), changed=published)
+        changed = changed or published
         if changed:
             verb = "would be" if self.module.check_mode else "is now"
             message = f"host {verb} {after.state} (was {before.state})"

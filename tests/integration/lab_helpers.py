@@ -3,6 +3,7 @@
 Not a test module; the lab tests import it (their folder is on sys.path under pytest's prepend mode).
 """
 
+import base64
 import contextlib
 import json
 import os
@@ -123,9 +124,35 @@ def assert_only_on(lab, vm, host, before):
 HOST_STATE_DIR = "/var/lib/hvfleet"  # the collection's state directory on the lab hosts
 
 
+LEDGER_SECRETS = ("/var/lib/hvfleet/ledger", "/var/lib/hvfleet/ledger.lock")  # drain/ledger_store.py's usage ids
+
+
+def ledger_of(lab, host):
+    """The capacity ledger kept in `host`'s libvirtd (drain/ledger_store.py), as JSON; None when there is none."""
+    found = lab.exec(host, ["virsh", "secret-list"], check=False).stdout
+    for line in found.splitlines():
+        parts = line.split()
+        if len(parts) == 3 and parts[1] == "volume" and parts[2] == LEDGER_SECRETS[0]:
+            value = lab.exec(host, ["virsh", "secret-get-value", parts[0]], check=False).stdout.strip()
+            return json.loads(base64.b64decode(value)) if value else None
+    return None
+
+
+def clear_ledgers(lab, hosts=None):
+    """Remove the capacity ledger and its lock from the hosts' libvirtd (a cordon a test left would refuse VMs)."""
+    for host in hosts or lab.hosts():
+        found = lab.exec(host, ["virsh", "secret-list"], check=False).stdout
+        for line in found.splitlines():
+            parts = line.split()
+            if len(parts) == 3 and parts[1] == "volume" and parts[2] in LEDGER_SECRETS:
+                lab.exec(host, ["virsh", "secret-undefine", parts[0]], check=False)
+
+
 def reset_hosts(lab):
-    """Remove what drains, maintenance and the lab's fake upgrade left in every host's state directory."""
+    """Remove what drains, maintenance and the lab's fake upgrade left in every host's state directory, and the
+    capacity ledgers in their libvirtd."""
     d = HOST_STATE_DIR
+    clear_ledgers(lab)
     for host in lab.hosts():
         lab.exec(host, ["sh", "-c", f"rm -f {d}/drain-journal*.json {d}/drain-progress.jsonl {d}/maintenance.json "
                                     f"{d}/lab-upgrade.json"], check=False)

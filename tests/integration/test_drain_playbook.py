@@ -19,6 +19,7 @@ from lab_helpers import (
     REPO,
     ansible_env,
     assert_unbroken,
+    clear_ledgers,
     first_line_at,
     heartbeats,
     playbook_argv,
@@ -62,6 +63,7 @@ def reset_hv1(lab):
         lab.vm_rm(name)
     lab.exec("hv1", ["sh", "-c", f"rm -f {STATE}/drain-journal*.json {STATE}/drain-progress.jsonl "
                                  f"{STATE}/maintenance.json"], check=False)
+    clear_ledgers(lab, ["hv1"])
     for host in lab.hosts():
         lab.unshape(host)
 

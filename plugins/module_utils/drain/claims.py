@@ -28,6 +28,7 @@ from ansible_collections.hvfleet.drain.plugins.module_utils.drain.ledger import 
     Verdict,
     decide,
     pending,
+    publish_cordon,
 )
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning.model import Host
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning.placement import HostCapacity, VmDemand
@@ -147,11 +148,8 @@ def set_cordon(ctx: RunContext, cordoned: bool, reason: str) -> bool:
     in its cordon file. A ledger that cannot be written raises before the file changes. Returns changed."""
     conn = ctx.backend.connect(ctx.source.uri)
     try:
-        store = ctx.backend.ledger(conn, ctx.source, holder_of(ctx))
-        with store.locked():
-            ledger = store.read()
-            if ledger.cordoned != cordoned or ledger.cordon is None:
-                store.write(ledger.with_cordon(Cordon(cordoned, by=holder_of(ctx), reason=reason, since=now_iso())))
+        publish_cordon(ctx.backend.ledger(conn, ctx.source, holder_of(ctx)),
+                       Cordon(cordoned, by=holder_of(ctx), reason=reason, since=now_iso()))
     finally:
         ctx.backend.close(conn)
     return ctx.backend.set_cordon(ctx.state_dir, cordoned, reason, ctx.config.by)

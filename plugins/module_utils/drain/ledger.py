@@ -191,6 +191,16 @@ class LedgerStore(Protocol):
         ...
 
 
+def publish_cordon(store: LedgerStore, cordon: Cordon) -> bool:
+    """Write the host's cordon into its ledger (under its lock); True when it changed."""
+    with store.locked():
+        ledger = store.read()
+        if ledger.cordon is not None and ledger.cordoned == cordon.cordoned:
+            return False
+        store.write(ledger.with_cordon(cordon))
+        return True
+
+
 class MemoryLedgers:
     """Ledgers kept in this process, one per host name: for runs whose backend has no shared place
     (the unit tests' fakes). Production ledgers live on each host (ledger_store.py)."""

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -26,7 +27,12 @@ from contextlib import contextmanager
 from typing import Any, Optional
 
 from ansible_collections.hvfleet.drain.plugins.module_utils.common import bounded
-from ansible_collections.hvfleet.drain.plugins.module_utils.drain.ledger import Ledger, LedgerError
+from ansible_collections.hvfleet.drain.plugins.module_utils.drain.ledger import (
+    Cordon,
+    Ledger,
+    LedgerError,
+    publish_cordon,
+)
 
 LOCK_USAGE = "/var/lib/hvfleet/ledger.lock"
 DATA_USAGE = "/var/lib/hvfleet/ledger"
@@ -123,7 +129,8 @@ class SecretLedgerStore:
         try:
             stamp = json.loads(self._call(lock.value, 0, what="read the ledger lock"))
             expires, holder = float(stamp["expires"]), str(stamp.get("holder") or "")
-        except Exception:  # pylint: disable=broad-except  (no value yet, or garbled)
+        except Exception:  # pylint: disable=broad-except
+            # no value yet, or a garbled one: it counts as stale once LOCK_TTL_S passed since first seen
             expires, holder = seen_empty.setdefault(key, self.wall()) + LOCK_TTL_S, ""
         if self.wall() > expires:
             with contextlib.suppress(Exception):  # somebody else took it over first
@@ -181,3 +188,8 @@ class SecretLedgerStore:
             return str(secret.UUIDString())
         except Exception:  # pylint: disable=broad-except
             return "?"
+
+
+def publish_host_cordon(conn: Any, host: str, cordon: Cordon) -> bool:
+    """Write `cordon` into the ledger of the host behind `conn` (host_maintenance: the host itself); changed."""
+    return publish_cordon(SecretLedgerStore(conn, host, f"host_maintenance on {host} (pid {os.getpid()})"), cordon)

@@ -97,16 +97,18 @@ def test_bad_input_fails_naming_the_thing(tmp_path, args, words):
     assert "results" not in res
 
 
-def test_host_maintenance_is_idempotent_with_check_and_diff(tmp_path):
+def test_host_maintenance_check_mode_shows_the_change_and_touches_nothing(tmp_path):
     state_dir = tmp_path / "hvfleet"
     res = run_module("host_maintenance", tmp_path, check_mode=True, diff=True, state="cordoned",
-                     state_dir=str(state_dir))
+                     state_dir=str(state_dir), uri="qemu+tcp://127.0.0.1:1/system")
     assert res["changed"] and res["diff"]["after"]["state"] == "cordoned" and not state_dir.exists()
-    res = run_module("host_maintenance", tmp_path, state="cordoned", reason="CHG-7", by="alice",
-                     state_dir=str(state_dir))
-    assert res["changed"] and res["maintenance"]["by"] == "alice" and res["before"]["state"] == "active"
-    again = run_module("host_maintenance", tmp_path, state="cordoned", state_dir=str(state_dir))
-    assert not again["changed"] and again["maintenance"] == res["maintenance"]
-    back = run_module("host_maintenance", tmp_path, state="active", state_dir=str(state_dir))
-    assert back["changed"] and back["maintenance"]["by"]  # defaulted to $SUDO_USER or the login
-    assert json.loads((state_dir / "maintenance.json").read_text())["state"] == "active"
+
+
+def test_host_maintenance_refuses_when_the_cordon_cannot_reach_the_ledger(tmp_path):
+    """Drains elsewhere read the cordon from the host's ledger in libvirt: a daemon without secrets (libvirt's
+    test driver has none) is an error that says so, and the cordon file is not written either."""
+    state_dir = tmp_path / "hvfleet"
+    res = run_module("host_maintenance", tmp_path, state="cordoned", reason="CHG-7", state_dir=str(state_dir),
+                     uri=TEST_URI)
+    assert res["failed"] and "capacity ledger" in res["msg"] and "secret driver" in res["msg"], res["msg"]
+    assert not (state_dir / "maintenance.json").exists()
