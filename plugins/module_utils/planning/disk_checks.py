@@ -14,6 +14,12 @@ import xml.etree.ElementTree as ET
 from typing import Any
 
 from ansible_collections.hvfleet.drain.plugins.module_utils.common.vocabulary import Storage
+from ansible_collections.hvfleet.drain.plugins.module_utils.planning.check_cache import (
+    SOURCE,
+    CheckCache,
+    destination_scope,
+    recall,
+)
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning.facts import Connection, Disk, DomainFacts
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning.host_facts import (
     SHARED_FS_TYPES,
@@ -81,7 +87,11 @@ def disk_sharing(conn: Connection, disk: Disk, on_source: bool, probe: Probe, ho
 
 
 class DiskChecks:  # pylint: disable=too-many-instance-attributes
-    """The checker's state (the VM, both hosts, the policy settings, the checks so far) and its storage checks."""
+    """The checker's state (the VM, both hosts, the policy settings, the checks so far) and its storage checks.
+
+    `cache` (set by run_prechecks) answers the live calls once per plan; None asks afresh."""
+
+    cache: CheckCache | None = None
 
     def __init__(self, src_conn: Connection, dst_conn: Connection, domain: DomainFacts, source: HostFacts,
                  destination: HostFacts, settings: Settings | None, migration_address: str | None,
@@ -114,10 +124,14 @@ class DiskChecks:  # pylint: disable=too-many-instance-attributes
     # ---- storage ----
 
     def _source_sharing(self, disk: Disk) -> tuple[str, str]:
-        return disk_sharing(self.src_conn, disk, self.on_source, self.probe, self.source.name)
+        return recall(self.cache, SOURCE, ("sharing", disk, self.on_source, self.source.name),
+                      lambda: disk_sharing(self.src_conn, disk, self.on_source, self.probe, self.source.name))
 
     def _dest_has(self, path: str) -> tuple[str, str, bool]:
         """('present'|'absent'|'unknown', why, pool_at_dir) for the same path on the destination."""
+        return recall(self.cache, destination_scope(self.dest_name), ("path", path), lambda: self._dest_has_now(path))
+
+    def _dest_has_now(self, path: str) -> tuple[str, str, bool]:
         def lookup() -> str:
             vol = self.dst_conn.storageVolLookupByPath(path)
             pool = vol.storagePoolLookupByVolume()
@@ -141,6 +155,10 @@ class DiskChecks:  # pylint: disable=too-many-instance-attributes
                               f"{os.path.basename(path)}"), True
 
     def _volume_disk(self, disk: Disk) -> tuple[str, str]:
+        return recall(self.cache, destination_scope(self.dest_name), ("volume", disk.pool, disk.name),
+                      lambda: self._volume_disk_now(disk))
+
+    def _volume_disk_now(self, disk: Disk) -> tuple[str, str]:
         try:
             pool = self.dst_conn.storagePoolLookupByName(disk.pool)
             pool.storageVolLookupByName(disk.name)

@@ -39,6 +39,11 @@ from __future__ import annotations
 import socket
 
 from ansible_collections.hvfleet.drain.plugins.module_utils.common.vocabulary import ForecastVerdict, Mode, OnTimeout
+from ansible_collections.hvfleet.drain.plugins.module_utils.planning.check_cache import (
+    CheckCache,
+    destination_scope,
+    recall,
+)
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning.disk_checks import DiskChecks
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning.facts import (
     Connection,
@@ -113,7 +118,8 @@ class _Checker(DiskChecks):
                      f"set hvfleet_migration_address for {self.dest_name} (its address on the migration network).")
             return
         host, port = split_address(address, probe_port(self.destination.uri))
-        status, text = self.probe.reach(host, port)
+        status, text = recall(self.cache, destination_scope(self.dest_name), ("reach", host, port),
+                              lambda: self.probe.reach(host, port))
         where = "from the source" if self.on_source else \
             f"from {socket.gethostname()} (where this runs, not the source host {self.source.name})"
         if status == FAIL and not self.on_source:
@@ -276,7 +282,7 @@ class _Checker(DiskChecks):
             return
         virttype = dom.domain_type or "kvm"
         try:
-            result = self.dst_conn.compareHypervisorCPU(dom.emulator, dom.arch, dom.machine, virttype, dom.cpu_xml, 0)
+            result = self._compare_cpu(virttype, 0)
         except Exception as exc:  # pylint: disable=broad-except
             self.add("cpu.compat", WARN, f"{vm}: libvirt on {dest} could not compare CPU "
                      f"{dom.cpu_model or dom.cpu_mode}: {exc}",
@@ -289,14 +295,21 @@ class _Checker(DiskChecks):
             return
         detail = ""
         try:
-            self.dst_conn.compareHypervisorCPU(dom.emulator, dom.arch, dom.machine, virttype, dom.cpu_xml,
-                                               VIR_CONNECT_COMPARE_CPU_FAIL_INCOMPATIBLE)
+            self._compare_cpu(virttype, VIR_CONNECT_COMPARE_CPU_FAIL_INCOMPATIBLE)
         # libvirt names the missing features
         except Exception as exc:  # pylint: disable=broad-except
             detail = f": {exc}"
         self.add("cpu.compat", FAIL, f"{vm}: CPU {dom.cpu_model or dom.cpu_mode} is incompatible with {dest}{detail}.",
                  f"give {vm} a CPU model every destination provides (a cluster-wide baseline), or choose another "
                  "destination.")
+
+    def _compare_cpu(self, virttype: str, flags: int) -> int:
+        """libvirt's compareHypervisorCPU on the destination (once per plan for one CPU definition)."""
+        dom = self.domain
+        args = (dom.emulator, dom.arch, dom.machine, virttype, dom.cpu_xml, flags)
+        result: int = recall(self.cache, destination_scope(self.dest_name), ("cpu", *args),
+                             lambda: self.dst_conn.compareHypervisorCPU(*args))
+        return result
 
     def capacity(self) -> None:
         vm, dest = self.domain.name, self.dest_name
@@ -381,18 +394,23 @@ def run_prechecks(src_conn: Connection, dst_conn: Connection, domain: DomainFact
                   destination: HostFacts, settings: Settings | None = None, *, migration_address: str | None = None,
                   mode: str | None = None, forecast_reason: str | None = None,
                   memory_headroom_mib: int = DEFAULT_HEADROOM_MIB, on_source: bool | None = None,
-                  probe: Probe | None = None, destination_error: str | None = None) -> PrecheckResult:
+                  probe: Probe | None = None, destination_error: str | None = None,
+                  cache: CheckCache | None = None) -> PrecheckResult:
     """Every prerequisite check of `domain` (DomainFacts) moving from `source` to `destination` (HostFacts).
 
     `dst_conn` None means the destination's libvirt did not answer (`destination_error` says why):
     only what needs no destination is checked then. `settings` are the VM's policy settings
     (policy.select_policy(...).settings); `mode` the mode the forecast chose. `on_source`
     (default: source.local) says this runs on the source host, so its mounts and routes count.
+    `cache` (check_cache.CheckCache, one per plan) makes each live call once per destination and distinct
+    question, with the same outcome; its probe is used when no `probe` is given.
     Returns a PrecheckResult; raises nothing for a failing check.
     """
+    probe = probe or (cache.probe if cache is not None else LocalProbe())
     checker = _Checker(src_conn, dst_conn, domain, source, destination, settings, migration_address, mode,
                        forecast_reason, memory_headroom_mib,
-                       source.local if on_source is None else on_source, probe or LocalProbe(), destination_error)
+                       source.local if on_source is None else on_source, probe, destination_error)
+    checker.cache = cache
     checker.run()
     return PrecheckResult(domain.name, checker.dest_name, checker.checks,
                           checker.copy_storage if checker.copy_disks else None, tuple(checker.copy_disks))
