@@ -29,6 +29,7 @@ from ansible_collections.hvfleet.drain.plugins.module_utils.fleet import mainten
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning import facts as hvfacts
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning import host_facts as hvhost
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning import preflight
+from ansible_collections.hvfleet.drain.plugins.module_utils.planning.check_cache import CheckCache
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning.model import CheckResult, Host, VmInfo
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning.placement import HostCapacity
 
@@ -142,7 +143,8 @@ class LibvirtBackend(Backend):
     # ---- checks -----------------------------------------------------------------------------
 
     def prechecks(self, src_conn: Any, dst_conn: Any, vm: VmInfo, source: Host, destination: Host,
-                  settings: dict) -> list[CheckResult]:
+                  settings: dict, cache: Optional[CheckCache] = None) -> list[CheckResult]:
+        """`cache`: the plan's CheckCache - each live call once per destination and distinct question."""
         src_facts = self._cached_facts(src_conn, source)
         dst_facts = self._cached_facts(dst_conn, destination)
         domain = vm.facts if vm.facts is not None else hvfacts.domain_facts(src_conn.lookupByName(vm.name))
@@ -150,7 +152,7 @@ class LibvirtBackend(Backend):
             return _definition_checks(vm, domain, destination, settings)
         res = preflight.run_prechecks(src_conn, dst_conn, domain, src_facts, dst_facts, settings,
                                       migration_address=destination.migration_address,
-                                      memory_headroom_mib=self.memory_headroom_mib)
+                                      memory_headroom_mib=self.memory_headroom_mib, cache=cache)
         return [CheckResult(c.id, c.status, c.vm, destination.name, c.message, c.fix) for c in res.checks
                 if c.id not in ("capacity.memory", "dest.cordoned")]  # placement counts memory cumulatively
 
