@@ -547,7 +547,7 @@ def test_module_through_ansible_moves_is_idempotent_and_check_mode_changes_nothi
     # check mode on the way back: would migrate, changes nothing
     with timed("ansible --check hv2 -> hv1"):
         ansible("ansible", "hv2", "--check", "-m", "hvfleet.drain.domain_migration", "-t", str(tmp_path / "check"),
-                "-a", json.dumps({"name": vm, "dest_uri": lab.uri("hv1"), "migrate_address": lab.addr("hv1")}))
+                "-a", json.dumps({"name": vm, "dest_uri": lab.uri("hv1"), "migration_address": lab.addr("hv1")}))
     out = json.loads((tmp_path / "check" / "hv2").read_text())
     assert out["outcome"] == "would_migrate" and out["changed"] and out["plan"]["action"] == "migrate", out
     assert_only_on(lab, vm, "hv2", before)
@@ -555,7 +555,7 @@ def test_module_through_ansible_moves_is_idempotent_and_check_mode_changes_nothi
     # and the module result itself, ad hoc: moved back with its figures
     with timed("ansible -m domain_migration hv2 -> hv1"):
         ansible("ansible", "hv2", "-m", "hvfleet.drain.domain_migration", "-t", str(tmp_path / "back"),
-                "-a", json.dumps({"name": vm, "dest_uri": lab.uri("hv1"), "migrate_address": lab.addr("hv1")}))
+                "-a", json.dumps({"name": vm, "dest_uri": lab.uri("hv1"), "migration_address": lab.addr("hv1")}))
     out = json.loads((tmp_path / "back" / "hv2").read_text())
     assert out["outcome"] == "moved" and out["changed"] and out["downtime_ms"] is not None, out
     assert not [s for s in out["steps"] if s["action"] == "call_connection"], out["steps"]
