@@ -23,7 +23,11 @@ from ansible_collections.hvfleet.drain.plugins.module_utils.drain.backend import
 from ansible_collections.hvfleet.drain.plugins.module_utils.drain.ledger_store import SecretLedgerStore
 from ansible_collections.hvfleet.drain.plugins.module_utils.engine import leftover, reconcile
 from ansible_collections.hvfleet.drain.plugins.module_utils.engine.control import MigrationControl
-from ansible_collections.hvfleet.drain.plugins.module_utils.engine.core import ACTION_TIMEOUT_S, conn_uri
+from ansible_collections.hvfleet.drain.plugins.module_utils.engine.core import (
+    ACTION_TIMEOUT_S,
+    CLOSE_TIMEOUT_S,
+    conn_uri,
+)
 from ansible_collections.hvfleet.drain.plugins.module_utils.engine.migration import Migration
 from ansible_collections.hvfleet.drain.plugins.module_utils.fleet import maintenance
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning import facts as hvfacts
@@ -45,8 +49,11 @@ class LibvirtBackend(Backend):
     """drain.Backend over libvirt; `state_dir` is this host's /var/lib/hvfleet."""
 
     def __init__(self, connect_timeout_s: float = 30.0, state_dir: str = maintenance.DEFAULT_DIR,
-                 memory_headroom_mib: int = 0, dirty_rate_seconds: float = 1) -> None:
+                 memory_headroom_mib: int = 0, dirty_rate_seconds: float = 1, username: Optional[str] = None,
+                 password: Optional[str] = None) -> None:
         self.connect_timeout_s = connect_timeout_s
+        self.username = username
+        self.password = password
         self.state_dir = state_dir
         self.memory_headroom_mib = memory_headroom_mib
         self.dirty_rate_seconds = dirty_rate_seconds
@@ -56,7 +63,7 @@ class LibvirtBackend(Backend):
     # ---- connections ------------------------------------------------------------------------
 
     def connect(self, uri: str) -> Any:
-        return connect(uri, timeout_s=self.connect_timeout_s)
+        return connect(uri, timeout_s=self.connect_timeout_s, username=self.username, password=self.password)
 
     def close(self, conn: Any) -> None:
         close_quietly(conn)
@@ -160,8 +167,18 @@ class LibvirtBackend(Backend):
 
     def migrate(self, src_conn: Any, dst_conn: Any, name: str, dest_uri: str, spec: Any, source_uri: str,
                 control: Optional[MigrationControl]) -> Any:
-        """The engine's migration of `name`; the drain aborts it and sets its bandwidth through `control`."""
-        return Migration(src_conn, dst_conn, name, dest_uri, spec, source_uri=source_uri, control=control).run()
+        """The engine's migration of `name`; the drain aborts it and sets its bandwidth through `control`. With SASL
+        credentials the blocking call's own connection is opened here (the engine opens one without them)."""
+        call = None
+        if self.username:
+            with contextlib.suppress(HvfleetError):
+                call = self.connect(source_uri)
+        try:
+            return Migration(src_conn, dst_conn, name, dest_uri, spec, source_uri=source_uri, control=control,
+                             call_conn=call).run()
+        finally:
+            if call is not None:
+                close_quietly(call, timeout_s=CLOSE_TIMEOUT_S)
 
     def move_definition(self, src_conn: Any, dst_conn: Any, name: str) -> None:
         """Define the shut-off domain on the destination, then undefine it on the source - keeping its
