@@ -1,29 +1,46 @@
 # Copyright: hvfleet maintainers
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Plan a drain: check every VM against every destination, place them, forecast the schedule.
+"""Plan a drain: check every VM against its candidate destinations, place them, forecast the schedule.
 
 Reads the facts (the backend), then decides with pure functions: placement.plan_placement,
 vm_plan.plan_vm per VM and drain_forecast.simulate_drain for the whole schedule, in which each VM's mode is
 decided again on the bandwidth it gets when it starts there. Changes nothing.
+
+The live prerequisite checks are the cost of a plan at fleet scale, so (LiveChecks):
+- a destination the VM cannot take whatever its checks say - the source, cordoned, outside its pins or in
+  its avoid list, an anti-affinity sibling already there, too little memory or too few vCPUs left for it
+  alone - is not checked for it. Placement only ever adds to a destination, so it would refuse that host
+  anyway, and its reason for the VM names why (the capacity, the cordon, the pin...), as before; only the
+  checks' own failures are not listed for a host already out on those grounds.
+- the checks of one plan share a check_cache.CheckCache (each live call once per destination and distinct
+  question, with the same outcome), when the backend's `prechecks` takes a `cache`;
+- destinations are read and checked by a few threads, each destination by one thread on its own
+  connection (libvirt connections are thread-safe; the source's is used under the cache's lock).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import inspect
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from fnmatch import fnmatchcase
 from typing import Any, Optional
 
 from ansible_collections.hvfleet.drain.plugins.module_utils.common.errors import HvfleetError
 from ansible_collections.hvfleet.drain.plugins.module_utils.drain import claims
 from ansible_collections.hvfleet.drain.plugins.module_utils.drain.context import Connections, RunContext
 from ansible_collections.hvfleet.drain.plugins.module_utils.drain.model import DrainResult
+from ansible_collections.hvfleet.drain.plugins.module_utils.planning.check_cache import CheckCache
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning.drain_forecast import (
     forecast_drain_shared,
     simulate_drain,
 )
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning.forecast import REFUSE, Forecast
-from ansible_collections.hvfleet.drain.plugins.module_utils.planning.model import VmInfo
+from ansible_collections.hvfleet.drain.plugins.module_utils.planning.model import CheckResult, VmInfo
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning.placement import (
     HostCapacity,
+    PlacementConfig,
     VmDemand,
     plan_placement,
 )
@@ -46,6 +63,16 @@ def schedule_move(item: PlanItem) -> Move:
     return Move(item.vm, item.source, item.destination, item.rank_s, RESUME_FIRST if item.resume else item.order)
 
 
+@dataclasses.dataclass(frozen=True)
+class LiveChecks:
+    """How a plan runs the live prerequisite checks (module docstring). LiveChecks(1, False, False) is the
+    plain path: every VM against every destination, one call after another."""
+
+    workers: int = 8  # destinations read and checked at once
+    cache: bool = True  # each live call once per destination and distinct question
+    prefilter: bool = True  # no checks against a destination the VM cannot take anyway
+
+
 @dataclasses.dataclass
 class _Candidate:
     vm: VmInfo
@@ -55,7 +82,8 @@ class _Candidate:
 
 
 def plan_drain(ctx: RunContext, conns: Connections, result: DrainResult, *, reviewed: Optional[dict] = None,
-               pinned: Optional[dict] = None, skip: frozenset = frozenset()) -> list[PlanItem]:
+               pinned: Optional[dict] = None, skip: frozenset = frozenset(),
+               checks: LiveChecks = LiveChecks()) -> list[PlanItem]:
     """Fill result.plan / blockers / forecast / moves for the VMs on the source; returns the typed plan.
 
     `pinned` (VM -> PlanItem) are journal items this run takes over as they are; `skip` are VMs the
@@ -63,9 +91,8 @@ def plan_drain(ctx: RunContext, conns: Connections, result: DrainResult, *, revi
     pinned = dict(pinned or {})
     src_conn = conns.get(ctx.source.uri)
     vms = ctx.backend.list_vms(src_conn, ctx.source, measure=ctx.config.measure_dirty_rate)
-    dest_conns, capacities = _destinations(ctx, conns, result)
+    dest_conns, capacities = _destinations(ctx, conns, result, checks.workers)
     candidates: dict[str, _Candidate] = {}
-    demands = []
     for vm in sorted(vms, key=lambda v: v.name):
         if vm.name in pinned or vm.name in skip:
             continue
@@ -77,7 +104,7 @@ def plan_drain(ctx: RunContext, conns: Connections, result: DrainResult, *, revi
                                  "or inspect by hand."))
             continue
         candidates[vm.name] = _Candidate(vm, match.settings, match.policy.name, match.reason)
-        demands.append(_demand(ctx, src_conn, dest_conns, vm, match.settings, reviewed))
+    demands = _demands(ctx, src_conn, dest_conns, capacities, list(candidates.values()), reviewed, checks)
     placement = plan_placement(ctx.source.name, demands, capacities, ctx.config.placement)
     for unplaced in placement.unplaced:
         result.block(Blocker(unplaced.vm, "unplaced", f"no destination for '{unplaced.vm}': "
@@ -115,46 +142,126 @@ def plan_drain(ctx: RunContext, conns: Connections, result: DrainResult, *, revi
     return plan
 
 
-def _destinations(ctx: RunContext, conns: Connections, result: DrainResult) -> tuple[dict, list[HostCapacity]]:
+def _destinations(ctx: RunContext, conns: Connections, result: DrainResult,
+                  workers: int = 1) -> tuple[dict, list[HostCapacity]]:
+    """Each destination's connection and capacity (as the ledgers have it), read by up to `workers` threads."""
+    def read(dest: Any) -> tuple[Any, HostCapacity]:
+        conn = conns.get(dest.uri)
+        cap = ctx.backend.capacity(conn, dest, ctx.config.anti_affinity_labels)
+        cap = dataclasses.replace(cap, name=dest.name, cordoned=cap.cordoned or dest.cordoned_now)
+        return conn, claims.as_planned(ctx, conn, dest, cap)
+
     dest_conns = {}
     capacities = []
-    for dest in ctx.destinations:
-        try:
-            conn = conns.get(dest.uri)
-            cap = ctx.backend.capacity(conn, dest, ctx.config.anti_affinity_labels)
-            dest_conns[dest.name] = conn
-            cap = dataclasses.replace(cap, name=dest.name, cordoned=cap.cordoned or dest.cordoned_now)
-            capacities.append(claims.as_planned(ctx, conn, dest, cap))
-        except HvfleetError as exc:
+    for dest, (outcome, error) in zip(ctx.destinations, _each(read, list(ctx.destinations), workers), strict=True):
+        if error is None:
+            dest_conns[dest.name], cap = outcome
+            capacities.append(cap)
+        elif isinstance(error, HvfleetError):
             capacities.append(HostCapacity(dest.name, 0, 0, 0, 0, cordoned=dest.cordoned))
-            result.block(Blocker(None, "destination_unreachable", f"{dest.name}: {exc.message}", exc.hint))
+            result.block(Blocker(None, "destination_unreachable", f"{dest.name}: {error.message}", error.hint))
+        else:
+            raise error
     return dest_conns, capacities
 
 
-def _demand(ctx: RunContext, src_conn: Any, dest_conns: dict, vm: VmInfo, settings: dict,
-            reviewed: Optional[dict]) -> VmDemand:
-    """The VM's placement demand, with the destinations its prerequisite checks pass on."""
-    failures = {}
-    eligible = set()
-    for dest in ctx.destinations:
-        conn = dest_conns.get(dest.name)
-        if conn is None:
-            failures[dest.name] = "destination unreachable"
-            continue
-        if dest.cordoned_now:
-            continue  # placement reports it as cordoned
-        bad = [c for c in ctx.backend.prechecks(src_conn, conn, vm, ctx.source, dest, settings) if c.failed]
-        if bad:
-            failures[dest.name] = "; ".join(c.message + (f" (fix: {c.fix})" if c.fix else "") for c in bad)
-        else:
-            eligible.add(dest.name)
+def _each(fn: Callable[[Any], Any], items: list, workers: int) -> list[tuple[Any, Optional[Exception]]]:
+    """[(fn(item), None) or (None, the exception it raised)] in the order of `items`, by up to `workers`
+    threads (one after another when 1)."""
+    def one(item: Any) -> tuple[Any, Optional[Exception]]:
+        try:
+            return fn(item), None
+        except Exception as exc:  # pylint: disable=broad-except
+            return None, exc
+
+    if workers <= 1 or len(items) <= 1:
+        return [one(item) for item in items]
+    with ThreadPoolExecutor(max_workers=min(workers, len(items)), thread_name_prefix="hvfleet-plan") as pool:
+        return list(pool.map(one, items))
+
+
+def _demands(ctx: RunContext, src_conn: Any, dest_conns: dict, capacities: list[HostCapacity],
+             candidates: list[_Candidate], reviewed: Optional[dict], checks: LiveChecks) -> list[VmDemand]:
+    """Each VM's placement demand, with the destinations its prerequisite checks pass on (module docstring:
+    which destinations are checked, how)."""
+    caps = {c.name: c for c in capacities}
+    demands = [_demand(ctx, c.vm, c.settings, reviewed) for c in candidates]
+    work: dict[str, list[int]] = {}  # destination -> the VMs (by index) to check against it
+    for index, demand in enumerate(demands):
+        for dest in ctx.destinations:
+            if dest.name not in dest_conns or dest.cordoned_now:
+                continue
+            if checks.prefilter and cannot_take(demand, caps[dest.name], ctx.source.name, ctx.config.placement):
+                continue
+            work.setdefault(dest.name, []).append(index)
+    cache = CheckCache() if checks.cache else None
+    prechecks = _prechecks_of(ctx.backend, cache)
+
+    def check(dest_name: str) -> dict[int, list[CheckResult]]:
+        dest, conn = ctx.known_host(dest_name), dest_conns[dest_name]
+        return {i: [c for c in prechecks(src_conn, conn, candidates[i].vm, ctx.source, dest, candidates[i].settings)
+                    if c.failed] for i in work[dest_name]}
+
+    found: dict[tuple[int, str], list[CheckResult]] = {}
+    for dest_name, (bad_of, error) in zip(work, _each(check, list(work), checks.workers), strict=True):
+        if error is not None:
+            raise error
+        found.update({(i, dest_name): bad for i, bad in bad_of.items()})
+    out = []
+    for index, demand in enumerate(demands):
+        failures = {}
+        eligible = set()
+        for dest in ctx.destinations:
+            if dest.name not in dest_conns:
+                failures[dest.name] = "destination unreachable"
+                continue
+            if dest.cordoned_now:
+                continue  # placement reports it as cordoned
+            bad = found.get((index, dest.name))
+            if bad:
+                failures[dest.name] = "; ".join(c.message + (f" (fix: {c.fix})" if c.fix else "") for c in bad)
+            else:  # passed its checks, or not checked: placement refuses it then, saying why
+                eligible.add(dest.name)
+        out.append(dataclasses.replace(demand, eligible=frozenset(eligible), precheck_failures=failures))
+    return out
+
+
+def _prechecks_of(backend: Any, cache: Optional[CheckCache]) -> Callable[..., list[CheckResult]]:
+    """backend.prechecks, given `cache` when it takes one."""
+    if cache is None or "cache" not in inspect.signature(backend.prechecks).parameters:
+        return backend.prechecks
+
+    def with_cache(*args: Any) -> list[CheckResult]:
+        return backend.prechecks(*args, cache=cache)
+    return with_cache
+
+
+def cannot_take(vm: VmDemand, host: HostCapacity, source: str, config: PlacementConfig) -> bool:
+    """True when placement would refuse `host` for `vm` whatever the VM's checks say: the source, cordoned,
+    outside its pins or in its avoid list, an anti-affinity sibling there, or too little memory or too few
+    vCPUs left for this VM alone (placement's own rules; a plan only adds to a host, never frees it)."""
+    if host.name == source or host.cordoned:
+        return True
+    if vm.pin and not any(fnmatchcase(host.name, p) for p in vm.pin):
+        return True
+    if vm.avoid and any(fnmatchcase(host.name, p) for p in vm.avoid):
+        return True
+    if any(value in host.anti_affinity.get(key, ()) for key, value in vm.anti_affinity.items()):
+        return True
+    if vm.memory_mib > host.memory_total_mib - host.memory_used_mib - config.headroom_mib(host):
+        return True
+    return host.vcpus_used + vm.vcpus > config.vcpu_capacity(host)
+
+
+def _demand(ctx: RunContext, vm: VmInfo, settings: dict, reviewed: Optional[dict]) -> VmDemand:
+    """The VM's placement demand, before its checks (eligible: every host)."""
     pins = tuple(settings.get("destinations", {}).get("pin") or ())
     if reviewed is not None and vm.name in reviewed:
         pins = (reviewed[vm.name]["destination"],)
     return VmDemand(name=vm.name, memory_mib=vm.memory_mib if vm.active else 0, vcpus=vm.vcpus if vm.active else 0,
                     dirty_rate_bps=vm.dirty_rate_bps or 0.0, anti_affinity=anti_affinity(ctx, vm.labels), pin=pins,
-                    avoid=tuple(settings.get("destinations", {}).get("avoid") or ()), eligible=frozenset(eligible),
-                    precheck_failures=failures, order=int(settings.get("drain_order", 0) or 0))
+                    avoid=tuple(settings.get("destinations", {}).get("avoid") or ()),
+                    order=int(settings.get("drain_order", 0) or 0))
 
 
 def anti_affinity(ctx: RunContext, labels: dict) -> dict:
