@@ -4,7 +4,8 @@ Ctrl-C on `ansible-playbook playbooks/drain-host.yml` (SIGINT to its process gro
 it) says that the drain continues on hv1 and how to stop or follow it; the drain does go on and ends
 with every VM moved; `-e drain_host_state=followed` follows it to its end. A drain of a slow, dirtying
 guest cancelled from a second run (`-e drain_host_state=cancelled`) starts no new migration, the running
-pre-copy is aborted, every VM runs on exactly one host and the journal says who cancelled.
+pre-copy is aborted, every VM runs on exactly one host and the journal says who cancelled; with
+`drain_host_cancel_running=finish` the running migration ends on its destination instead.
 """
 
 import json
@@ -143,3 +144,31 @@ def test_a_drain_cancelled_from_a_second_run_starts_nothing_new(clean_lab, make_
     assert lock_free(lab)
     res = lab.exec("hv1", ["test", "-e", f"{HOST_STATE_DIR}/cancel.json"], check=False)
     assert res.returncode != 0, "the honoured request was left behind"
+
+
+def test_a_cancel_with_finish_lets_the_running_migration_end(clean_lab, make_vm, tmp_path):
+    lab = clean_lab
+    lab.shape("hv1", 100)
+    names = [make_vm("hv1", memory=256) for _i in range(3)]
+    controller = Controller("-e", "target=hv1", "-e", f"drain_host_report_dir={tmp_path}",
+                            "-e", "drain_host_poll_wait=2", "-e", "drain_host_max_parallel=1")
+    try:
+        running = wait_for(lambda: vms_in(lab, "migrating"), 300, "a migration to run")
+        rc, lines = run_playbook("drain-host.yml", "-e", "target=hv1", "-e", "drain_host_state=cancelled",
+                                 "-e", "drain_host_cancel_running=finish")
+        drain_rc = controller.wait(120)
+    finally:
+        controller.kill()
+    assert rc == 0 and "running migrations left to finish" in text_of(lines)
+    assert drain_rc != 0 and "did not complete (cancelled)" in controller.text()
+    j = journal(lab)
+    assert j["runs"][-1]["cancel"]["mode"] == "finish"
+    started = {n: v["started"] for n, v in j["vms"].items() if v.get("attempts")}
+    assert all(at < j["runs"][-1]["cancel"]["requested"] for at in started.values())
+    print(f"running when the cancel was sent: {running}; started in all: {sorted(started)}")
+    for name in names:
+        if name in started:  # it was left to finish: it moved
+            assert j["vms"][name]["state"] == "moved" and lab.running_on(name) in (["hv2"], ["hv3"]), name
+        else:
+            assert lab.running_on(name) == ["hv1"], name
+    assert len(started) < len(names)
