@@ -6,7 +6,9 @@ Use it as `from hvlab import Lab` (tests put tests/lab on sys.path) or via tests
 
 Modules: state (what was made, pids + start times), netns (bridge/veths/shaping), hosts (holder,
 private dirs, libvirtd, sshd), holder (the process that is a host), storage (NBD), tls (lab CA),
-vm (domain XML, heartbeat), inventory (Ansible), faults, lab (the Lab class), cli.
+vm (domain XML, heartbeat), inventory (Ansible), faults, lab (the Lab class), cli, rootfs (the cached
+Debian 13 root of generation-2 hosts: `up --gen2 HOST`), controller (the controller-side tests on
+Debian 13's Python).
 """
 
 from .lab import Lab, LabError, NotRoot
