@@ -146,14 +146,7 @@ def record(journal: Any, request: CancelRequest) -> bool:
     """Put the request into the record of the journal's current run when that run is this process's."""
     if journal is None or not getattr(journal, "persist", False):
         return False
-    # the journal's own lock, which all its writers hold while they change or save it
-    with journal._lock:  # pylint: disable=protected-access
-        runs = journal.data.get("runs") or []
-        if not runs or runs[-1].get("pid") != os.getpid():
-            return False
-        runs[-1]["cancel"] = request.to_dict()
-        journal.save()
-    return True
+    return bool(journal.annotate_run(os.getpid(), cancel=request.to_dict()))
 
 
 # ---- the cancelling side -------------------------------------------------------------------------

@@ -251,6 +251,16 @@ class Journal:  # pylint: disable=too-many-instance-attributes
                     pass
             self.save()
 
+    def annotate_run(self, pid: int, **fields: Any) -> bool:
+        """Add `fields` to the record of the current run when that run is process `pid`'s; saved. False when not."""
+        with self._lock:
+            runs = self.data.get("runs") or []
+            if not runs or runs[-1].get("pid") != pid:
+                return False
+            runs[-1].update(fields)
+            self.save()
+            return True
+
     def end_run(self, state: str, summary: Optional[dict[str, Any]] = None) -> None:
         with self._lock:
             self.data["state"] = state
