@@ -11,7 +11,8 @@ The live prerequisite checks are the cost of a plan at fleet scale, so (LiveChec
   its avoid list, an anti-affinity sibling already there, too little memory or too few vCPUs left for it
   alone - is not checked for it. Placement only ever adds to a destination, so it would refuse that host
   anyway, and its reason for the VM names why (the capacity, the cordon, the pin...), as before; only the
-  checks' own failures are not listed for a host already out on those grounds.
+  checks' own failures are not listed for a host already out on those grounds. Should placement ever choose
+  a host left unchecked for the VM, the plan stops with an internal error rather than send it there.
 - the checks of one plan share a check_cache.CheckCache (each live call once per destination and distinct
   question, with the same outcome), when the backend's `prechecks` takes a `cache`;
 - destinations are read and checked by a few threads, each destination by one thread on its own
@@ -104,8 +105,14 @@ def plan_drain(ctx: RunContext, conns: Connections, result: DrainResult, *, revi
                                  "or inspect by hand."))
             continue
         candidates[vm.name] = _Candidate(vm, match.settings, match.policy.name, match.reason)
-    demands = _demands(ctx, src_conn, dest_conns, capacities, list(candidates.values()), reviewed, checks)
+    demands, unchecked = _demands(ctx, src_conn, dest_conns, capacities, list(candidates.values()), reviewed,
+                                  checks)
     placement = plan_placement(ctx.source.name, demands, capacities, ctx.config.placement)
+    for assignment in placement.assignments:
+        if (assignment.vm, assignment.destination) in unchecked:  # cannot_take and placement disagree: a bug
+            raise HvfleetError(f"The plan put '{assignment.vm}' on {assignment.destination} without checking it "
+                               "there (internal error: the cheap filter and placement disagree).",
+                               "report this bug; nothing was changed.")
     for unplaced in placement.unplaced:
         result.block(Blocker(unplaced.vm, "unplaced", f"no destination for '{unplaced.vm}': "
                              + "; ".join(unplaced.messages()), "free capacity, fix the failing checks, or change "
@@ -181,17 +188,20 @@ def _each(fn: Callable[[Any], Any], items: list, workers: int) -> list[tuple[Any
 
 
 def _demands(ctx: RunContext, src_conn: Any, dest_conns: dict, capacities: list[HostCapacity],
-             candidates: list[_Candidate], reviewed: Optional[dict], checks: LiveChecks) -> list[VmDemand]:
+             candidates: list[_Candidate], reviewed: Optional[dict], checks: LiveChecks
+             ) -> tuple[list[VmDemand], set[tuple[str, str]]]:
     """Each VM's placement demand, with the destinations its prerequisite checks pass on (module docstring:
-    which destinations are checked, how)."""
+    which destinations are checked, how); and the (VM, destination) pairs left unchecked by the filter."""
     caps = {c.name: c for c in capacities}
     demands = [_demand(ctx, c.vm, c.settings, reviewed) for c in candidates]
     work: dict[str, list[int]] = {}  # destination -> the VMs (by index) to check against it
+    unchecked = set()
     for index, demand in enumerate(demands):
         for dest in ctx.destinations:
             if dest.name not in dest_conns or dest.cordoned_now:
                 continue
             if checks.prefilter and cannot_take(demand, caps[dest.name], ctx.source.name, ctx.config.placement):
+                unchecked.add((demand.name, dest.name))
                 continue
             work.setdefault(dest.name, []).append(index)
     cache = CheckCache() if checks.cache else None
@@ -223,7 +233,7 @@ def _demands(ctx: RunContext, src_conn: Any, dest_conns: dict, capacities: list[
             else:  # passed its checks, or not checked: placement refuses it then, saying why
                 eligible.add(dest.name)
         out.append(dataclasses.replace(demand, eligible=frozenset(eligible), precheck_failures=failures))
-    return out
+    return out, unchecked
 
 
 def _prechecks_of(backend: Any, cache: Optional[CheckCache]) -> Callable[..., list[CheckResult]]:
