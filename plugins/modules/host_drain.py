@@ -35,6 +35,8 @@ description:
     one.
 author:
   - hvfleet maintainers (@hvfleet)
+extends_documentation_fragment:
+  - hvfleet.drain.libvirt_connection
 requirements:
   - libvirt-python (python3-libvirt) on the hypervisor (not for O(state=cancelled))
   - jsonschema on the hypervisor (the migration policies are validated with it)
@@ -73,9 +75,8 @@ options:
         description: Its inventory name. Defaults to the host name.
         type: str
       uri:
-        description: libvirt URI the module opens for it.
+        description: libvirt URI the module opens for it. Defaults to O(uri).
         type: str
-        default: qemu:///system
       peer_uri:
         description:
           - libvirt URI the other hypervisors reach it by, for example V(qemu+tls://hv1.example.com/system).
@@ -209,10 +210,6 @@ options:
         then (the request stays in force; a post-copy or a migration left to finish may take longer).
     type: int
     default: 600
-  connect_timeout:
-    description: Seconds to wait for each libvirt connection.
-    type: int
-    default: 30
   orphan_wait:
     description:
       - When resuming, seconds to let a migration job left running by the interrupted run finish before it is
@@ -797,6 +794,10 @@ try:
 except ImportError:
     LIBVIRT_IMPORT_ERROR = traceback.format_exc()
 
+from ansible_collections.hvfleet.drain.plugins.module_utils.common.connection_spec import (  # noqa: E402
+    connect_options,
+    connection_argument_spec,
+)
 from ansible_collections.hvfleet.drain.plugins.module_utils.common.errors import HvfleetError  # noqa: E402
 from ansible_collections.hvfleet.drain.plugins.module_utils.common.redact import uri_passwords  # noqa: E402
 from ansible_collections.hvfleet.drain.plugins.module_utils.drain import cancel  # noqa: E402
@@ -809,10 +810,11 @@ from ansible_collections.hvfleet.drain.plugins.module_utils.planning.model impor
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning.placement import PlacementConfig  # noqa: E402
 
 ARGUMENT_SPEC = dict(
+    connection_argument_spec(),
     state=dict(type="str", choices=["drained", "restored", "cancelled"], default="drained"),
     source=dict(type="dict", default={}, options=dict(
         name=dict(type="str"),
-        uri=dict(type="str", default="qemu:///system"),
+        uri=dict(type="str"),
         peer_uri=dict(type="str"),
         migration_address=dict(type="str"),
         link_mbit=dict(type="float"),
@@ -842,7 +844,6 @@ ARGUMENT_SPEC = dict(
     state_dir=dict(type="path", default="/var/lib/hvfleet"),
     reason=dict(type="str"),
     by=dict(type="str"),
-    connect_timeout=dict(type="int", default=30),
     orphan_wait=dict(type="int", default=30),
     progress_interval=dict(type="float", default=5.0),
     window_end=dict(type="str"),
@@ -881,8 +882,8 @@ class HostDrainModule:
     def drainer(self):
         p = self.params
         src = p["source"] or {}
-        source = Host(name=src.get("name") or socket.gethostname().split(".")[0], uri=src.get("uri") or
-                      "qemu:///system", peer_uri=src.get("peer_uri"), migration_address=src.get("migration_address"),
+        source = Host(name=src.get("name") or socket.gethostname().split(".")[0], uri=src.get("uri") or p["uri"],
+                      peer_uri=src.get("peer_uri"), migration_address=src.get("migration_address"),
                       link_mbit=src.get("link_mbit"))
         destinations = [Host(name=d["name"], uri=d["uri"], migration_address=d.get("migration_address"),
                              link_mbit=d.get("link_mbit"), facts=d.get("facts"), cordoned=bool(d.get("cordoned")))
@@ -904,7 +905,9 @@ class HostDrainModule:
                                    "nothing changed.", "run it again inside a maintenance window.")
             # the Drainer's clock is time.monotonic
             config.start_deadline = time.monotonic() + (end - time.time())
-        backend = LibvirtBackend(connect_timeout_s=p["connect_timeout"], state_dir=p["state_dir"],
+        options = connect_options(p)
+        backend = LibvirtBackend(connect_timeout_s=options["timeout_s"], username=options["username"],
+                                 password=options["password"], state_dir=p["state_dir"],
                                  memory_headroom_mib=p["memory_headroom_mib"])
         return Drainer(backend, source, destinations, config, state_dir=p["state_dir"])
 

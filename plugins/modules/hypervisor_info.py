@@ -24,15 +24,13 @@ description:
 author:
   - hvfleet maintainers (@hvfleet)
 requirements:
-  - libvirt-python (python3-libvirt) on the host that runs the module
   - jsonschema on the host that runs the module, when policies are given
 extends_documentation_fragment:
+  - hvfleet.drain.libvirt_connection
   - hvfleet.drain.attributes.read_only
 options:
   uri:
     description: libvirt URI of the hypervisor.
-    type: str
-    default: qemu:///system
   name:
     description: Name to report the hypervisor under (for example the inventory hostname). Defaults to its host name.
     type: str
@@ -54,10 +52,6 @@ options:
     description: Directory of the maintenance state (C(maintenance.json)) on the hypervisor.
     type: path
     default: /var/lib/hvfleet
-  connect_timeout:
-    description: Seconds to wait for the libvirt connection to open.
-    type: int
-    default: 30
 notes:
   - A malformed policy fails the task with the JSON path of each bad field; nothing else is read then.
 seealso:
@@ -138,6 +132,97 @@ domains:
   returned: when O(include_domains=true)
   type: list
   elements: dict
+  contains:
+    name: {description: Domain name., type: str}
+    uuid: {description: Domain UUID., type: str}
+    state: {description: "V(running), V(paused), V(shutoff), ...", type: str}
+    persistent: {description: Whether the domain has a persistent definition., type: bool}
+    memory_mib: {description: Maximum memory in MiB., type: int}
+    current_memory_mib: {description: Current (balloon) memory in MiB., type: int}
+    vcpus: {description: Number of vCPUs., type: int}
+    domain_type: {description: "libvirt domain type (V(kvm), V(qemu))", type: str}
+    arch: {description: Guest architecture., type: str}
+    machine: {description: "Machine type (for example V(pc-i440fx-7.2)); V(null) when not given.", type: str}
+    emulator: {description: Path of the QEMU binary; V(null) when not given., type: str}
+    cpu_mode: {description: "CPU mode (V(host-model), V(custom), ...); V(null) when not given.", type: str}
+    cpu_model: {description: CPU model name; V(null) when not given., type: str}
+    cpu_xml: {description: The domain's C(<cpu>) element (for a CPU comparison); V(null) when absent., type: str}
+    disks:
+      description: The domain's disks.
+      type: list
+      elements: dict
+      contains:
+        target: {description: "Target device (V(vda))", type: str}
+        device: {description: "V(disk), V(cdrom), ...", type: str}
+        type: {description: "Source type (V(file), V(block), V(network), V(volume))", type: str}
+        path: {description: File or block device path; V(null) for other types., type: str}
+        protocol: {description: "Network protocol (V(nbd), V(rbd), ...); V(null) otherwise.", type: str}
+        name: {description: Network export or image name; V(null) otherwise., type: str}
+        hosts: {description: Network disk servers as C(host:port)., type: list, elements: str}
+        pool: {description: Storage pool of a volume disk; V(null) otherwise., type: str}
+        format: {description: "Image format (V(qcow2), V(raw)); V(null) when not given.", type: str}
+        readonly: {description: Whether the disk is read-only., type: bool}
+        shareable: {description: Whether the disk is marked C(<shareable/>)., type: bool}
+        source: {description: The source as one string (path or protocol URL)., type: str}
+        shared: {description: "Whether other hosts reach the same storage; V(null) when unknown.", type: bool}
+        shared_reason: {description: Why it counts as shared or local, or why it is unknown., type: str}
+    interfaces:
+      description: The domain's network interfaces.
+      type: list
+      elements: dict
+      contains:
+        type: {description: "V(network), V(bridge), V(direct), ...", type: str}
+        source: {description: Network or bridge name., type: str}
+        mac: {description: MAC address., type: str}
+        model: {description: "Device model (V(virtio)); V(null) when not given.", type: str}
+        mtu: {description: MTU when set; V(null) otherwise., type: int}
+        target: {description: Host-side device name while running; V(null) otherwise., type: str}
+    local_devices:
+      description: Devices tied to this host, which block live migration.
+      type: list
+      elements: dict
+      contains:
+        kind: {description: "V(hostdev), V(interface-hostdev), V(serial), V(parallel), V(channel), V(smartcard),
+                             V(filesystem) or V(nvme-disk)", type: str}
+        description: {description: The device in words., type: str}
+    labels: {description: Labels from the domain metadata., type: dict}
+    policy:
+      description: The migration policy that applies, when O(policies) or O(policy_file) is given.
+      type: dict
+      returned: when policies are given
+      contains:
+        name: {description: Policy name., type: str}
+        reason: {description: Why this policy applies., type: str}
+        specificity: {description: How specific the matching selector is (higher wins)., type: int}
+        settings: {description: The effective settings (see the policy schema in docs/POLICIES.md)., type: dict}
+  sample:
+    - name: web1
+      uuid: 6695eb01-f6a4-8304-79aa-97f2502e193f
+      state: running
+      persistent: true
+      memory_mib: 4096
+      current_memory_mib: 4096
+      vcpus: 2
+      domain_type: kvm
+      arch: x86_64
+      machine: pc-q35-7.2
+      emulator: /usr/bin/qemu-system-x86_64
+      cpu_mode: host-model
+      cpu_model: null
+      cpu_xml: "<cpu mode='host-model'/>"
+      disks:
+        - {target: vda, device: disk, type: network, path: null, protocol: nbd, name: web1, hosts: ["10.0.0.2:10809"],
+           pool: null, format: raw, readonly: false, shareable: false, source: "nbd://10.0.0.2:10809/web1",
+           shared: true, shared_reason: network disk (nbd)}
+      interfaces:
+        - {type: bridge, source: br0, mac: "52:54:00:12:34:56", model: virtio, mtu: null, target: vnet0}
+      local_devices: []
+      labels: {anti_affinity: web}
+      policy:
+        name: default
+        reason: "policy 'default': the default policy, no other policy matched"
+        specificity: 0
+        settings: {mode: auto, allow_postcopy: true, max_downtime_ms: 500}
 """
 
 import traceback  # noqa: E402
@@ -151,6 +236,10 @@ except ImportError:
     LIBVIRT_IMPORT_ERROR = traceback.format_exc()
 
 from ansible_collections.hvfleet.drain.plugins.module_utils.common.connection import close_quietly, connect  # noqa: E402
+from ansible_collections.hvfleet.drain.plugins.module_utils.common.connection_spec import (  # noqa: E402
+    connect_options,
+    connection_argument_spec,
+)
 from ansible_collections.hvfleet.drain.plugins.module_utils.common.errors import HvfleetError  # noqa: E402
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning import policy as policy_mod  # noqa: E402
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning.disk_checks import disk_sharing  # noqa: E402
@@ -159,13 +248,12 @@ from ansible_collections.hvfleet.drain.plugins.module_utils.planning.host_facts 
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning.probe import LocalProbe  # noqa: E402
 
 ARGUMENT_SPEC = dict(
-    uri=dict(type="str", default="qemu:///system"),
+    connection_argument_spec(),
     name=dict(type="str"),
     policies=dict(type="list", elements="dict"),
     policy_file=dict(type="path"),
     include_domains=dict(type="bool", default=True),
     state_dir=dict(type="path", default="/var/lib/hvfleet"),
-    connect_timeout=dict(type="int", default=30),
 )
 
 
@@ -210,7 +298,7 @@ class HypervisorInfoModule:
         conn = None
         try:
             policies = load_policies(p)
-            conn = connect(p["uri"], timeout_s=p["connect_timeout"], readonly=True)
+            conn = connect(p["uri"], readonly=True, **connect_options(p))
             local = is_local_uri(p["uri"])
             host = host_facts(conn, name=p["name"], uri=p["uri"], local=local, state_dir=p["state_dir"])
             result = dict(changed=False, hypervisor=host.to_dict())
