@@ -81,7 +81,8 @@ def test_progress_is_printed_live_once_and_in_order(tmp_path):
     (tmp_path / "writer.py").write_text(WRITER)
     (tmp_path / "play.yml").write_text(PLAYBOOK)
     env = dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg"), ANSIBLE_FORCE_COLOR="0", PYTHONUNBUFFERED="1",
-               ANSIBLE_LOCAL_TEMP=str(tmp_path / "tmp"), ANSIBLE_ASYNC_DIR=str(tmp_path / "async"))
+               ANSIBLE_LOCAL_TEMP=str(tmp_path / "tmp"), ANSIBLE_ASYNC_DIR=str(tmp_path / "async"),
+               ANSIBLE_CALLBACKS_ENABLED="hvfleet.drain.drain_progress")  # a hand-written until loop needs it
     argv = [str(Path(sys.executable).parent / "ansible-playbook"), "-i", "localhost,", "-c", "local",
             "-e", f"ansible_python_interpreter={sys.executable}", "-e", f"state_dir={state_dir}",
             "-e", f"writer={tmp_path / 'writer.py'}", "-e", f"collections={REPO / '.collections'}",
