@@ -45,6 +45,14 @@ DEFAULT_STATE_DIR = "/var/lib/hvfleet"
 FAILURES_TOLERATED = 3  # consecutive failed polls (a dropped SSH session) before following gives up
 
 
+def registered_name(register):
+    """The variable a task registers into: `register` is that name, or (ansible-core 2.21+, register projections)
+    a mapping of names to expressions, whose first name holds the task's result."""
+    if isinstance(register, dict):
+        return next(iter(register), None)
+    return register or None
+
+
 def continued_args(args, previous):
     """The module arguments for this attempt: `args`, with the cursor of `previous` when it follows the same drain."""
     args = dict(args)
@@ -182,7 +190,8 @@ class ActionModule(ActionBase):
         if follow and not args.get("mark"):
             result.update(self._follow(args, timeout, task_vars))
             return result
-        previous = task_vars.get(self._task.register) if self._task.register else None
+        name = registered_name(self._task.register)
+        previous = task_vars.get(name) if name else None
         args = continued_args(args, previous)
         result.update(self._execute_module(module_name="hvfleet.drain.drain_progress", module_args=args,
                                            task_vars=task_vars))

@@ -1,6 +1,6 @@
 """The drain_progress action plugin carries the cursor from one until-attempt to the next."""
 
-from ansible_collections.hvfleet.drain.plugins.action.drain_progress import continued_args
+from ansible_collections.hvfleet.drain.plugins.action.drain_progress import continued_args, registered_name
 
 ARGS = {"job_id": "j1", "since": "2030-01-01T00:00:00.000+00:00", "wait": 15}
 PREVIOUS = {"job_id": "j1", "since": ARGS["since"], "offset": 420, "run": "r1", "seq": 7, "finished": False,
@@ -26,3 +26,9 @@ def test_a_finished_or_foreign_result_is_ignored():
 
 def test_without_job_or_since_nothing_tells_runs_apart():
     assert "offset" not in continued_args({"wait": 1}, dict(PREVIOUS, job_id=None, since=None))
+
+
+def test_the_registered_variable_is_found_as_a_name_or_as_a_register_projection():
+    assert registered_name("progress") == "progress"
+    assert registered_name({"progress": "_task.polymorphic_result"}) == "progress"  # ansible-core 2.21
+    assert registered_name(None) is None and registered_name("") is None
