@@ -145,7 +145,7 @@ class LibvirtBackend(Backend):
                    if hf.memory_available_mib else 0)
         return HostCapacity(name=host.name, memory_total_mib=hf.memory_total_mib, memory_used_mib=used,
                             vcpus_total=hf.cpus, vcpus_used=hf.vcpus_allocated, cordoned=bool(hf.cordoned),
-                            anti_affinity={k: frozenset(v) for k, v in held.items()})
+                            anti_affinity={k: frozenset(v) for k, v in held.items()}, stack=hf.stack)
 
     # ---- checks -----------------------------------------------------------------------------
 
