@@ -194,8 +194,8 @@ results:
         id:
           description:
             - What was checked, for example V(dest.is_source), V(dest.cordoned), V(reach.libvirt),
-              V(reach.migration_address), V(version.libvirt), V(version.qemu), V(device.hostdev), V(storage.disk),
-              V(storage.cdrom), V(storage.copy), V(network.bridge), V(network.mtu), V(cpu.compat),
+              V(reach.migration_address), V(version.libvirt), V(version.qemu), V(machine.type), V(device.hostdev),
+              V(storage.disk), V(storage.cdrom), V(storage.copy), V(network.bridge), V(network.mtu), V(cpu.compat),
               V(capacity.memory), V(postcopy.support), V(forecast.mode).
           type: str
         status:
