@@ -139,3 +139,48 @@ def test_the_upgrade_refuses_to_reboot_a_host_that_runs_a_vm(clean_lab, tmp_path
         assert not re.search(r"TASK \[hvfleet\.drain\.host_maintenance|Uncordon the host", out)
     finally:
         lab.vm_rm(rogue)
+
+
+@pytest.fixture
+def mixed_lab(clean_lab):
+    """hv3 on the lab's Debian 13 root (libvirt 11, QEMU 10), hv1 and hv2 on the machine's stack; back after."""
+    clean_lab.up(hosts_count=3, gen2=("hv3",))
+    yield clean_lab
+    clean_lab.up(hosts_count=3)
+
+
+def journalled_destinations(lab, host, vm):
+    """Where the drain journals on `host` (current and archived) say `vm` went."""
+    found = lab.exec(host, ["sh", "-c", f"cat {STATE}/drain-journal*.json"], check=False).stdout
+    decoder, seen, at = json.JSONDecoder(), [], 0
+    while at < len(found):
+        if found[at].isspace():
+            at += 1
+            continue
+        doc, at = decoder.raw_decode(found, at)
+        entry = doc.get("vms", {}).get(vm)
+        if entry and entry.get("destination"):
+            seen.append(entry["destination"])
+    return seen
+
+
+def test_rolling_upgrade_of_the_old_hosts_of_a_mixed_fleet_moves_their_guests_to_the_new_one_and_back(
+        mixed_lab, make_vm, tmp_path):
+    lab = mixed_lab
+    old = ["hv1", "hv2"]
+    guests = {host: make_vm(host, memory=256) for host in old}
+    first = {name: lab.wait_heartbeat_advances(name, beyond=1, timeout=120) for name in guests.values()}
+    events = tmp_path / "events.jsonl"
+    rc, out, seconds = run_playbook(*common_args(tmp_path, events), "-e", "rolling_upgrade_hosts=hv1:hv2",
+                                    "-e", json.dumps({"drain_host_destinations": ["hv3"]}))
+    print(f"LAB-TIMING rolling upgrade of hv1, hv2 onto hv3 (Debian 13): {seconds:.1f}s")
+    assert rc == 0
+    assert [(e["host"], e["step"]) for e in events_of(events)] == [(h, s) for h in old for s in ("upgrade", "reboot")]
+    for event in events_of(events):
+        assert event["domains"] == [], f"{event['host']} ran {event['domains']} at its {event['step']}"
+    for host, name in guests.items():
+        assert "hv3" in journalled_destinations(lab, host, name), f"{name} did not go to the Debian 13 host"
+        assert lab.running_on(name) == [host], f"{name} is not back on {host}"
+        after = lab.wait_heartbeat_advances(name, beyond=lab.heartbeat(name).last_n + 2, timeout=60)
+        assert boot_ids(after) == [first[name].boot_id], f"{name} rebooted"
+    assert not lab.domains().get("hv3"), "a guest stayed on the Debian 13 host"

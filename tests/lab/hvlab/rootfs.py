@@ -38,6 +38,7 @@ DEFAULT_MIRROR = "http://deb.debian.org/debian"
 PACKAGES = (
     "libvirt-daemon",
     "libvirt-daemon-driver-qemu",
+    "libvirt-daemon-driver-secret",  # the drain keeps its capacity ledger in libvirt secrets
     "libvirt-clients",
     "qemu-system-x86",
     "python3-libvirt",
@@ -46,7 +47,7 @@ PACKAGES = (
     "iproute2",
 )
 # Bump when the way the root is assembled changes (it is part of the cache key).
-ROOT_FORMAT = "1"
+ROOT_FORMAT = "2"
 GENERATIONS = {1: "Debian 12 (the machine's own libvirt and QEMU)", 2: f"Debian 13 {SUITE} root (libvirt 11, QEMU 10)"}
 
 
