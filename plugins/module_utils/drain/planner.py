@@ -9,10 +9,15 @@ decided again on the bandwidth it gets when it starts there. Changes nothing.
 The live prerequisite checks are the cost of a plan at fleet scale, so (LiveChecks):
 - a destination the VM cannot take whatever its checks say - the source, cordoned, outside its pins or in
   its avoid list, an anti-affinity sibling already there, too little memory or too few vCPUs left for it
-  alone - is not checked for it. Placement only ever adds to a destination, so it would refuse that host
-  anyway, and its reason for the VM names why (the capacity, the cordon, the pin...), as before; only the
-  checks' own failures are not listed for a host already out on those grounds. Should placement ever choose
-  a host left unchecked for the VM, the plan stops with an internal error rather than send it there.
+  alone (cannot_take) - is not checked for it. Placement only ever adds to a destination, so it refuses that
+  host anyway, and its reason for the VM names why (the capacity, the cordon, the pin...), as before; only
+  the checks' own failures are not listed for a host already out on those grounds.
+- checks on demand: placement runs with the hosts not checked yet counted as passing; the (VM, host) pairs
+  it chose and has not checked are checked, and placement runs again until every VM it places has passed
+  its checks on its host. A VM that failed on its host is then checked against every candidate, and so is a
+  VM left unplaced, so its blocker lists every host's failures. Placement takes, for each VM in turn, the
+  best fitting host it may use; that host passed its checks, so it is the best among the hosts that pass:
+  the plan is the one checking every pair would give, with the checks of a few pairs per VM.
 - the checks of one plan share a check_cache.CheckCache (each live call once per destination and distinct
   question, with the same outcome), when the backend's `prechecks` takes a `cache`;
 - destinations are read and checked by a few threads, each destination by one thread on its own
@@ -42,6 +47,7 @@ from ansible_collections.hvfleet.drain.plugins.module_utils.planning.model impor
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning.placement import (
     HostCapacity,
     PlacementConfig,
+    PlacementPlan,
     VmDemand,
     plan_placement,
 )
@@ -66,12 +72,13 @@ def schedule_move(item: PlanItem) -> Move:
 
 @dataclasses.dataclass(frozen=True)
 class LiveChecks:
-    """How a plan runs the live prerequisite checks (module docstring). LiveChecks(1, False, False) is the
-    plain path: every VM against every destination, one call after another."""
+    """How a plan runs the live prerequisite checks (module docstring). LiveChecks(1, False, False, False) is
+    the plain path: every VM against every destination, one call after another."""
 
     workers: int = 8  # destinations read and checked at once
     cache: bool = True  # each live call once per destination and distinct question
     prefilter: bool = True  # no checks against a destination the VM cannot take anyway
+    on_demand: bool = True  # check the pairs placement chooses (and all of a VM that fails); else all first
 
 
 @dataclasses.dataclass
@@ -105,14 +112,7 @@ def plan_drain(ctx: RunContext, conns: Connections, result: DrainResult, *, revi
                                  "or inspect by hand."))
             continue
         candidates[vm.name] = _Candidate(vm, match.settings, match.policy.name, match.reason)
-    demands, unchecked = _demands(ctx, src_conn, dest_conns, capacities, list(candidates.values()), reviewed,
-                                  checks)
-    placement = plan_placement(ctx.source.name, demands, capacities, ctx.config.placement)
-    for assignment in placement.assignments:
-        if (assignment.vm, assignment.destination) in unchecked:  # cannot_take and placement disagree: a bug
-            raise HvfleetError(f"The plan put '{assignment.vm}' on {assignment.destination} without checking it "
-                               "there (internal error: the cheap filter and placement disagree).",
-                               "report this bug; nothing was changed.")
+    placement = _Checks(ctx, src_conn, dest_conns, capacities, list(candidates.values()), reviewed, checks).place()
     for unplaced in placement.unplaced:
         result.block(Blocker(unplaced.vm, "unplaced", f"no destination for '{unplaced.vm}': "
                              + "; ".join(unplaced.messages()), "free capacity, fix the failing checks, or change "
@@ -187,53 +187,80 @@ def _each(fn: Callable[[Any], Any], items: list, workers: int) -> list[tuple[Any
         return list(pool.map(one, items))
 
 
-def _demands(ctx: RunContext, src_conn: Any, dest_conns: dict, capacities: list[HostCapacity],
-             candidates: list[_Candidate], reviewed: Optional[dict], checks: LiveChecks
-             ) -> tuple[list[VmDemand], set[tuple[str, str]]]:
-    """Each VM's placement demand, with the destinations its prerequisite checks pass on (module docstring:
-    which destinations are checked, how); and the (VM, destination) pairs left unchecked by the filter."""
-    caps = {c.name: c for c in capacities}
-    demands = [_demand(ctx, c.vm, c.settings, reviewed) for c in candidates]
-    work: dict[str, list[int]] = {}  # destination -> the VMs (by index) to check against it
-    unchecked = set()
-    for index, demand in enumerate(demands):
-        for dest in ctx.destinations:
-            if dest.name not in dest_conns or dest.cordoned_now:
-                continue
-            if checks.prefilter and cannot_take(demand, caps[dest.name], ctx.source.name, ctx.config.placement):
-                unchecked.add((demand.name, dest.name))
-                continue
-            work.setdefault(dest.name, []).append(index)
-    cache = CheckCache() if checks.cache else None
-    prechecks = _prechecks_of(ctx.backend, cache)
+class _Checks:
+    """The prerequisite checks of the plan's (VM, destination) pairs, run as placement needs them."""
 
-    def check(dest_name: str) -> dict[int, list[CheckResult]]:
-        dest, conn = ctx.known_host(dest_name), dest_conns[dest_name]
-        return {i: [c for c in prechecks(src_conn, conn, candidates[i].vm, ctx.source, dest, candidates[i].settings)
-                    if c.failed] for i in work[dest_name]}
+    def __init__(self, ctx: RunContext, src_conn: Any, dest_conns: dict, capacities: list[HostCapacity],
+                 candidates: list[_Candidate], reviewed: Optional[dict], checks: LiveChecks) -> None:
+        self.ctx, self.src_conn, self.dest_conns, self.capacities = ctx, src_conn, dest_conns, capacities
+        self.candidates, self.checks = candidates, checks
+        self.demands = [_demand(ctx, c.vm, c.settings, reviewed) for c in candidates]
+        caps = {c.name: c for c in capacities}
+        self.open = [d.name for d in ctx.destinations if d.name in dest_conns and not d.cordoned_now]
+        self.todo = {(i, name) for i, demand in enumerate(self.demands) for name in self.open
+                     if not (checks.prefilter and cannot_take(demand, caps[name], ctx.source.name,
+                                                              ctx.config.placement))}
+        self.found: dict[tuple[int, str], list[CheckResult]] = {}  # (VM index, destination) -> failed checks
+        self.prechecks = _prechecks_of(ctx.backend, CheckCache() if checks.cache else None)
 
-    found: dict[tuple[int, str], list[CheckResult]] = {}
-    for dest_name, (bad_of, error) in zip(work, _each(check, list(work), checks.workers), strict=True):
-        if error is not None:
-            raise error
-        found.update({(i, dest_name): bad for i, bad in bad_of.items()})
-    out = []
-    for index, demand in enumerate(demands):
-        failures = {}
-        eligible = set()
-        for dest in ctx.destinations:
-            if dest.name not in dest_conns:
-                failures[dest.name] = "destination unreachable"
+    def place(self) -> PlacementPlan:
+        """The placement in which every VM placed passed its checks on its host (module docstring)."""
+        if not self.checks.on_demand:
+            self._run(self.todo)
+        index = {d.name: i for i, d in enumerate(self.demands)}
+        while True:
+            placement = plan_placement(self.ctx.source.name, self._demands(), self.capacities,
+                                       self.ctx.config.placement)
+            chosen = {(index[a.vm], a.destination) for a in placement.assignments} - self.found.keys()
+            if chosen:
+                self._run(chosen)
+                failed = {i for i, name in chosen if self.found[(i, name)]}
+                self._run({pair for pair in self.todo if pair[0] in failed})
                 continue
-            if dest.cordoned_now:
-                continue  # placement reports it as cordoned
-            bad = found.get((index, dest.name))
-            if bad:
-                failures[dest.name] = "; ".join(c.message + (f" (fix: {c.fix})" if c.fix else "") for c in bad)
-            else:  # passed its checks, or not checked: placement refuses it then, saying why
-                eligible.add(dest.name)
-        out.append(dataclasses.replace(demand, eligible=frozenset(eligible), precheck_failures=failures))
-    return out, unchecked
+            unplaced = {index[u.vm] for u in placement.unplaced}
+            rest = {pair for pair in self.todo if pair[0] in unplaced}
+            if not rest:
+                return placement
+            self._run(rest)
+
+    def _run(self, pairs: set[tuple[int, str]]) -> None:
+        """Check `pairs`, grouped by destination, the destinations by up to `workers` threads."""
+        work: dict[str, list[int]] = {}
+        position = {name: n for n, name in enumerate(self.open)}
+        for i, name in sorted(pairs, key=lambda p: (position[p[1]], p[0])):
+            work.setdefault(name, []).append(i)
+        ctx = self.ctx
+
+        def check(name: str) -> dict[int, list[CheckResult]]:
+            dest, conn = ctx.known_host(name), self.dest_conns[name]
+            return {i: [c for c in self.prechecks(self.src_conn, conn, self.candidates[i].vm, ctx.source, dest,
+                                                  self.candidates[i].settings) if c.failed] for i in work[name]}
+
+        for name, (bad_of, error) in zip(work, _each(check, list(work), self.checks.workers), strict=True):
+            if error is not None:
+                raise error
+            self.found.update({(i, name): bad for i, bad in bad_of.items()})
+        self.todo -= pairs
+
+    def _demands(self) -> list[VmDemand]:
+        """The demands as checked so far: a host not checked for a VM counts as passing."""
+        out = []
+        for index, demand in enumerate(self.demands):
+            failures = {}
+            eligible = set()
+            for dest in self.ctx.destinations:
+                if dest.name not in self.dest_conns:
+                    failures[dest.name] = "destination unreachable"
+                    continue
+                if dest.cordoned_now:
+                    continue  # placement reports it as cordoned
+                bad = self.found.get((index, dest.name))
+                if bad:
+                    failures[dest.name] = "; ".join(c.message + (f" (fix: {c.fix})" if c.fix else "") for c in bad)
+                else:
+                    eligible.add(dest.name)
+            out.append(dataclasses.replace(demand, eligible=frozenset(eligible), precheck_failures=failures))
+        return out
 
 
 def _prechecks_of(backend: Any, cache: Optional[CheckCache]) -> Callable[..., list[CheckResult]]:

@@ -4,12 +4,12 @@ against every destination, one after another), and each destination left out was
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import random
 import threading
 
 import pytest
-from ansible_collections.hvfleet.drain.plugins.module_utils.common.errors import HvfleetError
 from ansible_collections.hvfleet.drain.plugins.module_utils.drain import planner
 from ansible_collections.hvfleet.drain.plugins.module_utils.drain.context import Connections
 from ansible_collections.hvfleet.drain.plugins.module_utils.drain.drainer import Drainer
@@ -20,7 +20,9 @@ from ansible_collections.hvfleet.drain.plugins.module_utils.planning.model impor
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning.placement import PlacementConfig
 from drain_fakes import FakeBackend, World, vm
 
-PLAIN = LiveChecks(workers=1, cache=False, prefilter=False)
+PLAIN = LiveChecks(workers=1, cache=False, prefilter=False, on_demand=False)
+CANNOT_TAKE = planner.cannot_take
+EAGER = LiveChecks(workers=4, on_demand=False)  # every candidate pair checked first
 POLICIES = [
     {"name": "default", "default": True, "settings": {"mode": "precopy"}},
     {"name": "pinned", "selector": {"labels": {"pol": "pin"}}, "settings": {"destinations": {"pin": ["d1*", "d2"]}}},
@@ -36,6 +38,9 @@ class FleetBackend(FakeBackend):
         self.sizes, self.failing, self.host_cordoned, self.barrier = sizes, failing, set(cordoned), barrier
         self.checked = []  # (vm, destination, thread)
         self.caches = set()
+        self.in_flight = collections.Counter()  # destination -> checks running on its connection now
+        self.most_at_once = collections.Counter()
+        self.count_lock = threading.Lock()
 
     def capacity(self, conn, host, anti_affinity_labels=()):
         cap = super().capacity(conn, host, anti_affinity_labels)
@@ -44,6 +49,16 @@ class FleetBackend(FakeBackend):
                                    cordoned=conn.host in self.host_cordoned)
 
     def prechecks(self, src_conn, dst_conn, vm, source, destination, settings, cache=None):
+        with self.count_lock:
+            self.in_flight[dst_conn.host] += 1
+            self.most_at_once[dst_conn.host] = max(self.most_at_once[dst_conn.host], self.in_flight[dst_conn.host])
+        try:
+            return self._prechecks(src_conn, dst_conn, vm, source, destination, settings, cache)
+        finally:
+            with self.count_lock:
+                self.in_flight[dst_conn.host] -= 1
+
+    def _prechecks(self, src_conn, dst_conn, vm, source, destination, settings, cache):
         first = not any(d == destination.name for _v, d, _t in self.checked)
         self.checked.append((vm.name, destination.name, threading.get_ident()))
         self.caches.add(cache)
@@ -92,10 +107,19 @@ def reasons(blocker):
     return {host: why.split("; ") for host, why in blocker["reasons"].items()}
 
 
-def compare(seed, tmp_path):
+def compare(seed, tmp_path, monkeypatch):
     """Plan the fleet both ways, assert the fast plan is the plain one; returns how many host reasons lost
     only the checks' own failures (hosts out on capacity, cordon, pins... whose checks also failed)."""
     plain, all_checks = plan(seed, tmp_path / "a", PLAIN)
+    filtered = set()
+
+    def recording(vm, host, source, config):
+        out = CANNOT_TAKE(vm, host, source, config)
+        if out:
+            filtered.add((vm.name, host.name))
+        return out
+
+    monkeypatch.setattr(planner, "cannot_take", recording)
     fast, few_checks = plan(seed, tmp_path / "b", LiveChecks())
     assert fast.plan == plain.plan and fast.moves == plain.moves and fast.forecast == plain.forecast
     assert [(b["vm"], b["kind"]) for b in fast.blockers] == [(b["vm"], b["kind"]) for b in plain.blockers]
@@ -110,9 +134,9 @@ def compare(seed, tmp_path):
         before, after = reasons(was), reasons(now)
         assert before and before.keys() == after.keys()
         for host, why in before.items():
-            if (now["vm"], host) in checked or after[host] == why:
+            if (now["vm"], host) not in filtered:
                 assert after[host] == why
-            else:  # left out: still says why, less the checks' own failures
+            elif after[host] != why:  # left out by the filter: still says why, less the checks' own failures
                 assert after[host] == [w for w in why if not w.startswith("failed prechecks: ")]
                 assert after[host] and not any("prechecks" in w for w in after[host])
                 shortened += 1
@@ -120,12 +144,12 @@ def compare(seed, tmp_path):
 
 
 @pytest.mark.parametrize("seed", range(60))
-def test_the_plan_is_the_plain_plan_with_fewer_checks(tmp_path, seed):
-    compare(seed, tmp_path)
+def test_the_plan_is_the_plain_plan_with_fewer_checks(tmp_path, monkeypatch, seed):
+    compare(seed, tmp_path, monkeypatch)
 
 
-def test_the_randomised_fleets_do_meet_left_out_hosts_that_fail_their_checks(tmp_path):
-    assert sum(compare(seed, tmp_path / str(seed)) for seed in range(60)) > 5
+def test_the_randomised_fleets_do_meet_left_out_hosts_that_fail_their_checks(tmp_path, monkeypatch):
+    assert sum(compare(seed, tmp_path / str(seed), monkeypatch) for seed in range(60)) > 5
 
 
 def test_the_filter_leaves_out_what_placement_refuses_anyway(tmp_path):
@@ -152,9 +176,9 @@ def test_one_cache_per_plan_and_none_on_the_plain_path(tmp_path):
 
 def test_destinations_are_checked_at_once_each_by_one_thread(tmp_path):
     seed = next(s for s in range(100) if {"d0", "d1"} <= {d for _v, d, _t in plan(s, tmp_path / f"s{s}",
-                                                                                  LiveChecks())[1].checked})
+                                                                                  EAGER)[1].checked})
     barrier = threading.Barrier(2, timeout=10)
-    _result, backend = plan(seed, tmp_path / "run", LiveChecks(workers=4), barrier=barrier)
+    _result, backend = plan(seed, tmp_path / "run", EAGER, barrier=barrier)
     assert not barrier.broken
     threads = {}
     for _vm, dest, thread in backend.checked:
@@ -163,9 +187,34 @@ def test_destinations_are_checked_at_once_each_by_one_thread(tmp_path):
     assert threads["d0"] != threads["d1"]
 
 
-def test_a_filter_that_left_out_a_host_placement_takes_stops_the_plan(tmp_path, monkeypatch):
-    """Safety net: were the filter ever to drop a host placement would choose, the plan stops, naming it,
-    instead of sending the VM where it was never checked."""
+@pytest.mark.parametrize("seed", range(10))
+def test_a_destination_connection_is_never_used_by_two_threads_at_once(tmp_path, seed):
+    _result, backend = plan(seed, tmp_path, LiveChecks(workers=8))
+    assert backend.most_at_once and set(backend.most_at_once.values()) == {1}
+
+
+def test_every_vm_placed_was_checked_on_its_host_even_with_a_wrong_filter(tmp_path, monkeypatch):
+    """Placement counts unchecked hosts as passing, but a plan only stands once each VM it places passed its
+    checks there: even a filter that wrongly left every host out sends no VM where it was not checked."""
     monkeypatch.setattr(planner, "cannot_take", lambda *_args: True)
-    with pytest.raises(HvfleetError, match="without checking it there"):
-        plan(0, tmp_path, LiveChecks())
+    for seed in range(20):
+        plain, _all = plan(seed, tmp_path / f"a{seed}", PLAIN)
+        fast, few = plan(seed, tmp_path / f"b{seed}", LiveChecks())
+        assert fast.plan == plain.plan
+        checked = {(v, d) for v, d, _t in few.checked}
+        assert {(p["vm"], p["destination"]) for p in fast.plan} <= checked
+
+
+def test_checks_on_demand_check_few_pairs_of_a_vm_that_passes(tmp_path):
+    """A VM whose checks pass on the host placement prefers is checked there only; over the fleets, fewer
+    pairs are checked than when every candidate pair is checked first (small fleets, many failures)."""
+    lazy_pairs = eager_pairs = 0
+    once = []
+    for seed in range(10):
+        _result, eager = plan(seed, tmp_path / f"a{seed}", EAGER)
+        result, lazy = plan(seed, tmp_path / f"b{seed}", LiveChecks())
+        per_vm = collections.Counter(v for v, _d, _t in lazy.checked)
+        once += [p["vm"] for p in result.plan if per_vm[p["vm"]] == 1 and p["vm"].startswith("vm")]
+        lazy_pairs, eager_pairs = lazy_pairs + len(lazy.checked), eager_pairs + len(eager.checked)
+    assert len(once) > 10
+    assert lazy_pairs < eager_pairs
