@@ -203,7 +203,10 @@ class DiskChecks:  # pylint: disable=too-many-instance-attributes
             where, where_why, pool_at_dir = ("present", why, True) if sharing == "shared" else ("unknown", why, False)
         elif disk.type in ("file", "block", "dir") and disk.path:
             sharing, why = self._source_sharing(disk)
-            where, where_why, pool_at_dir = self._dest_has(disk.path)
+            if sharing == "local" and not self.copy_storage:  # it fails whatever the destination has: not asked
+                where, where_why, pool_at_dir = "absent", "", False
+            else:
+                where, where_why, pool_at_dir = self._dest_has(disk.path)
         else:
             self.add("storage.disk", WARN, f"{vm}: {what} is a {disk.type} disk; whether {dest} can reach it is "
                      "not checked.", "make sure the same source exists on the destination.", device=disk.target)

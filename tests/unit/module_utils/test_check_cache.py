@@ -194,3 +194,17 @@ def test_scopes_keep_destinations_apart():
     assert cache.recall("destination:hv2", "k", lambda: 2) == 2
     assert cache.recall("destination:hv3", "k", lambda: 3) == 3
     assert cache.recall("destination:hv2", "k", lambda: 4) == 2
+
+
+def test_a_local_disk_that_is_not_copied_fails_without_asking_the_destination():
+    """Its verdict does not depend on the destination, so the destination's storage is not asked."""
+    conn = CountingConn([Pool("images", "dir", "/var/lib/libvirt/images", {"vm1.qcow2"})])
+    local = file_disk("/var/lib/libvirt/images", "vm1.qcow2", "vda")
+    res = P.run_prechecks(Conn(), conn, domain(local), SRC, DST, dict(DEFAULT_SETTINGS, storage="shared_only"),
+                          migration_address="10.0.0.12", probe=Probe())
+    disk = [c for c in res.checks if c.id == "storage.disk"]
+    assert [c.status for c in disk] == [FAIL] and "is not on shared storage" in disk[0].message
+    assert "local ext4 filesystem" in disk[0].message and conn.storage_calls == 0
+    copied = P.run_prechecks(Conn(), conn, domain(local), SRC, DST, dict(DEFAULT_SETTINGS, storage="copy_all"),
+                             migration_address="10.0.0.12", probe=Probe())
+    assert [c.status for c in copied.checks if c.id == "storage.disk"] == [PASS] and conn.storage_calls > 0
