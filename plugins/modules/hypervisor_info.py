@@ -165,7 +165,7 @@ domains:
         shareable: {description: Whether the disk is marked C(<shareable/>)., type: bool}
         source: {description: The source as one string (path or protocol URL)., type: str}
         shared: {description: "Whether other hosts reach the same storage; V(null) when unknown.", type: bool}
-        shared_reason: {description: Why it counts as shared or local, or why it is unknown., type: str}
+        shared_reason: {description: "Why it counts as shared or local, or why it is unknown.", type: str}
     interfaces:
       description: The domain's network interfaces.
       type: list

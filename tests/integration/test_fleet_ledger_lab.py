@@ -22,7 +22,7 @@ def start_drain(target, **extra):
 
 
 def finish(proc, timeout=600):
-    out, _ = proc.communicate(timeout=timeout)
+    out = proc.communicate(timeout=timeout)[0]
     print(out)
     found = re.search(r"JSON: (\S+\.json)", out)
     assert found, "the drain printed no report path"
@@ -41,7 +41,7 @@ def moves(report):
 
 def test_two_drains_onto_one_destination_with_room_for_one_set_never_overcommit_it(clean_lab, make_vm):
     lab = clean_lab
-    ours = {"hv1": [make_vm("hv1") for _ in range(2)], "hv2": [make_vm("hv2") for _ in range(2)]}
+    ours = {host: [make_vm(host), make_vm(host)] for host in ("hv1", "hv2")}
     vms = ours["hv1"] + ours["hv2"]
     before = heartbeats(lab, vms)
     # hv3's 2 CPUs at an overcommit of 1.0: room for two 1-vCPU guests - one drain's set, not both
@@ -63,8 +63,8 @@ def test_two_drains_onto_one_destination_with_room_for_one_set_never_overcommit_
 
 def test_draining_two_hosts_at_once_never_sends_a_vm_from_one_to_the_other(clean_lab, make_vm):
     lab = clean_lab
-    a = [make_vm("hv1") for _ in range(2)]
-    b = [make_vm("hv2") for _ in range(3)]
+    a = [make_vm("hv1"), make_vm("hv1")]
+    b = [make_vm("hv2"), make_vm("hv2"), make_vm("hv2")]
     before = heartbeats(lab, a + b)
     lab.shape("hv2", 100)  # hv2's drain runs long enough for hv1's to start beside it
     try:

@@ -75,7 +75,10 @@ def run(ansible_core: str, pytest_args: list[str]) -> int:
         mnt, upper, work = (Path(tmp) / d for d in ("mnt", "upper", "work"))
         for d in (mnt, upper, work):
             d.mkdir()
-        target = lambda path: shlex.quote(str(mnt) + str(path))  # noqa: E731
+
+        def target(path: object) -> str:
+            return shlex.quote(str(mnt) + str(path))
+
         setup = [
             f"mount -t overlay hvlab-ctl -o lowerdir={root.path},upperdir={upper},workdir={work} {mnt}",
             *(f"mount --rbind /{fs} {mnt}/{fs}" for fs in ("proc", "sys", "dev")),
@@ -89,7 +92,8 @@ def run(ansible_core: str, pytest_args: list[str]) -> int:
         script = inner_script(VENV_MOUNT, ansible_core, deps, pytest_args or selection)
         outer = " && ".join(setup) + f" && exec chroot {mnt} /bin/sh -c {shlex.quote(script)}"
         # the mounts live in the private namespace only and go with it
-        return subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", outer]).returncode
+        return subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", outer],
+                              check=False).returncode
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -166,7 +166,7 @@ def test_the_lock_admits_one_holder_at_a_time():
 
     def worker(i):
         store = ledger_store.SecretLedgerStore(conn, "hv3", f"t{i}")
-        for _ in range(5):
+        for _round in range(5):
             with store.locked():
                 with guard:
                     inside[0] += 1
