@@ -194,7 +194,8 @@ class _Checks:
                  candidates: list[_Candidate], reviewed: Optional[dict], checks: LiveChecks) -> None:
         self.ctx, self.src_conn, self.dest_conns, self.capacities = ctx, src_conn, dest_conns, capacities
         self.candidates, self.checks = candidates, checks
-        self.demands = [_demand(ctx, c.vm, c.settings, reviewed) for c in candidates]
+        stack = _source_stack(ctx, src_conn)
+        self.demands = [_demand(ctx, c.vm, c.settings, reviewed, stack) for c in candidates]
         caps = {c.name: c for c in capacities}
         self.open = [d.name for d in ctx.destinations if d.name in dest_conns and not d.cordoned_now]
         self.todo = {(i, name) for i, demand in enumerate(self.demands) for name in self.open
@@ -290,7 +291,17 @@ def cannot_take(vm: VmDemand, host: HostCapacity, source: str, config: Placement
     return host.vcpus_used + vm.vcpus > config.vcpu_capacity(host)
 
 
-def _demand(ctx: RunContext, vm: VmInfo, settings: dict, reviewed: Optional[dict]) -> VmDemand:
+def _source_stack(ctx: RunContext, src_conn: Any) -> tuple[int, int]:
+    """The source's (QEMU, libvirt) versions, so placement prefers destinations of the same or a newer
+    generation; (0, 0) when they cannot be read (placement then ranks by capacity alone)."""
+    try:
+        return ctx.backend.capacity(src_conn, ctx.source).stack
+    except HvfleetError:
+        return (0, 0)
+
+
+def _demand(ctx: RunContext, vm: VmInfo, settings: dict, reviewed: Optional[dict],
+            source_stack: tuple[int, int] = (0, 0)) -> VmDemand:
     """The VM's placement demand, before its checks (eligible: every host)."""
     pins = tuple(settings.get("destinations", {}).get("pin") or ())
     if reviewed is not None and vm.name in reviewed:
@@ -298,7 +309,7 @@ def _demand(ctx: RunContext, vm: VmInfo, settings: dict, reviewed: Optional[dict
     return VmDemand(name=vm.name, memory_mib=vm.memory_mib if vm.active else 0, vcpus=vm.vcpus if vm.active else 0,
                     dirty_rate_bps=vm.dirty_rate_bps or 0.0, anti_affinity=anti_affinity(ctx, vm.labels), pin=pins,
                     avoid=tuple(settings.get("destinations", {}).get("avoid") or ()),
-                    order=int(settings.get("drain_order", 0) or 0))
+                    order=int(settings.get("drain_order", 0) or 0), source_stack=source_stack)
 
 
 def anti_affinity(ctx: RunContext, labels: dict) -> dict:
