@@ -23,13 +23,15 @@ firewall that drops the probe, a fifth of them of an older CPU generation (one V
 incompatible there); VMs of 2-32 GiB with 1-3 disks on an NFS share every destination has as a netfs pool,
 one in ten with a local disk and a shared_only policy (fails everywhere), one in ten pinned to a rack, one in
 five in an anti-affinity group. It prints figures and asserts nothing.
-Run: .venv/bin/python benchmarks/planning_cost.py [--validate]
+Run: .venv/bin/python benchmarks/planning_cost.py [--validate]; with the lab up (tests/lab/lab.py up), `--lab`
+measures a few of these calls there and plans its hv1 onto hv2 and hv3 both ways (libvirt, no dirty rates).
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import dataclasses
 import os
 import random
@@ -288,13 +290,80 @@ def show(counts):
     return ", ".join(f"{kind} {counts[kind]}" for kind in LATENCY if counts[kind])
 
 
+LAB = {"hv1": "10.254.0.11", "hv2": "10.254.0.12", "hv3": "10.254.0.13"}  # tests/lab: hv1 drained
+
+
+def timed_call(fn, repeat=5):
+    """The median seconds of fn() over `repeat` calls (an exception counts: it is what the check sees)."""
+    times = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        with contextlib.suppress(Exception):
+            fn()
+        times.append(time.perf_counter() - started)
+    return sorted(times)[len(times) // 2]
+
+
+def lab() -> None:
+    """On the lab (tests/lab up): a few per-call latencies, and the plan of hv1 onto hv2, hv3 both ways."""
+    from ansible_collections.hvfleet.drain.plugins.module_utils.common.connection import connect  # noqa: PLC0415
+    from ansible_collections.hvfleet.drain.plugins.module_utils.drain.libvirt_backend import (  # noqa: PLC0415
+        LibvirtBackend,
+    )
+    from ansible_collections.hvfleet.drain.plugins.module_utils.planning.facts import domain_facts  # noqa: PLC0415
+    from ansible_collections.hvfleet.drain.plugins.module_utils.planning.host_facts import (  # noqa: PLC0415
+        host_facts as read_host_facts,
+    )
+    from ansible_collections.hvfleet.drain.plugins.module_utils.planning.probe import LocalProbe  # noqa: PLC0415
+
+    uri = {name: f"qemu+tcp://{address}/system" for name, address in LAB.items()}
+    src, dst = connect(uri["hv1"]), connect(uri["hv2"])
+    dom = domain_facts(src.listAllDomains(1)[0])
+    virttype = dom.domain_type or "kvm"
+    print("lab, per call (median of 5):")
+    for what, fn in (
+        ("probe of hv2:16509 (open)", lambda: LocalProbe().reach(LAB["hv2"], 16509)),
+        ("compareHypervisorCPU", lambda: dst.compareHypervisorCPU(dom.emulator, dom.arch, dom.machine, virttype,
+                                                                  dom.cpu_xml or "<cpu/>", 0)),
+        ("storageVolLookupByPath (absent)", lambda: dst.storageVolLookupByPath("/var/lib/libvirt/images/none.qcow2")),
+        ("storagePoolLookupByTargetPath", lambda: dst.storagePoolLookupByTargetPath("/var/lib/libvirt/images")),
+        ("listAllDomains", lambda: dst.listAllDomains(0)),
+        ("host facts (host_facts)", lambda: read_host_facts(dst, name="hv2", uri=uri["hv2"], local=False)),
+    ):
+        print(f"  {what}: {timed_call(fn) * 1000:.2f} ms")
+    pools = [p for p in dst.listAllStoragePools(0) if p.isActive()]
+    if pools:
+        print(f"  pool refresh ({pools[0].name()}): {timed_call(lambda: pools[0].refresh(0)) * 1000:.2f} ms")
+    src.close()
+    dst.close()
+    source = Host("hv1", uri["hv1"], migration_address=LAB["hv1"])
+    dests = [Host(n, uri[n], migration_address=LAB[n]) for n in ("hv2", "hv3")]
+    config = DrainConfig(policies=[{"name": "default", "default": True, "settings": {"mode": "auto"}}],
+                         placement=PlacementConfig(memory_headroom_mib=1024, vcpu_overcommit=4.0),  # the role's
+                         measure_dirty_rate=False)
+    for label, checks in (("plain", PLAIN), ("fast", FAST)):
+        with tempfile.TemporaryDirectory() as state_dir:
+            backend = LibvirtBackend(state_dir=state_dir)
+            ctx = Drainer(backend, source, dests, config, state_dir=state_dir).ctx
+            result = DrainResult("drain", "hv1")
+            started = time.perf_counter()
+            with Connections(backend) as conns:
+                plan_drain(ctx, conns, result, checks=checks)
+            print(f"lab plan of hv1 ({len(result.plan)} planned, {len(result.blockers)} blocked) onto hv2, hv3, "
+                  f"{label}: {time.perf_counter() - started:.2f} s")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--validate", action="store_true", help="also run the plain path for real at 10 x 20")
+    parser.add_argument("--lab", action="store_true", help="only measure on the lab (tests/lab up)")
     parser.add_argument("--latency", action="append", default=[], metavar="KIND=SECONDS")
     parser.add_argument("--vms", type=int, nargs="*", default=list(GRID_VMS))
     parser.add_argument("--destinations", type=int, nargs="*", default=list(GRID_DESTS))
     args = parser.parse_args()
+    if args.lab:
+        lab()
+        return
     latency = dict(LATENCY)
     for item in args.latency:
         kind, _sep, value = item.partition("=")
