@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """A calibrated simulation of drains at production size: hvfleet vs a `virsh migrate` loop vs Nova's defaults.
 
@@ -365,8 +364,8 @@ def hvfleet_drain(guests: Sequence[Guest], link_bps: float, cal: Calibration, *,
 
     def planned(name: str, bw: float) -> Optional[Forecast]:  # what hvfleet forecasts
         d = decide(name, bw)
-        return d.forecast if d.item is not None else (d.forecast or Forecast(REFUSE, False, "", None, None, None, 0,
-                                                                              False))
+        refused = Forecast(REFUSE, False, "", None, None, None, 0, False)
+        return d.forecast if d.item is not None else (d.forecast or refused)
 
     def truth(name: str, bw: float) -> Optional[Forecast]:  # what happens, for the mode it chose
         d = decide(name, bw)
@@ -494,9 +493,9 @@ def markdown(rows: Sequence[dict[str, Any]], check: Sequence[dict[str, Any]], ca
     lines += ["", "hvfleet's own forecast (from what it can measure) against the simulated outcome: " + "; ".join(
         f"{r['scenario']} {_fmt(r['forecast_s'] and r['forecast_s'] / 60, 1)} vs {_fmt(r['makespan_s'] / 60, 1)} min"
         for r in hv) + ".",
-              "", "Check on the lab scenario (4 guests, 1152 MiB; lab medians of 3 runs vs the same models):", "",
-              "| link | contender | makespan lab / sim s | worst pause lab / sim ms | sent/RAM lab / sim | sim modes |",
-              "|---|---|---|---|---|---|"]
+        "", "Check on the lab scenario (4 guests, 1152 MiB; lab medians of 3 runs vs the same models):", "",
+        "| link | contender | makespan lab / sim s | worst pause lab / sim ms | sent/RAM lab / sim | sim modes |",
+        "|---|---|---|---|---|---|"]
     for c in check:
         modes = ", ".join(f"{k} {v}" for k, v in sorted(c["sim_modes"].items()))
         lines.append(f"| {c['mbit']:g} Mbit/s | {c['contender']} | {_fmt(c['lab_makespan_s'], 1)} / "
@@ -561,7 +560,7 @@ def render_svg(rows: Sequence[dict[str, Any]]) -> str:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n", maxsplit=1)[0])
     ap.add_argument("--json", type=Path, help="write every figure (and every VM's move) here")
     ap.add_argument("--svg", type=Path, help="write the plot here")
     ap.add_argument("--markdown", action="store_true", help="print Markdown tables")

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import Any, Optional
 
 from ansible_collections.hvfleet.drain.plugins.module_utils.drain.backend import Backend
-from ansible_collections.hvfleet.drain.plugins.module_utils.drain.journal import Journal
+from ansible_collections.hvfleet.drain.plugins.module_utils.drain.journal import EVENTS_VERSION, Journal
 from ansible_collections.hvfleet.drain.plugins.module_utils.drain.model import DrainConfig, DrainError
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning.model import Host
 
@@ -101,7 +101,8 @@ class RunContext:  # pylint: disable=too-many-instance-attributes
     # ---- events -----------------------------------------------------------------------------
 
     def event(self, kind: str, **fields: Any) -> dict:
-        item = self.journal.event(kind, **fields) if self.journal is not None else dict(fields, event=kind)
+        item = self.journal.event(kind, **fields) if self.journal is not None else \
+            dict(fields, event=kind, v=EVENTS_VERSION)
         if self.progress is not None:
             with contextlib.suppress(Exception):
                 self.progress(item)

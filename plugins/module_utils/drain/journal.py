@@ -35,8 +35,11 @@ session or Ctrl-C leaves a journal that the next run resumes from exactly:
 `drain-progress.jsonl` - one JSON object per line, appended (and flushed) as things happen, emptied
 when a run starts, for an `async` task poller or a callback plugin to render live. Every event has:
 
-    {"seq": 1, "at": ISO, "t": seconds since the run started, "run": run id, "host": "hv1",
+    {"v": 1, "seq": 1, "at": ISO, "t": seconds since the run started, "run": run id, "host": "hv1",
      "action": "drain" | "restore", "event": KIND, ...}
+
+`v` is the version of this interface (EVENTS_VERSION; docs/EVENTS.md has every kind and field and the
+compatibility rules: added fields keep the version, removed or renamed ones bump it).
 
 and, by KIND:
 
@@ -76,6 +79,7 @@ from ansible_collections.hvfleet.drain.plugins.module_utils.drain.states import 
 JOURNAL_NAME = "drain-journal.json"
 PROGRESS_NAME = "drain-progress.jsonl"
 VERSION = 1
+EVENTS_VERSION = 1  # the progress events' interface (docs/EVENTS.md)
 
 # VM and cycle states (common/vocabulary.py; transitions in drain/states.py)
 PLANNED = VmState.PLANNED
@@ -337,8 +341,9 @@ class Journal:  # pylint: disable=too-many-instance-attributes
         """Append one progress event (see the module docstring); returns it. Never raises on I/O."""
         with self._lock:
             self._seq += 1
-            item = {"seq": self._seq, "at": now_iso(), "t": round(self.clock() - self._run_start, 3),
-                    "run": self.run_id, "host": self.host, "action": self.action, "event": kind}
+            item = {"v": EVENTS_VERSION, "seq": self._seq, "at": now_iso(),
+                    "t": round(self.clock() - self._run_start, 3), "run": self.run_id, "host": self.host,
+                    "action": self.action, "event": kind}
             item.update(fields)
             if self.persist:
                 try:

@@ -179,8 +179,6 @@ def test_vm_progress_fields_are_the_engine_progress_payload():
                          event="vm_progress")) == []
 
 
-@pytest.mark.xfail(strict=True, reason="journal.event does not write `v` yet (docs/EVENTS.md: every event has it); "
-                   "remove this mark with the change that adds it")
 def test_every_event_carries_the_version(runs):
     for _name, events in runs:
         assert all(e.get("v") == 1 for e in events)
