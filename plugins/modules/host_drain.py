@@ -220,6 +220,12 @@ options:
     description: Seconds between two progress events of a running migration.
     type: float
     default: 5.0
+  metrics_dir:
+    description:
+      - A node_exporter textfile-collector directory. After a drain or restore (not in check mode) the run's
+        figures are written there atomically, to C(hvfleet_drain_drain.prom) or C(hvfleet_drain_restore.prom)
+        (the metrics are in the collection's docs/METRICS.md). A failure to write is a warning.
+    type: path
   window_end:
     description:
       - End of the maintenance window, an ISO 8601 date-time (without an offset it is UTC), for example
@@ -773,6 +779,11 @@ plan_file:
   returned: when O(plan_file) is set
   type: str
   sample: /var/lib/hvfleet/plan.json
+metrics_file:
+  description: The textfile-collector file the run's figures were written to.
+  returned: when O(metrics_dir) is set and the file was written
+  type: str
+  sample: /var/lib/prometheus/node-exporter/hvfleet_drain_drain.prom
 """
 
 import contextlib  # noqa: E402
@@ -800,7 +811,7 @@ from ansible_collections.hvfleet.drain.plugins.module_utils.common.connection_sp
 )
 from ansible_collections.hvfleet.drain.plugins.module_utils.common.errors import HvfleetError  # noqa: E402
 from ansible_collections.hvfleet.drain.plugins.module_utils.common.redact import uri_passwords  # noqa: E402
-from ansible_collections.hvfleet.drain.plugins.module_utils.drain import cancel  # noqa: E402
+from ansible_collections.hvfleet.drain.plugins.module_utils.drain import cancel, metrics  # noqa: E402
 from ansible_collections.hvfleet.drain.plugins.module_utils.drain.drainer import Drainer  # noqa: E402
 from ansible_collections.hvfleet.drain.plugins.module_utils.drain.journal import atomic_write_json  # noqa: E402
 from ansible_collections.hvfleet.drain.plugins.module_utils.drain.libvirt_backend import LibvirtBackend  # noqa: E402
@@ -847,6 +858,7 @@ ARGUMENT_SPEC = dict(
     orphan_wait=dict(type="int", default=30),
     progress_interval=dict(type="float", default=5.0),
     window_end=dict(type="str"),
+    metrics_dir=dict(type="path"),
     cancel_running=dict(type="str", choices=["abort", "finish"], default="abort"),
     cancel_timeout=dict(type="int", default=600),
 )
@@ -926,6 +938,17 @@ class HostDrainModule:
                                    "give the path of a file written with plan_file, on this host.") from exc
         raise HvfleetError("plan_from must be a path or a mapping.", "give the plan_file path or its content.")
 
+    def write_metrics(self, result):
+        """The run's figures for node_exporter's textfile collector (docs/METRICS.md); a failure only warns."""
+        if not self.params["metrics_dir"] or self.module.check_mode:
+            return
+        path = os.path.join(self.params["metrics_dir"], metrics.textfile_name(result.get("action") or "drain"))
+        try:
+            metrics.write_textfile(path, metrics.render(result, now=time.time()))
+            result["metrics_file"] = path
+        except (OSError, ValueError) as exc:
+            self.module.warn(f"Cannot write the drain metrics to {path}: {exc}")
+
     def write_plan(self, result):
         path = self.params["plan_file"]
         if not path:
@@ -993,6 +1016,7 @@ class HostDrainModule:
             result["message"] = f"{result.get('action') or 'drain'} {request.describe()}. {result.get('message')}"
             result["cancel"] = {"request": request.to_dict()}
             cancel.clear_request(self.params["state_dir"], request)
+        self.write_metrics(result)
         try:
             written = self.write_plan(result)
         except OSError as exc:

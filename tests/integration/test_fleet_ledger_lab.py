@@ -9,6 +9,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from lab_helpers import HOST_STATE_DIR as STATE
 from lab_helpers import REPO, ansible_env, assert_unbroken, heartbeats, ledger_of, playbook_argv, wait_for
 
 pytestmark = pytest.mark.lab
@@ -46,7 +47,8 @@ def test_two_drains_onto_one_destination_with_room_for_one_set_never_overcommit_
     before = heartbeats(lab, vms)
     # hv3's 2 CPUs at an overcommit of 1.0: room for two 1-vCPU guests - one drain's set, not both
     first = start_drain("hv1", drain_host_destinations=["hv3"], drain_host_vcpu_overcommit=1.0)
-    second = start_drain("hv2", drain_host_destinations=["hv3"], drain_host_vcpu_overcommit=1.0)
+    second = start_drain("hv2", drain_host_destinations=["hv3"], drain_host_vcpu_overcommit=1.0,
+                         drain_host_metrics_dir=STATE)
     reports = [finish(first)[1], finish(second)[1]]
     on_hv3 = sorted(lab.domains().get("hv3", []))
     assert len(on_hv3) == 2, f"hv3 holds {on_hv3}: its two vCPUs are overcommitted or left unused"
@@ -59,6 +61,13 @@ def test_two_drains_onto_one_destination_with_room_for_one_set_never_overcommit_
     assert_unbroken(lab, before)
     ledger = ledger_of(lab, "hv3")
     assert ledger is not None and ledger["claims"] == [], ledger  # every claim given back
+    # hv2's drain left its figures for node_exporter's textfile collector (docs/METRICS.md)
+    prom = lab.exec("hv2", ["cat", f"{STATE}/hvfleet_drain_drain.prom"]).stdout
+    state = reports[1]["state"]
+    assert f'hvfleet_drain_last_run_state{{host="hv2",action="drain",outcome="{state}"}} 1' in prom, prom
+    ok_lines = [line for line in prom.splitlines() if line.startswith("hvfleet_drain_migration_ok{")]
+    for vm in set(ours["hv2"]) & set(on_hv3):
+        assert any(f'vm="{vm}"' in line and line.endswith(" 1") for line in ok_lines), prom
 
 
 def test_draining_two_hosts_at_once_never_sends_a_vm_from_one_to_the_other(clean_lab, make_vm):
