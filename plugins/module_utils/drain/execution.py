@@ -10,16 +10,16 @@ the journal says where the VM is, not what the error said.
 
 from __future__ import annotations
 
-import dataclasses
 import queue
 import threading
 from typing import Any, Optional
 
 from ansible_collections.hvfleet.drain.plugins.module_utils.common.errors import HvfleetError, MigrationFailed
-from ansible_collections.hvfleet.drain.plugins.module_utils.common.vocabulary import Action, Outcome, VmState
+from ansible_collections.hvfleet.drain.plugins.module_utils.common.vocabulary import Outcome, VmState
 from ansible_collections.hvfleet.drain.plugins.module_utils.drain import replace
 from ansible_collections.hvfleet.drain.plugins.module_utils.drain.claims import Claims
 from ansible_collections.hvfleet.drain.plugins.module_utils.drain.context import Connections, RunContext
+from ansible_collections.hvfleet.drain.plugins.module_utils.drain.jobs import Job, Outcomes
 from ansible_collections.hvfleet.drain.plugins.module_utils.drain.ledger import RENEW_EVERY_S, Verdict
 from ansible_collections.hvfleet.drain.plugins.module_utils.drain.model import DrainResult
 from ansible_collections.hvfleet.drain.plugins.module_utils.drain.planner import anti_affinity, schedule_move
@@ -28,38 +28,10 @@ from ansible_collections.hvfleet.drain.plugins.module_utils.drain.whereabouts im
 from ansible_collections.hvfleet.drain.plugins.module_utils.engine.control import MigrationControl
 from ansible_collections.hvfleet.drain.plugins.module_utils.engine.migration import STAYED, Step
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning.forecast import MIB
-from ansible_collections.hvfleet.drain.plugins.module_utils.planning.model import Host
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning.placement import VmDemand
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning.policy_spec import spec_for
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning.scheduler import Scheduler
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning.vm_plan import Blocker, PlanItem
-
-
-@dataclasses.dataclass(frozen=True)
-class Job:
-    """One planned move in a direction: away from the drained host, or back home."""
-
-    item: PlanItem
-    src: Host
-    dst: Host
-    action: Action
-
-    @property
-    def vm(self) -> str:
-        return self.item.vm
-
-    @property
-    def returning(self) -> bool:
-        return self.action == Action.RESTORE
-
-
-@dataclasses.dataclass
-class Outcomes:
-    attempted: int = 0
-    failures: int = 0
-    stopped: bool = False
-    window_closed: bool = False
-    not_started: list = dataclasses.field(default_factory=list)
 
 
 def execute(ctx: RunContext, jobs: list[Job], result: DrainResult) -> Outcomes:
@@ -254,7 +226,9 @@ def _progress_loop(ctx: RunContext, running: dict, stop: threading.Event, claims
             if last.get(name) == key:
                 continue
             last[name] = key
-            ctx.event("vm_progress", vm=name, destination=worker.job.dst.name, **sample)
+            with worker.reporting:
+                if not worker.finished:
+                    ctx.event("vm_progress", vm=name, destination=worker.job.dst.name, **sample)
 
 
 # ---- journalling one move ----------------------------------------------------------------------
@@ -340,6 +314,8 @@ class Worker(threading.Thread):
         self.done = done
         self.control = MigrationControl()
         self.bandwidth_bps: Optional[float] = None  # its share of the budget, when there is one
+        self.reporting = threading.Lock()  # no progress sample is journalled after the VM's vm_finished
+        self.finished = False
 
     def set_bandwidth(self, bps: float) -> None:
         if bps != self.bandwidth_bps:
@@ -359,6 +335,8 @@ class Worker(threading.Thread):
             res["duration_s"] = round(ctx.clock() - start, 3)
         if self.control.aborted and not res.get("ok"):
             res["message"] = f"{res.get('message')} (aborted: the run was interrupted)"
+        with self.reporting:
+            self.finished = True
         try:
             item = journal_finish(ctx, job, res)
         except Exception as exc:  # pylint: disable=broad-except

@@ -153,9 +153,9 @@ def test_the_order_the_document_promises(runs):
             if e["event"].startswith("vm_"):
                 per_vm.setdefault(e["vm"], []).append(e["event"])
         for vm_name, seq in per_vm.items():
-            # a sample taken as the migration ended may follow vm_finished (the document says so)
             assert seq[0] == "vm_started" and seq.count("vm_started") == 1, (name, vm_name, seq)
-            assert seq.count("vm_finished") == 1 and set(seq) <= {"vm_started", "vm_progress", "vm_finished"}
+            assert seq[-1] == "vm_finished" and seq.count("vm_finished") == 1, (name, vm_name, seq)
+            assert set(seq) <= {"vm_started", "vm_progress", "vm_finished"}
         assert [e["t"] for e in events] == sorted(e["t"] for e in events)
 
 
