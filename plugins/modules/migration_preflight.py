@@ -194,9 +194,9 @@ results:
         id:
           description:
             - What was checked, for example V(dest.is_source), V(dest.cordoned), V(reach.libvirt),
-              V(reach.migration_address), V(version.libvirt), V(version.qemu), V(machine.type), V(device.hostdev),
-              V(storage.disk), V(storage.cdrom), V(storage.copy), V(network.bridge), V(network.mtu), V(cpu.compat),
-              V(capacity.memory), V(postcopy.support), V(forecast.mode).
+              V(reach.migration_address), V(version.libvirt), V(version.qemu), V(machine.type), V(device.models),
+              V(device.hostdev), V(storage.disk), V(storage.cdrom), V(storage.copy), V(network.bridge),
+              V(network.mtu), V(cpu.compat), V(capacity.memory), V(postcopy.support), V(forecast.mode).
           type: str
         status:
           description: V(pass), V(warn) (it may work; read the message) or V(fail) (it will not).

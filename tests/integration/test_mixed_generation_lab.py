@@ -144,6 +144,8 @@ def test_old_to_new_and_back_keeps_machine_cpu_persistent_xml_and_the_guest(mixe
     back = prechecks(mixed, vm, NEW, OLD)
     assert back.ok, back.summary()
     assert {c.id: c.status for c in back.checks}["machine.type"] == "pass"
+    # its devices were compared with the old stack's domain capabilities: the lab guest's are all there
+    assert {c.id: c.status for c in back.checks}["device.models"] == "pass", back.summary()
     with timed("new -> old live migration of a VM with the old machine type"):
         assert move(mixed, vm, NEW, OLD).outcome == "moved"
     assert_only_on(mixed, vm, OLD, before)

@@ -18,8 +18,9 @@ _RANK = {PASS: 0, WARN: 1, FAIL: 2}
 
 # the order blockers are listed in: the cause an operator must fix first comes first
 ORDER = ("dest.is_source", "dest.cordoned", "reach.libvirt", "reach.migration_address", "version.libvirt",
-         "version.qemu", "machine.type", "device.hostdev", "storage.disk", "storage.cdrom", "storage.copy",
-         "network.bridge", "network.mtu", "cpu.compat", "capacity.memory", "postcopy.support", "forecast.mode")
+         "version.qemu", "machine.type", "device.models", "device.hostdev", "storage.disk", "storage.cdrom",
+         "storage.copy", "network.bridge", "network.mtu", "cpu.compat", "capacity.memory", "postcopy.support",
+         "forecast.mode")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -44,6 +44,7 @@ from ansible_collections.hvfleet.drain.plugins.module_utils.planning.check_cache
     destination_scope,
     recall,
 )
+from ansible_collections.hvfleet.drain.plugins.module_utils.planning.device_support import unsupported
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning.disk_checks import DiskChecks
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning.facts import (
     Connection,
@@ -68,6 +69,7 @@ VIR_CPU_COMPARE_INCOMPATIBLE = 0
 VIR_CPU_COMPARE_IDENTICAL = 1
 VIR_CPU_COMPARE_SUPERSET = 2
 VIR_CONNECT_COMPARE_CPU_FAIL_INCOMPATIBLE = 1
+VIR_DOMAIN_XML_MIGRATABLE = 8
 
 
 # ---- the checks -------------------------------------------------------------------------------
@@ -311,6 +313,31 @@ class _Checker(DiskChecks):
                              lambda: self.dst_conn.compareHypervisorCPU(*args))
         return result
 
+    def device_models(self) -> None:
+        """Only towards an older stack: the device models, buses and backends the VM uses against the
+        destination's domain capabilities (device_support.py); libvirt there would refuse what it lacks."""
+        dom, dest = self.domain, self.dest_name
+        src, dst = self.source.stack, self.destination.stack
+        if not (all(src) and all(dst)) or dst >= src:
+            return
+        try:
+            xml = self.src_conn.lookupByName(dom.name).XMLDesc(VIR_DOMAIN_XML_MIGRATABLE)
+            args = (None, dom.arch, dom.machine, dom.domain_type, 0)
+            caps = recall(self.cache, destination_scope(dest), ("domcaps", *args),
+                          lambda: self.dst_conn.getDomainCapabilities(*args))
+            missing = unsupported(xml, caps)
+        except Exception as exc:  # pylint: disable=broad-except
+            self.add("device.models", WARN, f"cannot compare {dom.name}'s devices with what {dest} supports: {exc}.",
+                     f"check that libvirt on both hosts answers (virsh domcapabilities on {dest}).")
+            return
+        if missing:
+            self.add("device.models", FAIL, f"{dom.name} uses {', '.join(missing)}, which the older stack on {dest} "
+                     "does not offer; libvirt there would refuse the migration.",
+                     f"choose a destination of the same or a newer generation, or change {dom.name}'s devices to "
+                     "models every host offers (and restart it) before it moves to older hosts.")
+        else:
+            self.add("device.models", PASS, f"every device model {dom.name} uses is offered on {dest}.")
+
     def capacity(self) -> None:
         vm, dest = self.domain.name, self.dest_name
         need = self.domain.memory_mib + self.headroom
@@ -376,6 +403,7 @@ class _Checker(DiskChecks):
         self.reachability()
         self.versions()
         self.machine()
+        self.device_models()
         self.devices()
         self.storage()
         self.networks()
