@@ -421,3 +421,44 @@ def test_to_dict_is_plain_data():
     data = res.to_dict()
     assert data["status"] == "fail" and not data["ok"] and data["blockers"][0]["id"] == "storage.disk"
     assert {"id", "status", "vm", "destination", "message", "fix", "device"} == set(data["checks"][0])
+
+
+class XmlConn(Conn):
+    """A source that hands out the domain's XML, or a destination that answers domain capabilities."""
+
+    def __init__(self, xml=None, caps=None):
+        super().__init__()
+        self.xml, self.caps, self.caps_calls = xml, caps, []
+
+    def lookupByName(self, name):  # noqa: N802 (libvirt's name)
+        xml = self.xml
+
+        class Dom:
+            def XMLDesc(self, flags):  # noqa: N802
+                return xml
+
+        return Dom()
+
+    def getDomainCapabilities(self, *args):  # noqa: N802
+        self.caps_calls.append(args)
+        return self.caps
+
+
+OLD_CAPS = ("<domainCapabilities><devices><video supported='yes'><enum name='modelType'><value>vga</value>"
+            "<value>virtio</value></enum></video></devices></domainCapabilities>")
+
+
+def test_new_to_old_blocked_by_a_device_model_the_older_stack_lacks():
+    xml = "<domain type='qemu'><name>vm1</name><devices><video><model type='bochs'/></video></devices></domain>"
+    dst = XmlConn(caps=OLD_CAPS)
+    res = run(gen("pc-i440fx-7.2"), src_conn=XmlConn(xml=xml), dst_conn=dst, source=NEW_SRC, dest=OLD_DST)
+    [check] = by_id(res, "device.models")
+    assert check.status == FAIL and "video modelType 'bochs'" in check.message and "hv2" in check.message
+    assert "same or a newer generation" in check.fix and not res.ok
+    assert dst.caps_calls == [(None, "x86_64", "pc-i440fx-7.2", "qemu", 0)]
+
+
+def test_device_models_are_not_compared_towards_the_same_or_a_newer_stack():
+    dst = XmlConn(caps=OLD_CAPS)
+    res = run(gen("pc-i440fx-7.2"), src_conn=XmlConn(xml="<domain/>"), dst_conn=dst)
+    assert by_id(res, "device.models") == [] and dst.caps_calls == []
