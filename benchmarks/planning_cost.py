@@ -276,7 +276,7 @@ def plan(n_vms, n_dests, checks, modelled, latency):
             plan_drain(ctx, conns, result, checks=checks)
         wall = time.perf_counter() - started
         computing = time.process_time() - cpu_started
-    checked = sum(1 for _ in result.plan) + sum(1 for b in result.blockers if b["vm"])
+    checked = len(result.plan) + sum(1 for b in result.blockers if b["vm"])
     return {"wall": wall, "computing": computing, "modelled": calls.waited + computing, "calls": calls.counts,
             "planned": len(result.plan), "blocked": checked - len(result.plan), "plan": result.plan,
             "blockers": result.blockers}

@@ -14,6 +14,7 @@ from typing import Any, Optional
 
 from ansible_collections.hvfleet.drain.plugins.module_utils.drain.ledger import LedgerStore, MemoryLedgers
 from ansible_collections.hvfleet.drain.plugins.module_utils.engine import reconcile
+from ansible_collections.hvfleet.drain.plugins.module_utils.planning.check_cache import CheckCache
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning.model import CheckResult, Host, VmInfo
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning.placement import HostCapacity
 
@@ -38,8 +39,9 @@ class Backend:
         raise NotImplementedError
 
     def prechecks(self, src_conn: Any, dst_conn: Any, vm: VmInfo, source: Host, destination: Host,
-                  settings: dict) -> list[CheckResult]:
-        """The prerequisite checks for moving `vm` from `source` to `destination` under `settings`."""
+                  settings: dict, cache: Optional[CheckCache] = None) -> list[CheckResult]:
+        """The prerequisite checks for moving `vm` from `source` to `destination` under `settings`; `cache` (one
+        per plan) makes each live call once per destination and distinct question."""
         raise NotImplementedError
 
     def observe(self, conn: Any, name: str, uri: str) -> reconcile.SideView:

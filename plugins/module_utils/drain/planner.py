@@ -27,7 +27,6 @@ The live prerequisite checks are the cost of a plan at fleet scale, so (LiveChec
 from __future__ import annotations
 
 import dataclasses
-import inspect
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from fnmatch import fnmatchcase
@@ -265,9 +264,7 @@ class _Checks:
 
 
 def _prechecks_of(backend: Any, cache: Optional[CheckCache]) -> Callable[..., list[CheckResult]]:
-    """backend.prechecks, given `cache` when it takes one."""
-    if cache is None or "cache" not in inspect.signature(backend.prechecks).parameters:
-        return backend.prechecks
+    """backend.prechecks with the plan's `cache`."""
 
     def with_cache(*args: Any) -> list[CheckResult]:
         return backend.prechecks(*args, cache=cache)

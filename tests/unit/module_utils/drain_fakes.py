@@ -112,7 +112,7 @@ class FakeBackend(Backend):
         return HostCapacity(conn.host, self.world.memory_mib, sum(d["memory"] for d in vms), self.world.cpus,
                             sum(d["vcpus"] for d in vms), anti_affinity={k: frozenset(v) for k, v in held.items()})
 
-    def prechecks(self, src_conn, dst_conn, vm, source, destination, settings):
+    def prechecks(self, src_conn, dst_conn, vm, source, destination, settings, cache=None):
         if vm.facts["local_disk"] and settings.get("storage", "shared_only") == "shared_only":
             return [CheckResult("storage.disk", "fail", vm.name, destination.name,
                                 f"disk vda (/var/lib/libvirt/images/{vm.name}.qcow2) is on local storage",

@@ -124,8 +124,8 @@ def check_all(seed, cached):
 
 @pytest.mark.parametrize("seed", range(40))
 def test_cached_checks_say_what_uncached_checks_say(seed):
-    plain, *_ = check_all(seed, cached=False)
-    cached, *_ = check_all(seed, cached=True)
+    plain = check_all(seed, cached=False)[0]
+    cached = check_all(seed, cached=True)[0]
     assert cached == plain
 
 
@@ -161,7 +161,7 @@ def test_a_failed_call_is_replayed_as_the_same_warning():
     conn = CountingConn([], cpu_error="cannot find emulator")
     cache = CheckCache(Probe())
     first, second = (P.run_prechecks(Conn(), conn, domain(), SRC, DST, dict(DEFAULT_SETTINGS), cache=cache,
-                                     migration_address="10.0.0.12") for _ in range(2))
+                                     migration_address="10.0.0.12") for _round in range(2))
     cpu = [[c for c in r.checks if c.id == "cpu.compat"] for r in (first, second)]
     assert cpu[0] == cpu[1] and cpu[0][0].status == WARN and "cannot find emulator" in cpu[0][0].message
     assert len(conn.cpu_calls) == 1
@@ -181,7 +181,7 @@ def test_one_call_per_key_when_threads_ask_at_once():
         barrier.wait()
         answers.append(cache.recall("destination:hv2", ("cpu", "x"), call))
 
-    threads = [threading.Thread(target=ask) for _ in range(6)]
+    threads = [threading.Thread(target=ask) for _thread in range(6)]
     for t in threads:
         t.start()
     for t in threads:

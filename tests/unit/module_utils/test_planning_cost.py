@@ -91,8 +91,8 @@ def build(seed, tmp_path, barrier=None):
     source = Host("hv1", World.uri("hv1"), link_mbit=1000)
     dests = [Host(n, World.uri(n), migration_address=f"10.0.0.{i + 2}", link_mbit=1000,
                   cordoned=rng.random() < 0.1) for i, n in enumerate(names)]
-    config = DrainConfig(policies=POLICIES, placement=PlacementConfig(memory_headroom_mib=rng.choice([0, 512]),
-                                                                       vcpu_overcommit=rng.choice([1.0, 2.0])))
+    placement = PlacementConfig(memory_headroom_mib=rng.choice([0, 512]), vcpu_overcommit=rng.choice([1.0, 2.0]))
+    config = DrainConfig(policies=POLICIES, placement=placement)
     return Drainer(backend, source, dests, config, state_dir=tmp_path).ctx, backend
 
 
