@@ -296,7 +296,7 @@ LAB = {"hv1": "10.254.0.11", "hv2": "10.254.0.12", "hv3": "10.254.0.13"}  # test
 def timed_call(fn, repeat=5):
     """The median seconds of fn() over `repeat` calls (an exception counts: it is what the check sees)."""
     times = []
-    for _ in range(repeat):
+    for _call in range(repeat):
         started = time.perf_counter()
         with contextlib.suppress(Exception):
             fn()
