@@ -44,6 +44,12 @@ class Backend:
         per plan) makes each live call once per destination and distinct question."""
         raise NotImplementedError
 
+    def copy_disks(self, src_conn: Any, dst_conn: Any, name: str, source: Host, destination: Host,
+                   settings: dict) -> Optional[list[str]]:
+        """The disks of `name` a copying storage policy copies to `destination`: the preflight's list (local disks
+        only, never a shared one). None leaves the choice to libvirt (this default, for fakes)."""
+        return None
+
     def observe(self, conn: Any, name: str, uri: str) -> reconcile.SideView:
         return reconcile.observe(conn, name, uri)
 

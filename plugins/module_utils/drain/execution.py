@@ -15,7 +15,7 @@ import threading
 from typing import Any, Optional
 
 from ansible_collections.hvfleet.drain.plugins.module_utils.common.errors import HvfleetError, MigrationFailed
-from ansible_collections.hvfleet.drain.plugins.module_utils.common.vocabulary import Outcome, VmState
+from ansible_collections.hvfleet.drain.plugins.module_utils.common.vocabulary import Outcome, Storage, VmState
 from ansible_collections.hvfleet.drain.plugins.module_utils.drain import replace
 from ansible_collections.hvfleet.drain.plugins.module_utils.drain.claims import Claims
 from ansible_collections.hvfleet.drain.plugins.module_utils.drain.context import Connections, RunContext
@@ -29,7 +29,7 @@ from ansible_collections.hvfleet.drain.plugins.module_utils.engine.control impor
 from ansible_collections.hvfleet.drain.plugins.module_utils.engine.migration import STAYED, Step
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning.forecast import MIB
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning.placement import VmDemand
-from ansible_collections.hvfleet.drain.plugins.module_utils.planning.policy_spec import spec_for
+from ansible_collections.hvfleet.drain.plugins.module_utils.planning.policy_spec import STORAGE, spec_for
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning.scheduler import Scheduler
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning.vm_plan import Blocker, PlanItem
 
@@ -355,10 +355,13 @@ class Worker(threading.Thread):
             journal_start(ctx, job)
             self._started_event()
             share = max(1, int(self.bandwidth_bps // MIB)) if self.bandwidth_bps else None
-            spec = spec_for(job.item.settings, _RecordedMode(job.item), migrate_uri=job.dst.migrate_uri,
-                            bandwidth_mib=share, persistent=job.item.persistent)
             src_conn = ctx.backend.connect(job.src.uri)
             dst_conn = ctx.backend.connect(job.dst.uri)
+            settings = job.item.settings
+            disks = ctx.backend.copy_disks(src_conn, dst_conn, job.vm, job.src, job.dst, settings) \
+                if STORAGE.get(settings.get("storage", Storage.SHARED_ONLY)) else None
+            spec = spec_for(settings, _RecordedMode(job.item), migrate_uri=job.dst.migrate_uri, bandwidth_mib=share,
+                            persistent=job.item.persistent, copy_disks=disks)
             return summarize_result(self._migrate(src_conn, dst_conn, spec))
         except MigrationFailed as exc:
             return summarize_result(exc.result)

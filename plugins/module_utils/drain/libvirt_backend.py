@@ -163,6 +163,18 @@ class LibvirtBackend(Backend):
         return [CheckResult(c.id, c.status, c.vm, destination.name, c.message, c.fix) for c in res.checks
                 if c.id not in ("capacity.memory", "dest.cordoned")]  # placement counts memory cumulatively
 
+    def copy_disks(self, src_conn: Any, dst_conn: Any, name: str, source: Host, destination: Host,
+                   settings: dict) -> Optional[list[str]]:
+        """The preflight's disk checks of `name` towards `destination`, right before its migration: the targets of
+        the disks they found local and copyable (a shared disk is never among them)."""
+        domain = _bounded(lambda: hvfacts.domain_facts(src_conn.lookupByName(name)), f"read '{name}'",
+                          "check the source's libvirt daemon.")
+        res = preflight.run_prechecks(src_conn, dst_conn, domain, self._cached_facts(src_conn, source),
+                                      self._cached_facts(dst_conn, destination), settings,
+                                      migration_address=destination.migration_address,
+                                      memory_headroom_mib=self.memory_headroom_mib)
+        return list(res.copy_disks)
+
     # ---- actions ----------------------------------------------------------------------------
 
     def migrate(self, src_conn: Any, dst_conn: Any, name: str, dest_uri: str, spec: Any, source_uri: str,

@@ -51,6 +51,7 @@ PARAM_AUTO_CONVERGE_INCREMENT = "auto_converge.increment"
 PARAM_COMPRESSION = "compression"
 PARAM_PARALLEL_CONNECTIONS = "parallel.connections"
 PARAM_TLS_DESTINATION = "tls.destination"
+PARAM_MIGRATE_DISKS = "migrate_disks"
 
 # The engine's choices, in the collection's vocabulary (plain strings, in its order): a policy's `auto` is
 # resolved to one of the modes before a spec is made, and its compression `none` is no compression (None).
@@ -110,6 +111,9 @@ class MigrationSpec:  # pylint: disable=too-many-instance-attributes
     tls: bool = False
     tls_destination: str | None = None
     copy_storage: str | None = None
+    # the disks (target names) copy_storage copies; None: every disk libvirt does not know to be shared - a disk
+    # on shared storage it cannot recognise (NFS, Ceph file disks) would then be mirrored onto itself
+    copy_disks: tuple[str, ...] | None = None
     completion_timeout_s: float | None = None
     completion_timeout_per_gib_s: float = 150.0
     completion_timeout_min_s: float = 60.0
@@ -143,6 +147,9 @@ class MigrationSpec:  # pylint: disable=too-many-instance-attributes
             if value not in choices:
                 listed = ", ".join(str(c) for c in choices if c is not None)
                 raise InvalidSpec(f"{field}={value!r} is not one of: {listed}.", f"set {field} to one of {listed}.")
+        if self.copy_storage and self.copy_disks is not None and not self.copy_disks:
+            raise InvalidSpec("copy_storage with an empty list of disks to copy: libvirt would copy every disk it "
+                              "does not know to be shared.", "leave copy_storage unset when no disk is to be copied.")
         if self.undefine_source and not self.persist_dest:
             raise InvalidSpec(
                 "undefine_source without persist_dest would leave the VM defined on no host "
@@ -289,9 +296,9 @@ class MigrationSpec:  # pylint: disable=too-many-instance-attributes
         """Flags to resume an interrupted post-copy: the original ones plus POSTCOPY_RESUME."""
         return self.flags() | VIR_MIGRATE_POSTCOPY | VIR_MIGRATE_POSTCOPY_RESUME
 
-    def params(self) -> dict[str, str | int]:
+    def params(self) -> dict[str, str | int | list[str]]:
         """VIR_MIGRATE_PARAM_* typed parameters (libvirt-python picks the types by name)."""
-        params: dict[str, str | int] = {}
+        params: dict[str, str | int | list[str]] = {}
         if self.migrate_uri:
             params[PARAM_URI] = self.migrate_uri
         if self.bandwidth_mib:
@@ -308,6 +315,8 @@ class MigrationSpec:  # pylint: disable=too-many-instance-attributes
             params[PARAM_PARALLEL_CONNECTIONS] = int(self.parallel_connections)
         if self.tls and self.tls_destination:
             params[PARAM_TLS_DESTINATION] = self.tls_destination
+        if self.copy_storage and self.copy_disks is not None:
+            params[PARAM_MIGRATE_DISKS] = list(self.copy_disks)
         return params
 
     def describe(self) -> str:
@@ -325,7 +334,8 @@ class MigrationSpec:  # pylint: disable=too-many-instance-attributes
         if self.tls:
             parts.append("TLS")
         if self.copy_storage:
-            parts.append(f"copy storage ({self.copy_storage})")
+            disks = f": {', '.join(self.copy_disks)}" if self.copy_disks else ""
+            parts.append(f"copy storage ({self.copy_storage}{disks})")
         if self.migrate_uri:
             parts.append(f"data over {self.migrate_uri}")
         return ", ".join(parts)

@@ -176,12 +176,10 @@ class DiskChecks:  # pylint: disable=too-many-instance-attributes
             else:
                 self._writable_disk(disk)
         if self.copy_disks and self.shared_writable:
-            self.add("storage.copy", WARN,
+            self.add("storage.copy", PASS,
                      f"{self.domain.name} will be migrated with copy_storage={self.copy_storage} for "
-                     f"{', '.join(self.copy_disks)}; libvirt then also copies its shared disk(s) "
-                     f"{', '.join(self.shared_writable)} onto themselves on {self.dest_name}.",
-                     "keep VMs that need copying on local disks only, or move the shared disks' VMs with a "
-                     "shared_only policy.")
+                     f"{', '.join(self.copy_disks)} only (libvirt's migrate_disks); its shared disk(s) "
+                     f"{', '.join(self.shared_writable)} are not copied.")
         if not self.copy_disks:
             self.copy_storage = None
 
@@ -193,6 +191,12 @@ class DiskChecks:  # pylint: disable=too-many-instance-attributes
         if disk.type == "network":
             self.add("storage.disk", PASS, f"{vm}: {what} is a {disk.protocol} network disk; {dest} reaches it "
                      "over the network.", device=disk.target)
+            self.shared_writable.append(disk.target)
+            return
+        if disk.shareable:  # used by several VMs at once: never copied, whatever it sits on
+            self.add("storage.disk", WARN, f"{vm}: {what} is marked shareable, so it is never copied; {dest} must "
+                     "reach the same storage.", "make sure the destination sees the same storage at that path.",
+                     device=disk.target)
             self.shared_writable.append(disk.target)
             return
         if disk.empty:

@@ -16,6 +16,7 @@ The one place where the policy vocabulary meets the engine's:
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 from ansible_collections.hvfleet.drain.plugins.module_utils.common.errors import InvalidSpec
@@ -67,8 +68,10 @@ def effective_mode(settings: Settings, forecast: ModeChoice | None = None) -> tu
 
 def spec_for(settings: Settings, forecast: ModeChoice | None = None, migrate_uri: str | None = None,
              bandwidth_mib: float | None = None, persistent: bool = True, tls_destination: str | None = None,
-             **overrides: Any) -> MigrationSpec:
-    """The MigrationSpec for one VM; raises InvalidSpec (with a hint) when the settings cannot work."""
+             copy_disks: Sequence[str] | None = None, **overrides: Any) -> MigrationSpec:
+    """The MigrationSpec for one VM; raises InvalidSpec (with a hint) when the settings cannot work.
+    `copy_disks`: the disks a copying storage policy copies (the preflight's list: local disks only); an empty
+    list copies nothing; None leaves the choice to libvirt (every disk it does not know to be shared)."""
     mode, auto_converge, _why = effective_mode(settings, forecast)
     storage = settings.get("storage", Storage.SHARED_ONLY)
     if storage not in STORAGE:
@@ -95,7 +98,8 @@ def spec_for(settings: Settings, forecast: ModeChoice | None = None, migrate_uri
         parallel_connections=settings.get("parallel_connections"),
         tls=bool(settings.get("tls", False)),
         tls_destination=tls_destination if settings.get("tls") else None,
-        copy_storage=STORAGE[storage],
+        copy_storage=STORAGE[storage] if copy_disks is None or copy_disks else None,
+        copy_disks=tuple(copy_disks) if copy_disks and STORAGE[storage] else None,
         completion_timeout_per_gib_s=float(settings.get("completion_timeout_per_gib_s", 150)),
         on_timeout=settings.get("on_timeout", OnTimeout.ABORT),
     )

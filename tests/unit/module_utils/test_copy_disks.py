@@ -1,0 +1,80 @@
+"""Which disks a copying storage policy copies: the local ones, listed to libvirt; never a shared one.
+
+Without a list libvirt copies every disk it does not know to be shared, so a disk on a share it cannot
+recognise (NFS, a Ceph-backed file) would be mirrored onto itself while the guest writes to it.
+"""
+
+import pytest
+from ansible_collections.hvfleet.drain.plugins.module_utils.common.errors import InvalidSpec
+from ansible_collections.hvfleet.drain.plugins.module_utils.engine import spec as S
+from ansible_collections.hvfleet.drain.plugins.module_utils.planning.policy_schema import DEFAULT_SETTINGS
+from ansible_collections.hvfleet.drain.plugins.module_utils.planning.policy_spec import spec_for
+from drain_fakes import FakeBackend, fleet, make, vm
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from test_preflight import NBD, Conn, Pool, Probe, domain, run
+
+COPY_ALL = dict(DEFAULT_SETTINGS, storage="copy_all")
+
+
+def test_the_list_goes_to_libvirt_as_migrate_disks():
+    spec = S.MigrationSpec(copy_storage="all", copy_disks=("vdb",))
+    assert spec.params()[S.PARAM_MIGRATE_DISKS] == ["vdb"] and spec.flags() & S.VIR_MIGRATE_NON_SHARED_DISK
+    assert "copy storage (all: vdb)" in spec.describe()
+    with pytest.raises(InvalidSpec) as err:  # an empty list would make libvirt copy everything it can
+        S.MigrationSpec(copy_storage="all", copy_disks=())
+    assert "empty list" in err.value.message
+
+
+def test_nothing_to_copy_copies_nothing_and_a_shared_only_policy_ignores_the_list():
+    assert spec_for(COPY_ALL, copy_disks=[]).flags() & S.VIR_MIGRATE_NON_SHARED_DISK == 0
+    assert S.PARAM_MIGRATE_DISKS not in spec_for(COPY_ALL, copy_disks=[]).params()
+    assert spec_for(COPY_ALL, copy_disks=["vdb"]).params()[S.PARAM_MIGRATE_DISKS] == ["vdb"]
+    shared_only = spec_for(dict(DEFAULT_SETTINGS), copy_disks=["vdb"])
+    assert shared_only.copy_storage is None and S.PARAM_MIGRATE_DISKS not in shared_only.params()
+
+
+# a disk of each kind, on target vd<letter>: (xml, shared?)
+KINDS = {
+    "nbd": lambda t: (NBD.replace("target dev='vda'", f"target dev='{t}'"), True),
+    "nfs": lambda t: (f"<disk type='file' device='disk'><source file='/mnt/nfs/{t}.qcow2'/><target dev='{t}'/>"
+                      "</disk>", True),
+    "local": lambda t: (f"<disk type='file' device='disk'><source file='/var/lib/libvirt/images/{t}.qcow2'/>"
+                        f"<target dev='{t}'/></disk>", False),
+    "shareable": lambda t: (f"<disk type='file' device='disk'><source file='/var/lib/libvirt/images/{t}.raw'/>"
+                            f"<target dev='{t}'/><shareable/></disk>", True),
+}
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.sampled_from(sorted(KINDS)), min_size=1, max_size=5))
+def test_a_shared_disk_is_never_in_the_copy_list(kinds):
+    disks = [KINDS[kind](f"vd{chr(ord('a') + i)}") for i, kind in enumerate(kinds)]
+    pools = [Pool("images", "dir", "/var/lib/libvirt/images"), Pool("nfs", "netfs", "/mnt/nfs",
+                                                                     vols={f"{t}.qcow2" for t in "vdvdvd"})]
+    res = run(domain("".join(xml for xml, _shared in disks), nics=""), dst_conn=Conn(pools), settings=COPY_ALL,
+              probe=Probe(fs={"/mnt/nfs": "nfs4"}))
+    targets = [f"vd{chr(ord('a') + i)}" for i in range(len(kinds))]
+    shared = {t for t, (_xml, is_shared) in zip(targets, disks, strict=True) if is_shared}
+    local = {t for t, kind in zip(targets, kinds, strict=True) if kind == "local"}
+    assert not shared & set(res.copy_disks), (kinds, res.copy_disks)
+    assert set(res.copy_disks) == local, (kinds, res.copy_disks, res.summary())
+
+
+def test_the_drain_migrates_with_the_list_the_preflight_gives_right_before_the_start(tmp_path):
+    class ListingBackend(FakeBackend):
+        asked = None
+
+        def copy_disks(self, src_conn, dst_conn, name, source, destination, settings):
+            self.asked = (name, source.name, destination.name, settings["storage"])
+            return ["vdb"]
+
+    world = fleet(mixed=vm(local_disk=True, labels={"storage": "local"}))
+    backend = ListingBackend(world)
+    policies = [{"name": "local", "selector": {"labels": {"storage": "local"}}, "settings": {"storage": "copy_all"}}]
+    drainer, backend, _events = make(tmp_path, world, backend=backend, policies=policies)
+    result = drainer.drain()
+    assert result.state == "drained", result.message
+    spec = backend.calls[0][3]
+    assert spec.copy_storage == "all" and spec.params()[S.PARAM_MIGRATE_DISKS] == ["vdb"]
+    assert backend.asked[0] == "mixed" and backend.asked[3] == "copy_all"
