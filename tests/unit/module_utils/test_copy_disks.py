@@ -50,8 +50,8 @@ KINDS = {
 @given(st.lists(st.sampled_from(sorted(KINDS)), min_size=1, max_size=5))
 def test_a_shared_disk_is_never_in_the_copy_list(kinds):
     disks = [KINDS[kind](f"vd{chr(ord('a') + i)}") for i, kind in enumerate(kinds)]
-    pools = [Pool("images", "dir", "/var/lib/libvirt/images"), Pool("nfs", "netfs", "/mnt/nfs",
-                                                                     vols={f"{t}.qcow2" for t in "vdvdvd"})]
+    nfs = Pool("nfs", "netfs", "/mnt/nfs", vols={f"vd{letter}.qcow2" for letter in "abcde"})
+    pools = [Pool("images", "dir", "/var/lib/libvirt/images"), nfs]
     res = run(domain("".join(xml for xml, _shared in disks), nics=""), dst_conn=Conn(pools), settings=COPY_ALL,
               probe=Probe(fs={"/mnt/nfs": "nfs4"}))
     targets = [f"vd{chr(ord('a') + i)}" for i in range(len(kinds))]
