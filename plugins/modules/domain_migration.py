@@ -540,6 +540,12 @@ spec:
     copy_storage:
       description: O(copy_storage).
       type: str
+    copy_disks:
+      description:
+        - The disks (targets) copied when storage is copied, as given to libvirt (C(migrate_disks)); V(null) leaves
+          the choice to libvirt (every disk it does not know to be shared), which is what this module does.
+      type: list
+      elements: str
     completion_timeout_s:
       description: O(completion_timeout).
       type: float
@@ -566,7 +572,7 @@ spec:
      undefine_source: true, bandwidth_mib: null, postcopy_bandwidth_mib: null, max_downtime_ms: 300,
      max_downtime_cap_ms: 2000, auto_converge: false, auto_converge_initial: null, auto_converge_increment: null,
      compression: null, parallel_connections: null, tls: false, tls_destination: null, copy_storage: null,
-     completion_timeout_s: null, completion_timeout_per_gib_s: 150, completion_timeout_min_s: 60,
+     copy_disks: null, completion_timeout_s: null, completion_timeout_per_gib_s: 150, completion_timeout_min_s: 60,
      on_timeout: abort, stall_iterations: 3, stats_interval_s: 1.0, postcopy_recovery_timeout_s: 300}
 plan:
   description: In check mode, what would be done, with the libvirt flags and parameters.
