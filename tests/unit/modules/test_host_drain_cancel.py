@@ -1,28 +1,16 @@
 """host_drain state=cancelled as Ansible runs the module, and the running drain's side of a cancel request."""
 
-import json
 import os
 import signal
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 from ansible_collections.hvfleet.drain.plugins.module_utils.drain import cancel
 from ansible_collections.hvfleet.drain.plugins.module_utils.drain.lock import DrainLock
-
-REPO = Path(__file__).resolve().parents[3]
-COLLECTIONS = REPO / ".collections"
+from test_preflight_modules import run_module
 
 
-def run_host_drain(tmp_path, check=False, **args):
-    args = dict(args, _ansible_check_mode=check, _ansible_diff=False)
-    argfile = tmp_path / "args.json"
-    argfile.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": args}))
-    env = dict(os.environ, PYTHONPATH=str(COLLECTIONS))
-    res = subprocess.run([sys.executable, "-m", "ansible_collections.hvfleet.drain.plugins.modules.host_drain",
-                          str(argfile)], capture_output=True, text=True, env=env, timeout=120, check=False)
-    return json.loads(res.stdout[res.stdout.index("{"):])
+def run_host_drain(tmp_path, **args):
+    return run_module("host_drain", tmp_path, **args)
 
 
 def test_nothing_running_is_ok_and_unchanged_without_destinations(tmp_path):
@@ -51,14 +39,6 @@ class FakeDrainer:
 
     def cancel(self):
         self.ctx.calls.append(("drainer", True))
-
-
-@pytest.fixture
-def saved_handlers():
-    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
-    yield
-    for sig, handler in saved.items():
-        signal.signal(sig, handler)
 
 
 @pytest.mark.usefixtures("saved_handlers")

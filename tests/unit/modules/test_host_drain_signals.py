@@ -15,14 +15,6 @@ class Recorder:
         self.cancels += 1
 
 
-@pytest.fixture
-def saved_handlers():
-    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
-    yield
-    for sig, handler in saved.items():
-        signal.signal(sig, handler)
-
-
 @pytest.mark.usefixtures("saved_handlers")
 def test_ctrl_c_and_kill_cancel_the_drain_and_a_hang_up_is_ignored():
     from ansible_collections.hvfleet.drain.plugins.modules.host_drain import HostDrainModule

@@ -1,29 +1,15 @@
 """host_drain's window_end as Ansible runs the module: a window already closed refuses the run before anything
 changes, a malformed time is named, and the end is handed to the drain as its start deadline."""
 
-import json
-import os
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
+from test_preflight_modules import run_module
 
 pytest.importorskip("libvirt")
 
-REPO = Path(__file__).resolve().parents[3]
-COLLECTIONS = REPO / ".collections"
-
-
 def run_host_drain(tmp_path, **args):
-    args = dict(args, _ansible_check_mode=False, _ansible_diff=False)
-    argfile = tmp_path / "args.json"
-    argfile.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": args}))
-    env = dict(os.environ, PYTHONPATH=str(COLLECTIONS))
-    res = subprocess.run([sys.executable, "-m", "ansible_collections.hvfleet.drain.plugins.modules.host_drain",
-                          str(argfile)], capture_output=True, text=True, env=env, timeout=120, check=False)
-    return json.loads(res.stdout[res.stdout.index("{"):])
+    return run_module("host_drain", tmp_path, **args)
 
 
 def test_a_window_that_already_ended_refuses_before_anything_changes(tmp_path):
