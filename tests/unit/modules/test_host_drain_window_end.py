@@ -8,6 +8,7 @@ from test_preflight_modules import run_module
 
 pytest.importorskip("libvirt")
 
+
 def run_host_drain(tmp_path, **args):
     return run_module("host_drain", tmp_path, **args)
 
