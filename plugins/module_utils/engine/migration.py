@@ -23,9 +23,10 @@ from ansible_collections.hvfleet.drain.plugins.module_utils.common import bounde
 from ansible_collections.hvfleet.drain.plugins.module_utils.common.errors import (
     DomainNotFound,
     InvalidSpec,
+    MigrationFailed,
     UnsafeState,
 )
-from ansible_collections.hvfleet.drain.plugins.module_utils.engine import leftover, reconcile
+from ansible_collections.hvfleet.drain.plugins.module_utils.engine import leftover, reconcile, volumes
 from ansible_collections.hvfleet.drain.plugins.module_utils.engine.core import QUERY_TIMEOUT_S
 from ansible_collections.hvfleet.drain.plugins.module_utils.engine.monitor import JobMonitor
 from ansible_collections.hvfleet.drain.plugins.module_utils.engine.result import (  # noqa: F401 - re-exported
@@ -56,6 +57,7 @@ class Migration(Watch):
     """
 
     _views: Optional[tuple[SideView, SideView]] = None
+    _volumes: tuple[volumes.Volume, ...] = ()  # the copied disks' volumes on the destination (volumes.py)
 
     # ---- preflight (shared by plan and run) ---------------------------------------------
 
@@ -159,11 +161,15 @@ class Migration(Watch):
             self.spec.validate(oldest)
             dom = self._ask(lambda: self.src_conn.lookupByName(self.name), "lookup")
             ram = self._ram_bytes(dom)
+            needed = self._copied_volumes(dom)
+            made = [v.describe() for v in needed if not v.exists]
             plan.update({
                 "ram_bytes": ram, "deadline_s": self.spec.deadline_s(ram or 0), "spec": self.spec.describe(),
                 "flags": self.spec.flags(), "params": self.spec.params(),
+                "volumes": [dict(target=v.target, path=v.path, pool=v.pool, format=v.fmt, capacity=v.capacity,
+                                 exists=v.exists) for v in needed],
                 "message": f"would live-migrate '{self.name}' from {self.source_uri} to {self.dest_uri} "
-                           f"({self.spec.describe()})",
+                           f"({self.spec.describe()})" + (f"; would create {'; '.join(made)}" if made else ""),
             })
         elif what == "resume_postcopy":
             plan["message"] = f"would resume the interrupted post-copy of '{self.name}' to {self.dest_uri}"
@@ -211,9 +217,78 @@ class Migration(Watch):
         try:
             self._cancelled_check()
             self.call_dom = self._ask(lambda: call_conn.lookupByName(self.name), "lookup")
-            return self._run(what)
+            if what == "migrate":
+                self._create_volumes()
+            result = self._run(what)
+            for vol in self._volumes:
+                self.step("source_disk", f"the source keeps its own file of disk {vol.target} ({vol.path}); it is "
+                          f"not removed: delete it on {self.source_uri} once the VM is checked on the destination")
+            return result
+        except MigrationFailed as exc:
+            raise self._volumes_after(exc) from exc.__cause__
+        except BaseException:
+            if self._volumes and not self._started():
+                self._drop_volumes()
+            raise
         finally:
             self._release(call_conn, opened)
+
+    # ---- the copied disks' volumes --------------------------------------------------------
+
+    def _copied_volumes(self, dom: Any) -> list[volumes.Volume]:
+        """The destination volumes of the disks the spec copies (none when it copies none); changes nothing."""
+        if not (self.spec.copy_storage and self.spec.copy_disks):
+            return []
+        return volumes.survey(dom, self.dst_conn, self.name, self.spec.copy_disks, self.dest_uri, QUERY_TIMEOUT_S)
+
+    def _create_volumes(self) -> None:
+        """Make the missing destination volumes of the copied disks before the start (volumes.py)."""
+        dom = self._ask(lambda: self.src_conn.lookupByName(self.name), "lookup")
+        needed = self._copied_volumes(dom)
+        self._volumes = tuple(volumes.create(self.dst_conn, needed, self.name, self.dest_uri))
+        for vol in self._volumes:
+            if vol.created:
+                self.step("create_volume", f"created {vol.describe()} on {self.dest_uri} for the copy")
+            else:
+                self.step("create_volume", f"{vol.path} already exists on {self.dest_uri} (pool '{vol.pool}'); "
+                          f"disk {vol.target} is copied into it")
+
+    def _started(self) -> bool:
+        return any(step.action == "start" for step in self.result.steps)
+
+    def _drop_volumes(self) -> list[str]:
+        """Remove the volumes this run created (the VM is not on the destination); returns what is left."""
+        made = [v for v in self._volumes if v.created]
+        left = volumes.remove(self.dst_conn, made)
+        for vol in made:
+            problem = next((p for p in left if p.startswith(f"{vol.path}:")), None)
+            self.step("remove_volume", f"removed {vol.path} on {self.dest_uri}: the VM stayed on the source"
+                      if problem is None else f"could not remove {vol.path} on {self.dest_uri}", problem)
+        return left
+
+    def _volumes_after(self, exc: MigrationFailed) -> MigrationFailed:
+        """A failed migration: volumes made for it go when the VM stayed on the source; otherwise (the VM may
+        live on the destination) they are kept and the result says so."""
+        made = [v for v in self._volumes if v.created]
+        if not made:
+            return exc
+        res = exc.result
+        if res.outcome == STAYED:
+            left = self._drop_volumes()
+            if not left:
+                return exc
+            res.message += (f" The volume(s) created on {self.dest_uri} for the copy could not be removed: "
+                            f"{'; '.join(left)}.")
+            res.recovery = (f"{res.recovery} " if res.recovery else "") + \
+                f"Remove them on {self.dest_uri} (virsh vol-delete PATH) once you have checked nothing uses them."
+            return MigrationFailed(res)
+        paths = ", ".join(v.path for v in made)
+        res.message += (f" The volume(s) {paths} created on {self.dest_uri} for the copy are kept: the VM's state "
+                        "there is not settled.")
+        res.recovery = (f"{res.recovery} " if res.recovery else "") + \
+            (f"Once '{self.name}' runs on {self.source_uri} alone, remove {paths} on {self.dest_uri}; if it ends "
+             "on the destination, they are its disks.")
+        return MigrationFailed(res)
 
     def _already_there(self) -> MigrationResult:
         """Nothing to migrate; a shut-off definition the source kept is removed (leftover.py's rule)."""
