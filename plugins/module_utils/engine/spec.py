@@ -52,6 +52,8 @@ PARAM_COMPRESSION = "compression"
 PARAM_PARALLEL_CONNECTIONS = "parallel.connections"
 PARAM_TLS_DESTINATION = "tls.destination"
 PARAM_MIGRATE_DISKS = "migrate_disks"
+PARAM_DEST_XML = "destination_xml"  # VIR_MIGRATE_PARAM_DEST_XML: the domain as it is to run on the destination
+PARAM_PERSIST_XML = "persistent_xml"  # VIR_MIGRATE_PARAM_PERSIST_XML: the definition kept there (PERSIST_DEST)
 
 # The engine's choices, in the collection's vocabulary (plain strings, in its order): a policy's `auto` is
 # resolved to one of the modes before a spec is made, and its compression `none` is no compression (None).
@@ -114,6 +116,10 @@ class MigrationSpec:  # pylint: disable=too-many-instance-attributes
     # the disks (target names) copy_storage copies; None: every disk libvirt does not know to be shared - a disk
     # on shared storage it cannot recognise (NFS, Ceph file disks) would then be mirrored onto itself
     copy_disks: tuple[str, ...] | None = None
+    # the domain XML (migratable) to run on the destination and the definition to keep there, e.g. with its
+    # pins re-mapped onto the destination's CPUs (planning/pinning.py); None: the source's, unchanged
+    dest_xml: str | None = None
+    persist_xml: str | None = None
     completion_timeout_s: float | None = None
     completion_timeout_per_gib_s: float = 150.0
     completion_timeout_min_s: float = 60.0
@@ -150,6 +156,13 @@ class MigrationSpec:  # pylint: disable=too-many-instance-attributes
         if self.copy_storage and self.copy_disks is not None and not self.copy_disks:
             raise InvalidSpec("copy_storage with an empty list of disks to copy: libvirt would copy every disk it "
                               "does not know to be shared.", "leave copy_storage unset when no disk is to be copied.")
+        for field, xml in (("dest_xml", self.dest_xml), ("persist_xml", self.persist_xml)):
+            if xml is not None and (not isinstance(xml, str) or not xml.lstrip().startswith("<domain")):
+                raise InvalidSpec(f"{field} is not domain XML (it must start with <domain).",
+                                  f"give {field} the domain's migratable XML (virDomainGetXMLDesc), or leave it unset.")
+        if self.persist_xml is not None and not self.persist_dest:
+            raise InvalidSpec("persist_xml is set but persist_dest is off: there is no definition to keep on the "
+                              "destination.", "set persist_dest: true, or drop persist_xml.")
         if self.undefine_source and not self.persist_dest:
             raise InvalidSpec(
                 "undefine_source without persist_dest would leave the VM defined on no host "
@@ -317,6 +330,10 @@ class MigrationSpec:  # pylint: disable=too-many-instance-attributes
             params[PARAM_TLS_DESTINATION] = self.tls_destination
         if self.copy_storage and self.copy_disks is not None:
             params[PARAM_MIGRATE_DISKS] = list(self.copy_disks)
+        if self.dest_xml:
+            params[PARAM_DEST_XML] = self.dest_xml
+        if self.persist_xml and self.persist_dest:
+            params[PARAM_PERSIST_XML] = self.persist_xml
         return params
 
     def describe(self) -> str:
@@ -338,6 +355,8 @@ class MigrationSpec:  # pylint: disable=too-many-instance-attributes
             parts.append(f"copy storage ({self.copy_storage}{disks})")
         if self.migrate_uri:
             parts.append(f"data over {self.migrate_uri}")
+        if self.dest_xml:
+            parts.append("destination XML" + (" and definition" if self.persist_xml else "") + " given")
         return ", ".join(parts)
 
     def to_dict(self) -> dict[str, Any]:

@@ -8,7 +8,8 @@ has a file at a path (after a storage-pool refresh), what libvirt says of a CPU 
 disk of the source is on shared storage. `CheckCache` keeps each answer for the length of one plan:
 
 - per destination and distinct requirement: the probe of its migration address (host, port); a CPU
-  definition compared (emulator, arch, machine, virt type, CPU XML, flags); a storage path looked up
+  definition compared (emulator, arch, machine, virt type, the CPU XML without what the comparison ignores -
+  cpu_definition - and flags): VMs of one CPU model and feature set ask once; a storage path looked up
   (and its pool refreshed); a pool volume looked up;
 - per source and disk: whether the disk is shared (its pool, or the filesystem under its path).
 
@@ -23,6 +24,7 @@ makes a new one each time, nothing keeps one longer.
 from __future__ import annotations
 
 import threading
+import xml.etree.ElementTree as ET
 from collections.abc import Callable, Hashable
 from typing import Any, Optional, TypeVar, cast
 
@@ -86,6 +88,29 @@ def recall(cache: Optional[CheckCache], scope: str, key: Hashable, call: Callabl
     if cache is None:
         return call()
     return cache.recall(scope, key, call)
+
+
+# Parts of a domain's <cpu> libvirt's CPU comparison does not look at (it compares vendor, model and features):
+# the vCPU topology and the guest NUMA cells differ from VM to VM and would make every VM a distinct question.
+_NOT_COMPARED = ("topology", "numa", "cache", "maxphysaddr")
+
+
+def cpu_definition(cpu_xml: str) -> str:
+    """The <cpu> XML as a CPU definition to compare: without what the comparison ignores (_NOT_COMPARED) and
+    whitespace between elements, so VMs with one CPU model and feature set ask one question per destination."""
+    if not cpu_xml:
+        return cpu_xml
+    try:
+        cpu = ET.fromstring(cpu_xml)
+    except ET.ParseError:
+        return cpu_xml  # libvirt words what is wrong with it
+    for child in [c for c in cpu if c.tag in _NOT_COMPARED]:
+        cpu.remove(child)
+    for element in cpu.iter():
+        element.tail = None
+        if element.text is not None and not element.text.strip():
+            element.text = None
+    return ET.tostring(cpu, encoding="unicode")
 
 
 def destination_scope(name: str) -> str:

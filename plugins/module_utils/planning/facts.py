@@ -17,6 +17,8 @@ from typing import Any
 
 from ansible_collections.hvfleet.drain.plugins.module_utils.common import bounded
 from ansible_collections.hvfleet.drain.plugins.module_utils.common.errors import HvfleetError
+from ansible_collections.hvfleet.drain.plugins.module_utils.planning.hugepages import domain_hugepages
+from ansible_collections.hvfleet.drain.plugins.module_utils.planning.pinning import CpusetError, Pins, domain_pins
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning.policy import LABEL_NAMESPACE
 
 MIB = 1024 * 1024
@@ -130,6 +132,8 @@ class DomainFacts:  # pylint: disable=too-many-instance-attributes
     interfaces: tuple[Interface, ...] = ()
     local_devices: tuple[LocalDevice, ...] = ()
     labels: dict[str, str] = dataclasses.field(default_factory=dict)
+    pins: Pins = Pins()  # vCPU/emulator/iothread pins to host CPUs, numatune pins to host NUMA nodes
+    hugepages: dict[int, int] = dataclasses.field(default_factory=dict)  # {page size KiB: pages}; {} without
 
     @property
     def running(self) -> bool:
@@ -301,6 +305,11 @@ def parse_domain_xml(xml: str, state: str = "unknown", persistent: bool | None =
     cpu_xml = None
     if cpu is not None:
         cpu_xml = ET.tostring(cpu, encoding="unicode").strip()
+    try:
+        pins = domain_pins(root)
+    except CpusetError as exc:
+        raise FactsError(f"Domain '{root.findtext('name')}' has a pin libvirt would not accept: {exc}.",
+                         "pass the output of virDomainGetXMLDesc.") from exc
     return DomainFacts(
         name=(root.findtext("name") or "").strip(),
         uuid=(root.findtext("uuid") or "").strip() or None,
@@ -320,6 +329,8 @@ def parse_domain_xml(xml: str, state: str = "unknown", persistent: bool | None =
         interfaces=interfaces,
         local_devices=_local_devices(devices, disks, interfaces),
         labels=labels,
+        pins=pins,
+        hugepages=domain_hugepages(root),
     )
 
 

@@ -19,12 +19,14 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ansible_collections.hvfleet.drain.plugins.module_utils.fleet import maintenance
+from ansible_collections.hvfleet.drain.plugins.module_utils.planning import hugepages as hp
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning.facts import (
     Connection,
     FactsError,
     mtu_size,
     version_text,
 )
+from ansible_collections.hvfleet.drain.plugins.module_utils.planning.pinning import Topology, topology
 
 # (mount point, filesystem type, device), as in /proc/self/mounts
 Mount = tuple[str, str, str]
@@ -158,6 +160,13 @@ class HostFacts:  # pylint: disable=too-many-instance-attributes
     networks: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)  # {name: {active, bridge}}
     cordon: dict[str, Any] | None = None  # maintenance.MaintenanceState.to_dict(); None when not readable from here
     local: bool = False  # the local parts were read on this host itself
+    numa_cells: dict[int, tuple[int, ...]] | None = None  # {NUMA node: its CPU ids}; None when libvirt lists none
+    hugepages: dict[int, dict[str, int]] | None = None  # {page size KiB: {total, free}}; None when unknown
+
+    @property
+    def topology(self) -> Topology | None:
+        """The NUMA nodes and CPUs pins are checked against; None when unknown."""
+        return None if self.numa_cells is None else Topology(tuple(sorted(self.numa_cells.items())))
 
     @property
     def cordoned(self) -> bool | None:
@@ -224,6 +233,9 @@ class HostFacts:  # pylint: disable=too-many-instance-attributes
             values["migration_transports"] = tuple(values["migration_transports"] or ())
         if values.get("machine_types") is not None:
             values["machine_types"] = {str(k): tuple(v or ()) for k, v in dict(values["machine_types"]).items()}
+        for key in ("numa_cells", "hugepages"):  # JSON turned the ids into text
+            if values.get(key) is not None:
+                values[key] = {int(k): (tuple(v) if key == "numa_cells" else dict(v)) for k, v in values[key].items()}
         if "machine_aliases" in values:
             values["machine_aliases"] = dict(values["machine_aliases"] or {})
         if not values.get("name"):
@@ -328,7 +340,10 @@ def _capabilities(conn: Connection) -> dict[str, Any]:
         transports = tuple(t.text for t in migration.findall("uri_transports/uri_transport") if t.text)
     arch = cpu.findtext("arch") if cpu is not None else None
     machines, aliases = machine_types(root, arch)
+    topo = topology(root)
     return {
+        "numa_cells": dict(topo.cells) if topo is not None else None,
+        "hugepages": hp.host_pages(conn, root),
         "machine_types": machines,
         "machine_aliases": aliases,
         "host_uuid": host.findtext("uuid") if host is not None else None,

@@ -5,8 +5,9 @@
 Pure logic: facts in, plan out. It exists because "migrate everything to one node" causes
 out-of-memory cascades, and because an evacuation that names the wrong blocker wastes the
 operator's night. So every destination is checked for memory (with headroom), vCPUs (with the
-declared overcommit ratio), cordon, prechecks, pinning/avoidance and anti-affinity, counting the
-VMs already planned onto it; and every VM left unplaced carries the real blocker for each host.
+declared overcommit ratio), free huge pages of each size a hugepage-backed VM uses, cordon, prechecks,
+pinning/avoidance and anti-affinity, counting the VMs already planned onto it; and every VM left unplaced
+carries the real blocker for each host.
 
 Scoring rule: among the hosts where a VM fits, take the one with the most memory left after the
 VM is placed (total - used - planned - headroom - VM); ties go to the smaller host name. This
@@ -28,6 +29,9 @@ from fnmatch import fnmatchcase
 from typing import NamedTuple, Optional
 
 from ansible_collections.hvfleet.drain.plugins.module_utils.common.errors import HvfleetError
+from ansible_collections.hvfleet.drain.plugins.module_utils.planning.generations import generation as generation_of
+from ansible_collections.hvfleet.drain.plugins.module_utils.planning.generations import known, older
+from ansible_collections.hvfleet.drain.plugins.module_utils.planning.hugepages import shortfall
 
 # Above this share of the fleet, a VM's candidate list (eligible/pinned hosts) is not worth a
 # linear scan: the shared max-heap finds the best host faster. Both paths pick the same host.
@@ -56,6 +60,7 @@ class HostCapacity:
     labels: Mapping[str, str] = field(default_factory=dict)
     anti_affinity: Mapping[str, frozenset[str]] = field(default_factory=dict)
     stack: tuple[int, int] = (0, 0)  # (QEMU, libvirt) versions as libvirt's integers; (0, 0) unknown
+    hugepages_free: Optional[Mapping[int, int]] = None  # {page size KiB: free pages}; None unknown (not counted)
 
 
 @dataclass(frozen=True)
@@ -77,6 +82,7 @@ class VmDemand:
     precheck_failures: Mapping[str, str] = field(default_factory=dict)
     order: int = 0
     source_stack: tuple[int, int] = (0, 0)  # (QEMU, libvirt) of the host the VM runs on; (0, 0) unknown
+    hugepages: Mapping[int, int] = field(default_factory=dict)  # {page size KiB: pages}; {} not backed by them
 
 
 @dataclass(frozen=True)
@@ -165,7 +171,7 @@ def _matcher(patterns: Iterable[str]) -> Callable[[str], bool]:
 class _Dest:
     """Mutable view of a candidate host: its facts plus what this plan has put on it."""
 
-    __slots__ = ("host", "headroom", "vcpu_cap", "mem_used", "vcpus_used", "planned", "aa")
+    __slots__ = ("host", "headroom", "vcpu_cap", "mem_used", "vcpus_used", "planned", "aa", "pages_used")
 
     def __init__(self, host: HostCapacity, config: PlacementConfig) -> None:
         self.host = host
@@ -175,6 +181,7 @@ class _Dest:
         self.vcpus_used = host.vcpus_used
         self.planned = 0
         self.aa: dict[str, set[str]] = {key: set(values) for key, values in host.anti_affinity.items()}
+        self.pages_used: dict[int, int] = {}  # huge pages of the VMs this plan put here, by size
 
     @property
     def mem_avail(self) -> int:
@@ -187,6 +194,15 @@ class _Dest:
         self.planned += 1
         for key, value in vm.anti_affinity.items():
             self.aa.setdefault(key, set()).add(value)
+        for size, count in vm.hugepages.items():
+            self.pages_used[size] = self.pages_used.get(size, 0) + count
+
+    def pages_free(self) -> Optional[dict[int, int]]:
+        """Free huge pages by size after the VMs planned here; None when the host's are unknown."""
+        free = self.host.hugepages_free
+        if free is None:
+            return None
+        return {size: count - self.pages_used.get(size, 0) for size, count in free.items()}
 
 
 class _Rules:
@@ -249,6 +265,12 @@ def _dynamic_blockers(vm: VmDemand, dest: _Dest, vcpu_ratio: float) -> list[str]
             f"needs {vm.vcpus} vCPUs, {left} of {dest.vcpu_cap} left "
             f"({dest.host.vcpus_total} CPUs x {vcpu_ratio:g} overcommit){planned}"
         )
+    pages = dest.pages_free() if vm.hugepages else None
+    short = shortfall(vm.hugepages, pages) if pages is not None else []
+    if pages is not None and short:
+        size = min(s for s, n in vm.hugepages.items() if n > pages.get(s, 0))
+        out.append(f"{'; '.join(short)}{planned} (reserve more in "
+                   f"/sys/kernel/mm/hugepages/hugepages-{size}kB/nr_hugepages there, or free some)")
     return out
 
 
@@ -292,13 +314,13 @@ def plan_placement(source: str | Collection[str], vms: Iterable[VmDemand], hosts
     heapq.heapify(heap)
     assignments = []
     unplaced = []
-    known_stacks = [d.host.stack for d in open_hosts if _known(d.host.stack)]
+    known_stacks = [d.host.stack for d in open_hosts if known(d.host.stack)]
     oldest = min(known_stacks) if known_stacks else None
     for vm in placement_order(vms):
         best = None
-        if oldest is not None and _known(vm.source_stack) and oldest < vm.source_stack:
+        if oldest is not None and known(vm.source_stack) and oldest < vm.source_stack:
             # older hosts exist: look among the same or newer generation first
-            newer = [d for d in open_hosts if not _older(d.host.stack, vm.source_stack)]
+            newer = [d for d in open_hosts if not older(d.host.stack, vm.source_stack)]
             best = _best_by_scan(vm, newer, rules, config)
         if best is None:
             candidates = _restricted(vm, open_names, rules)
@@ -314,32 +336,6 @@ def plan_placement(source: str | Collection[str], vms: Iterable[VmDemand], hosts
         _reheap(heap, best)
         assignments.append(Assignment(vm.name, best.host.name, _why(vm, best, after)))
     return PlacementPlan(assignments, unplaced)
-
-
-def _known(stack: tuple[int, int]) -> bool:
-    return bool(stack[0] and stack[1])
-
-
-def _older(stack: tuple[int, int], than: tuple[int, int]) -> bool:
-    """`stack` is known and older than `than` (QEMU first, then libvirt)."""
-    return _known(stack) and _known(than) and stack < than
-
-
-def _version(number: int) -> str:
-    return f"{number // 1000000}.{number // 1000 % 1000}.{number % 1000}"
-
-
-def _generation(vm: VmDemand, host: HostCapacity) -> str | None:
-    """How the destination's generation compares with the source's, for the reason; None when unknown."""
-    if not (_known(vm.source_stack) and _known(host.stack)):
-        return None
-    stack = f"QEMU {_version(host.stack[0])}, libvirt {_version(host.stack[1])}"
-    if host.stack == vm.source_stack:
-        return f"same generation as the source ({stack})"
-    if host.stack > vm.source_stack:
-        return f"newer generation than the source ({stack})"
-    return (f"older generation than the source ({stack} < QEMU {_version(vm.source_stack[0])}, libvirt "
-            f"{_version(vm.source_stack[1])}): no host of the same or a newer generation fits")
 
 
 def _restricted(vm: VmDemand, open_names: frozenset[str], rules: _Rules) -> list[str] | None:
@@ -405,7 +401,7 @@ def _reheap(heap: list[tuple[int, str]], dest: _Dest) -> None:
 def _why(vm: VmDemand, dest: _Dest, after: int) -> str:
     parts = [f"most memory left after placement among fitting hosts: {after} MiB beyond headroom"]
     parts.append(f"vCPUs {dest.vcpus_used}/{dest.vcpu_cap}")
-    generation = _generation(vm, dest.host)
+    generation = generation_of(vm.source_stack, dest.host.stack)
     if generation:
         parts.insert(0, generation)
     if vm.pin:

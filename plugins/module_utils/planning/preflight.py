@@ -30,7 +30,7 @@ What each check can and cannot see:
   what blocks is a machine type the destination's QEMU does not offer (from its capabilities):
   a VM started on a newer QEMU runs that QEMU's machine type until it is restarted.
 - CPU: libvirt's compareHypervisorCPU on the destination with the domain's <cpu> (host-passthrough
-  domains: the host CPU models must match).
+  domains: the host CPU models must match); pins and huge pages: shape_checks.py.
 - post-copy: versions and the kernel's userfaultfd (known only from facts read on the host).
 """
 
@@ -41,6 +41,7 @@ import socket
 from ansible_collections.hvfleet.drain.plugins.module_utils.common.vocabulary import ForecastVerdict, Mode, OnTimeout
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning.check_cache import (
     CheckCache,
+    cpu_definition,
     destination_scope,
     recall,
 )
@@ -62,6 +63,7 @@ from ansible_collections.hvfleet.drain.plugins.module_utils.planning.probe impor
     probe_port,
     split_address,
 )
+from ansible_collections.hvfleet.drain.plugins.module_utils.planning.shape_checks import shape_findings
 
 DEFAULT_HEADROOM_MIB = 1024
 
@@ -306,9 +308,9 @@ class _Checker(DiskChecks):
                  "destination.")
 
     def _compare_cpu(self, virttype: str, flags: int) -> int:
-        """libvirt's compareHypervisorCPU on the destination (once per plan for one CPU definition)."""
+        """libvirt's compareHypervisorCPU on the destination, once per plan and distinct CPU definition."""
         dom = self.domain
-        args = (dom.emulator, dom.arch, dom.machine, virttype, dom.cpu_xml, flags)
+        args = (dom.emulator, dom.arch, dom.machine, virttype, cpu_definition(dom.cpu_xml or ""), flags)
         result: int = recall(self.cache, destination_scope(self.dest_name), ("cpu", *args),
                              lambda: self.dst_conn.compareHypervisorCPU(*args))
         return result
@@ -408,6 +410,8 @@ class _Checker(DiskChecks):
         self.storage()
         self.networks()
         self.cpu()
+        for check_id, status, message, fix in shape_findings(self.domain, self.destination, self.settings):
+            self.add(check_id, status, message, fix)  # cpu.pinning, capacity.hugepages
         self.capacity()
         self.postcopy()
         self.forecast()

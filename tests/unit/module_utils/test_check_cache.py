@@ -9,7 +9,7 @@ import threading
 
 import pytest
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning import preflight as P
-from ansible_collections.hvfleet.drain.plugins.module_utils.planning.check_cache import CheckCache
+from ansible_collections.hvfleet.drain.plugins.module_utils.planning.check_cache import CheckCache, cpu_definition
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning.policy_schema import DEFAULT_SETTINGS
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning.precheck import FAIL, PASS, WARN
 from test_preflight import DST, SRC, Conn, Pool, Probe, domain
@@ -208,3 +208,41 @@ def test_a_local_disk_that_is_not_copied_fails_without_asking_the_destination():
     copied = P.run_prechecks(Conn(), conn, domain(local), SRC, DST, dict(DEFAULT_SETTINGS, storage="copy_all"),
                              migration_address="10.0.0.12", probe=Probe())
     assert [c.status for c in copied.checks if c.id == "storage.disk"] == [PASS] and conn.storage_calls > 0
+
+
+def _cpu(model="Haswell", features=("avx2",), cores=1, numa=""):
+    feats = "".join(f"\n    <feature policy='require' name='{f}'/>" for f in features)
+    return (f"<cpu mode='custom' match='exact' check='partial'>\n    <model fallback='forbid'>{model}</model>{feats}"
+            f"\n    <topology sockets='1' dies='1' cores='{cores}' threads='1'/>{numa}\n  </cpu>")
+
+
+def test_cpu_compatibility_is_asked_once_per_distinct_cpu_definition_and_destination():
+    """Twelve VMs, three CPU definitions (vCPU topology and guest NUMA cells vary, libvirt does not compare
+    them), two destinations: six compareHypervisorCPU calls, each destination asked about each definition once."""
+    numa = "\n    <numa><cell id='0' cpus='0' memory='262144' unit='KiB'/></numa>"
+    shapes = [_cpu(cores=1), _cpu(cores=4), _cpu(cores=2, numa=numa), _cpu(model="EPYC", features=()),
+              _cpu(model="EPYC", features=(), cores=8), _cpu(features=("avx2", "aes"))]
+    vms = [dataclasses.replace(domain(cpu=shapes[i % len(shapes)]), name=f"vm{i}") for i in range(12)]
+    assert len({vm.cpu_xml for vm in vms}) == 6  # six distinct <cpu> texts...
+    cache = CheckCache(Probe())
+    conns = {}
+    for dest in ("hv2", "hv3"):
+        conns[dest] = CountingConn([], incompatible=["EPYC"])
+        facts = dataclasses.replace(DST, name=dest, host_uuid=dest)
+        results = [P.run_prechecks(Conn(), conns[dest], vm, SRC, facts, dict(DEFAULT_SETTINGS), cache=cache,
+                                   migration_address="10.0.0.12") for vm in vms]
+        verdicts = [[c.status for c in r.checks if c.id == "cpu.compat"] for r in results]
+        assert verdicts == [[FAIL] if "EPYC" in vm.cpu_xml else [PASS] for vm in vms]
+    for conn in conns.values():  # ...three definitions: Haswell+avx2, EPYC, Haswell+avx2+aes
+        plain = [call for call in conn.cpu_calls if call[5] == 0]
+        assert len(plain) == 3 and len(set(plain)) == 3
+        assert all("topology" not in call[4] and "numa" not in call[4] for call in conn.cpu_calls)
+        assert len(conn.cpu_calls) == 4  # plus one call naming EPYC's missing features, also once
+
+
+def test_the_cpu_definition_keeps_what_libvirt_compares():
+    text = cpu_definition(_cpu(features=("avx2", "aes"), cores=4))
+    assert "<model fallback=\"forbid\">Haswell</model>" in text and "name=\"aes\"" in text and "mode=\"custom\"" in text
+    assert cpu_definition(_cpu(cores=1)) == cpu_definition(_cpu(cores=16))
+    assert cpu_definition(_cpu()) != cpu_definition(_cpu(features=()))
+    assert cpu_definition("<cpu") == "<cpu" and cpu_definition("") == ""

@@ -183,3 +183,23 @@ def test_migrate_uri_for_builds_tcp_uris_and_refuses_uris():
     assert specmod.migrate_uri_for("fd00::12") == "tcp://[fd00::12]"
     with pytest.raises(InvalidSpec, match="migration_address of hv2 'tcp://x' is a URI"):
         specmod.migrate_uri_for("tcp://x", "migration_address of hv2")
+
+
+def test_destination_and_persistent_xml_become_libvirts_parameters():
+    xml = "<domain type='qemu'><name>vm1</name><cputune><vcpupin vcpu='0' cpuset='0'/></cputune></domain>"
+    spec = MigrationSpec(dest_xml=xml, persist_xml=xml)
+    assert spec.params() == {"destination_xml": xml, "persistent_xml": xml}
+    assert specmod.PARAM_DEST_XML == "destination_xml" and specmod.PARAM_PERSIST_XML == "persistent_xml"
+    assert "destination XML and definition given" in spec.describe()
+    assert MigrationSpec(dest_xml=xml).params() == {"destination_xml": xml}
+    assert "destination" not in " ".join(MigrationSpec().params())
+
+
+@pytest.mark.parametrize("kwargs, words", [
+    (dict(dest_xml="vm1"), "dest_xml is not domain XML"),
+    (dict(persist_xml="<cpu/>"), "persist_xml is not domain XML"),
+    (dict(persist_xml="<domain/>", persist_dest=False, undefine_source=False), "persist_dest is off"),
+])
+def test_bad_destination_xml_is_refused_naming_the_field(kwargs, words):
+    with pytest.raises(InvalidSpec, match=words):
+        MigrationSpec(**kwargs)
