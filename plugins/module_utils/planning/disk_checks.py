@@ -14,6 +14,7 @@ import xml.etree.ElementTree as ET
 from typing import Any
 
 from ansible_collections.hvfleet.drain.plugins.module_utils.common.vocabulary import Storage
+from ansible_collections.hvfleet.drain.plugins.module_utils.engine import volumes
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning.check_cache import (
     SOURCE,
     CheckCache,
@@ -228,12 +229,17 @@ class DiskChecks:  # pylint: disable=too-many-instance-attributes
                          f"mount the same share at the same path on {dest}, and define a storage pool for it there "
                          "so this check can see it.", device=disk.target)
             return
-        if self.copy_storage and disk.type != "volume":
+        # unknown sharing and the same path on the destination: perhaps the very same file, which a copy would
+        # mirror onto itself - never copied (libvirt then migrates it only if it sees it shared)
+        if self.copy_storage and disk.type != "volume" and not (sharing == "unknown" and where == "present"):
             self._copied_disk(disk, sharing, why, where, where_why, pool_at_dir)
             return
         if sharing == "unknown" and where == "present":
-            self.add("storage.disk", WARN, f"{vm}: {what}: whether it is shared is unknown ({why}); {where_why}.",
-                     "make sure both hosts see the same storage at that path.", device=disk.target)
+            not_copied = "; it is not copied, since it may be that very file" if self.copy_storage else ""
+            self.add("storage.disk", WARN, f"{vm}: {what}: whether it is shared is unknown ({why}); "
+                     f"{where_why}{not_copied}.", "make sure both hosts see the same storage at that path"
+                     + (", or run the check on the source host so its filesystem tells" if self.copy_storage else "")
+                     + ".", device=disk.target)
             return
         if sharing == "unknown" and where == "unknown":
             self.add("storage.disk", WARN, f"{vm}: {what}: whether {dest} can reach it is unknown ({why}; "
@@ -256,11 +262,8 @@ class DiskChecks:  # pylint: disable=too-many-instance-attributes
                      f"{vm}: {what} {shared} ({why}); its policy allows copying, so it will be copied to {dest} "
                      f"{target} (the migration must use copy_storage={self.copy_storage}).", device=disk.target)
             return
-        self.add("storage.disk", FAIL,
-                 f"{vm}: {what} {shared} ({why}); its policy copies storage, but {where_why}: libvirt creates "
-                 "the copy only inside a storage pool (or into a file that already exists there).",
-                 f"define and start a dir storage pool with target {directory} on {dest}, or pre-create "
-                 f"{disk.path} there with the same size and format.", device=disk.target)
+        message, fix = volumes.no_pool(vm, disk.target, disk.path or "", dest)
+        self.add("storage.disk", FAIL, f"{message} The disk {shared} ({why}); {where_why}.", fix, device=disk.target)
 
     def _readonly_disk(self, disk: Disk) -> None:
         vm, dest = self.domain.name, self.dest_name

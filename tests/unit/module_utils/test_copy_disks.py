@@ -7,6 +7,7 @@ recognise (NFS, a Ceph-backed file) would be mirrored onto itself while the gues
 import pytest
 from ansible_collections.hvfleet.drain.plugins.module_utils.common.errors import InvalidSpec
 from ansible_collections.hvfleet.drain.plugins.module_utils.engine import spec as S
+from ansible_collections.hvfleet.drain.plugins.module_utils.engine import volumes
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning.policy_schema import DEFAULT_SETTINGS
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning.policy_spec import spec_for
 from drain_fakes import FakeBackend, fleet, make, vm
@@ -39,26 +40,37 @@ KINDS = {
     "nbd": lambda t: (NBD.replace("target dev='vda'", f"target dev='{t}'"), True),
     "nfs": lambda t: (f"<disk type='file' device='disk'><source file='/mnt/nfs/{t}.qcow2'/><target dev='{t}'/>"
                       "</disk>", True),
+    # in a netfs pool the source knows, outside the mounts the probe reads
+    "netfs_pool": lambda t: (f"<disk type='file' device='disk'><source file='/srv/share/{t}.qcow2'/>"
+                             f"<target dev='{t}'/></disk>", True),
+    # a LUN both hosts see at the same path; the source has no pool for it, so its sharing is unknown
+    "lun": lambda t: (f"<disk type='block' device='disk'><source dev='/dev/disk/by-path/{t}'/><target dev='{t}'/>"
+                      "</disk>", True),
     "local": lambda t: (f"<disk type='file' device='disk'><source file='/var/lib/libvirt/images/{t}.qcow2'/>"
                         f"<target dev='{t}'/></disk>", False),
     "shareable": lambda t: (f"<disk type='file' device='disk'><source file='/var/lib/libvirt/images/{t}.raw'/>"
                             f"<target dev='{t}'/><shareable/></disk>", True),
 }
+LETTERS = "abcdef"
 
 
-@settings(max_examples=60, deadline=None)
-@given(st.lists(st.sampled_from(sorted(KINDS)), min_size=1, max_size=5))
-def test_a_shared_disk_is_never_in_the_copy_list(kinds):
-    disks = [KINDS[kind](f"vd{chr(ord('a') + i)}") for i, kind in enumerate(kinds)]
-    nfs = Pool("nfs", "netfs", "/mnt/nfs", vols={f"vd{letter}.qcow2" for letter in "abcde"})
-    pools = [Pool("images", "dir", "/var/lib/libvirt/images"), nfs]
-    res = run(domain("".join(xml for xml, _shared in disks), nics=""), dst_conn=Conn(pools), settings=COPY_ALL,
-              probe=Probe(fs={"/mnt/nfs": "nfs4"}))
-    targets = [f"vd{chr(ord('a') + i)}" for i in range(len(kinds))]
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.sampled_from(sorted(KINDS)), min_size=1, max_size=len(LETTERS)), st.booleans())
+def test_a_shared_disk_is_never_in_the_copy_list(kinds, on_source):
+    """Whatever the mix, and whether or not the check runs on the source (where its mounts can be read)."""
+    disks = [KINDS[kind](f"vd{LETTERS[i]}") for i, kind in enumerate(kinds)]
+    nfs = Pool("nfs", "netfs", "/mnt/nfs", vols={f"vd{letter}.qcow2" for letter in LETTERS})
+    share = Pool("share", "netfs", "/srv/share", vols={f"vd{letter}.qcow2" for letter in LETTERS})
+    luns = Pool("luns", "scsi", "/dev/disk/by-path", vols={f"vd{letter}" for letter in LETTERS})
+    pools = [Pool("images", "dir", "/var/lib/libvirt/images"), nfs, share, luns]
+    res = run(domain("".join(xml for xml, _shared in disks), nics=""), src_conn=Conn([share]), dst_conn=Conn(pools),
+              settings=COPY_ALL, probe=Probe(fs={"/mnt/nfs": "nfs4"}), on_source=on_source)
+    targets = [f"vd{LETTERS[i]}" for i in range(len(kinds))]
     shared = {t for t, (_xml, is_shared) in zip(targets, disks, strict=True) if is_shared}
     local = {t for t, kind in zip(targets, kinds, strict=True) if kind == "local"}
-    assert not shared & set(res.copy_disks), (kinds, res.copy_disks)
-    assert set(res.copy_disks) == local, (kinds, res.copy_disks, res.summary())
+    assert not shared & set(res.copy_disks), (kinds, on_source, res.copy_disks)
+    assert set(res.copy_disks) == local, (kinds, on_source, res.copy_disks, res.summary())
+    assert res.copy_storage == ("all" if local else None)
 
 
 def test_the_drain_migrates_with_the_list_the_preflight_gives_right_before_the_start(tmp_path):
@@ -78,3 +90,24 @@ def test_the_drain_migrates_with_the_list_the_preflight_gives_right_before_the_s
     spec = backend.calls[0][3]
     assert spec.copy_storage == "all" and spec.params()[S.PARAM_MIGRATE_DISKS] == ["vdb"]
     assert backend.asked[0] == "mixed" and backend.asked[3] == "copy_all"
+
+
+def test_the_preflight_refuses_a_disk_without_a_pool_as_the_engine_does_before_anything_changes():
+    disk = ("<disk type='file' device='disk'><source file='/srv/vm/data.qcow2'/><target dev='vdb'/></disk>")
+    res = run(domain(NBD + disk, nics=""), dst_conn=Conn([Pool("images", "dir", "/var/lib/libvirt/images")]),
+              settings=COPY_ALL)
+    [check] = [c for c in res.checks if c.id == "storage.disk" and c.device == "vdb"]
+    message, fix = volumes.no_pool("vm1", "vdb", "/srv/vm/data.qcow2", "hv2")
+    assert check.status == "fail" and check.message.startswith(message) and check.fix == fix
+    assert "local ext4 filesystem" in check.message  # why it is copied at all
+    assert res.copy_disks == () and res.copy_storage is None
+
+
+def test_a_disk_of_unknown_sharing_that_the_destination_has_at_the_same_path_is_not_copied():
+    """Perhaps the very same file: a copy would mirror it onto itself while the guest writes to it."""
+    disk = "<disk type='block' device='disk'><source dev='/dev/mapper/data'/><target dev='vdb'/></disk>"
+    res = run(domain(disk, nics=""), dst_conn=Conn([Pool("maps", "dir", "/dev/mapper", vols={"data"})]),
+              settings=COPY_ALL)
+    [check] = [c for c in res.checks if c.id == "storage.disk"]
+    assert check.status == "warn" and "not copied" in check.message and "source host" in check.fix
+    assert res.copy_disks == ()
