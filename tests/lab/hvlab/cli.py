@@ -97,6 +97,9 @@ def _print_status(s: dict) -> None:
             f"{k}={h[k]['pid']}({'up' if h[k]['alive'] else 'DEAD'})" for k in ("holder", "libvirtd", "sshd")
         )
         gen = f"gen{h.get('generation', 1)}"
+        pool = h.get("local_pool")
+        if pool:
+            flags.insert(0, f"pool={pool['name']}:{pool['path']}({'active' if pool['active'] else 'INACTIVE'})")
         print(f"  {host:8} {h['addr']:12} {gen} {procs} bridges={','.join(h['bridges']) or '-'} {' '.join(flags)}")
     if s["storage"]:
         q = s["storage"]["qsd"]

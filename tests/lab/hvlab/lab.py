@@ -259,6 +259,9 @@ class Lab:
             local = hosts.hostdir(self.root, host) / "lib-libvirt" / "images" / f"{name}.qcow2"
             with contextlib.suppress(FileNotFoundError):
                 local.unlink()
+            if self._libvirtd_up(host):
+                with self._conn(host) as conn:
+                    storage.remove_local_volumes(conn, name)
         st = self.state.load().data
         if alive((st.get("storage") or {}).get("qsd")):
             storage.unexport(self.root, name)
@@ -293,6 +296,29 @@ class Lab:
                     f"(last n={hb.last_n}); console tail:\n{tail}"
                 )
             time.sleep(0.1)
+
+    # -----------------------------------------------------------------------------------------
+    # Local storage
+
+    def ensure_local_pool(self, host: str) -> str:
+        """The host's `local` dir pool (storage.LOCAL_POOL_DIR, private to it); see storage.ensure_local_pool."""
+        with self._conn(host) as conn:
+            return storage.ensure_local_pool(conn, hosts.hostdir(self.root, host))
+
+    def local_pool(self, host: str) -> dict | None:
+        """{name, path, active, volumes} of the host's `local` pool; None when it has none."""
+        import libvirt
+
+        with self._conn(host) as conn:
+            try:
+                pool = conn.storagePoolLookupByName(storage.LOCAL_POOL)
+                active = bool(pool.isActive())
+                if active:
+                    pool.refresh(0)
+                vols = sorted(v.name() for v in pool.listAllVolumes(0)) if active else []
+            except libvirt.libvirtError:
+                return None
+        return {"name": storage.LOCAL_POOL, "path": storage.LOCAL_POOL_DIR, "active": active, "volumes": vols}
 
     # -----------------------------------------------------------------------------------------
     # Bridges, shaping, faults
@@ -491,6 +517,8 @@ class Lab:
                 self._start_storage_daemon()
             for name, prec, what, check in pending:
                 hosts.wait_ready(self.root, name, prec, what, check)
+            for name in wanted:
+                self.ensure_local_pool(name)
             for name in wanted:
                 st.data["hosts"][name]["status"] = "up"
             st.data["storage"]["status"] = "up"
@@ -694,6 +722,7 @@ class Lab:
                 "bridges": rec.get("bridges", []),
                 "link_mbit": rec.get("link_mbit"),
                 "link_cut": rec.get("link_cut", False),
+                "local_pool": self.local_pool(host) if alive(rec.get("libvirtd")) else None,
             }
         srec = st.get("storage")
         if srec:

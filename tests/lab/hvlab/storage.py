@@ -5,6 +5,10 @@ migrate without `--unsafe`, like on a real SAN/Ceph.
 Disks are qcow2 files in LAB_ROOT/storage/disks/; exports (export name = VM name) are added and
 removed at run time over QMP. The daemon can be restarted (a fault for later tests): the exports
 recorded in the state file are added again.
+
+Local storage: every hypervisor host also has a libvirt `dir` pool named `local` over its own private
+LOCAL_POOL_DIR (inside the host's /var/lib/libvirt, which no other host sees), as a hypervisor's
+local image pool: where a VM's local disk lives and where a copied disk is created on the destination.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ from .state import alive, kill_record
 
 NBD_PORT = 10809
 NAME = "storage"
+LOCAL_POOL = "local"
+LOCAL_POOL_DIR = "/var/lib/libvirt/local-images"  # as seen inside a host; private to it
 
 
 def storage_dir(root: Path) -> Path:
@@ -154,3 +160,56 @@ def unexport(root: Path, name: str) -> None:
 def exports(root: Path) -> list[str]:
     with QMP(qmp_sock(root)) as q:
         return sorted(e["id"] for e in q.cmd("query-block-exports") or [])
+
+
+# ---------------------------------------------------------------------------------------------
+# The hosts' local image pools
+
+
+def local_pool_xml() -> str:
+    return (f"<pool type='dir'><name>{LOCAL_POOL}</name>"
+            f"<target><path>{LOCAL_POOL_DIR}</path></target></pool>")
+
+
+def local_pool_outside(host_dir: Path) -> Path:
+    """The host's LOCAL_POOL_DIR as seen from the root namespace (below its private /var/lib/libvirt)."""
+    return host_dir / "lib-libvirt" / Path(LOCAL_POOL_DIR).relative_to("/var/lib/libvirt")
+
+
+def ensure_local_pool(conn, host_dir: Path) -> str:
+    """Define, autostart and start the host's `local` pool through its libvirtd; idempotent.
+    Returns what was done: "defined", "started" or "present"."""
+    import libvirt
+
+    local_pool_outside(host_dir).mkdir(parents=True, exist_ok=True)
+    done = "present"
+    try:
+        pool = conn.storagePoolLookupByName(LOCAL_POOL)
+    except libvirt.libvirtError:
+        pool = conn.storagePoolDefineXML(local_pool_xml(), 0)
+        done = "defined"
+    if not pool.autostart():
+        pool.setAutostart(1)
+    if not pool.isActive():
+        pool.create(0)
+        done = "started" if done == "present" else done
+    return done
+
+
+def remove_local_volumes(conn, prefix: str) -> list[str]:
+    """Delete the volumes of the host's `local` pool named `prefix`.* or `prefix`-* (a lab VM's disks)."""
+    import libvirt
+
+    try:
+        pool = conn.storagePoolLookupByName(LOCAL_POOL)
+        if not pool.isActive():
+            return []
+        pool.refresh(0)
+    except libvirt.libvirtError:
+        return []
+    removed = []
+    for vol in pool.listAllVolumes(0):
+        if vol.name().startswith((f"{prefix}.", f"{prefix}-")):
+            vol.delete(0)
+            removed.append(vol.name())
+    return removed
