@@ -19,6 +19,7 @@ from typing import Any, Optional
 from ansible_collections.hvfleet.drain.plugins.module_utils.common import bounded
 from ansible_collections.hvfleet.drain.plugins.module_utils.common.connection import close_quietly, connect
 from ansible_collections.hvfleet.drain.plugins.module_utils.common.errors import DomainNotFound, HvfleetError
+from ansible_collections.hvfleet.drain.plugins.module_utils.drain import definition_move, definition_shape
 from ansible_collections.hvfleet.drain.plugins.module_utils.drain.backend import Backend
 from ansible_collections.hvfleet.drain.plugins.module_utils.drain.ledger_store import SecretLedgerStore
 from ansible_collections.hvfleet.drain.plugins.module_utils.engine import leftover, reconcile
@@ -58,6 +59,7 @@ class LibvirtBackend(Backend):
         self.memory_headroom_mib = memory_headroom_mib
         self.dirty_rate_seconds = dirty_rate_seconds
         self._facts: dict[str, hvhost.HostFacts] = {}
+        self._definition_settings: dict[str, dict] = {}
         self._facts_lock = threading.Lock()
 
     # ---- connections ------------------------------------------------------------------------
@@ -156,7 +158,12 @@ class LibvirtBackend(Backend):
         dst_facts = self._cached_facts(dst_conn, destination)
         domain = vm.facts if vm.facts is not None else hvfacts.domain_facts(src_conn.lookupByName(vm.name))
         if not vm.active:
-            return _definition_checks(vm, domain, destination, settings)
+            with self._facts_lock:
+                self._definition_settings[vm.name] = dict(settings or {})
+            shape = definition_shape.read_shape(src_conn, vm.name)
+            refused = [CheckResult(r.check, "fail", vm.name, destination.name, r.message, r.fix)
+                       for r in definition_shape.refusals(shape, settings, source.uri)]
+            return refused + _definition_checks(vm, domain, destination, settings)
         res = preflight.run_prechecks(src_conn, dst_conn, domain, src_facts, dst_facts, settings,
                                       migration_address=destination.migration_address,
                                       memory_headroom_mib=self.memory_headroom_mib, cache=cache)
@@ -192,18 +199,18 @@ class LibvirtBackend(Backend):
             if call is not None:
                 close_quietly(call, timeout_s=CLOSE_TIMEOUT_S)
 
-    def move_definition(self, src_conn: Any, dst_conn: Any, name: str) -> None:
-        """Define the shut-off domain on the destination, then undefine it on the source - keeping its
-        NVRAM and TPM state (leftover.undefine). When the source's undefine is refused (snapshots,
-        checkpoints, a managed-save image), the new definition on the destination is removed again, so
-        the domain stays defined on exactly one host; the error names the reason and the fix."""
+    def move_definition(self, src_conn: Any, dst_conn: Any, name: str,
+                        settings: Optional[dict] = None) -> Any:
+        """Move the shut-off domain's definition with its NVRAM, TPM state, snapshot metadata and autostart
+        (drain/definition_move.py); on failure it stays defined on the source only, or the error names
+        both hosts and the fix. `settings`: its policy's (managed_save); None: those its plan-time check
+        was given in this run, else the defaults (a managed-save image is then refused). Returns the
+        definition_move.Moved: what the move did besides the definition, for the result."""
         src_uri, dst_uri = conn_uri(src_conn) or "the source", conn_uri(dst_conn) or "the destination"
-        defined_here = _bounded(lambda: _define_on_destination(src_conn, dst_conn, name), f"define '{name}'",
-                                f"check both hosts: '{name}' is defined on {src_uri}, maybe also on {dst_uri}.")
-        try:
-            leftover.undefine(src_conn, name, src_uri, then="run the drain again: it moves the definition then")
-        except leftover.DefinitionKept as exc:
-            raise HvfleetError(*_rolled_back(dst_conn, name, src_uri, dst_uri, defined_here, exc)) from exc
+        if settings is None:
+            with self._facts_lock:
+                settings = self._definition_settings.get(name)
+        return definition_move.move(src_conn, dst_conn, name, settings, src_uri, dst_uri)
 
     def drop_leftover_definition(self, src_conn: Any, dst_conn: Any, name: str) -> None:
         """Undefine the shut-off definition a finished migration left on the source - only when the
@@ -266,55 +273,6 @@ def _bounded(fn: Callable[[], Any], what: str, hint: str) -> Any:
                            hint) from exc
     except Exception as exc:  # pylint: disable=broad-except
         raise HvfleetError(f"Could not {what}: {exc}", hint) from exc
-
-
-def _define_on_destination(src_conn: Any, dst_conn: Any, name: str) -> bool:
-    """Define the source's inactive domain on the destination; True when this defined it (False: the same
-    domain, shut off, was already defined there). Runs bounded."""
-    try:
-        dom = src_conn.lookupByName(name)
-    except Exception as exc:  # pylint: disable=broad-except
-        raise HvfleetError(f"'{name}' is no longer defined on the source: {exc}",
-                           "run again; the drain looks at the host afresh.") from exc
-    if dom.isActive():
-        raise HvfleetError(f"'{name}' was started meanwhile; its definition was not moved.",
-                           "run the drain again: it is now migrated live.")
-    existing = None
-    with contextlib.suppress(Exception):
-        existing = dst_conn.lookupByName(name)
-    if existing is not None:
-        if existing.UUIDString() != dom.UUIDString():
-            raise HvfleetError(f"The destination already has a different domain named '{name}'.",
-                               "rename one of them, then run again.")
-        if existing.isActive():
-            raise HvfleetError(f"'{name}' runs on the destination while its definition is still on the source.",
-                               "inspect both hosts; undefine the stale copy by hand.")
-        return False
-    xml = dom.XMLDesc(VIR_DOMAIN_XML_INACTIVE | VIR_DOMAIN_XML_SECURE | VIR_DOMAIN_XML_MIGRATABLE)
-    dst_conn.defineXML(xml)
-    del xml
-    return True
-
-
-def _rolled_back(dst_conn: Any, name: str, src_uri: str, dst_uri: str, defined_here: bool,
-                 kept: leftover.DefinitionKept) -> tuple[str, str]:
-    """The source kept its definition: remove the one just made on the destination, so the domain is
-    defined on one host only. Returns the (message, hint) of the error to raise."""
-    if not defined_here:
-        return (f"'{name}' is defined on both {src_uri} and {dst_uri} (it was already defined there): {kept.message}",
-                str(kept.hint))
-    if kept.unsure:  # the source's undefine may have happened after all: the new definition may be the only one
-        return (f"'{name}' is defined on {dst_uri} and maybe still on {src_uri}: {kept.message}",
-                f"look at {src_uri}; if '{name}' is still defined there, remove one of the two definitions: "
-                f"{leftover.undefine_command(src_uri, name)}")
-    try:
-        leftover.undefine(dst_conn, name, dst_uri)
-    except leftover.DefinitionKept as again:
-        return (f"'{name}' is now defined on both {src_uri} and {dst_uri}: {kept.message} Removing the new definition "
-                f"on {dst_uri} failed too: {again.message}",
-                f"remove one of them by hand ({leftover.undefine_command(dst_uri, name)}); {kept.hint}")
-    return (f"The definition of '{name}' was not moved: {kept.message} The new definition on {dst_uri} was removed "
-            f"again: '{name}' is defined on {src_uri} only, as before.", str(kept.hint))
 
 
 def _resident_mib(dom: Any) -> Optional[int]:

@@ -7,9 +7,10 @@ this run) can leave the VM's definition behind on the source, shut off - startin
 second copy on the same disks; and moving a shut-off VM's definition ends by undefining it on the
 source. A plain undefine is wrong in both: libvirt refuses it for a domain with NVRAM, and with
 other flags it would delete the NVRAM or TPM state, which the copy on the other host may still use
-(a shared path) or need. So: undefine with KEEP_NVRAM | KEEP_TPM, never with SNAPSHOTS_METADATA or
-MANAGED_SAVE (libvirt then refuses for snapshots, checkpoints or a managed-save image - and so do
-we, naming which, since deleting them could lose a saved state); and remove a leftover only when
+(a shared path) or need. So: undefine with KEEP_NVRAM | KEEP_TPM, never with MANAGED_SAVE, and with
+SNAPSHOTS_METADATA only once a definition move has redefined the snapshots on the destination
+(otherwise libvirt refuses for snapshots, checkpoints or a managed-save image - and so do we, naming
+which, since deleting them could lose a saved state); and remove a leftover only when
 the other host holds the same domain, running or paused, with a persistent definition of its own.
 Otherwise the leftover may be the only definition there is. Every libvirt call is bounded.
 """
@@ -24,6 +25,7 @@ from ansible_collections.hvfleet.drain.plugins.module_utils.common import bounde
 from ansible_collections.hvfleet.drain.plugins.module_utils.common.errors import HvfleetError
 from ansible_collections.hvfleet.drain.plugins.module_utils.engine.reconcile import SideView
 
+VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA = 2
 VIR_DOMAIN_UNDEFINE_KEEP_NVRAM = 8
 VIR_DOMAIN_UNDEFINE_KEEP_TPM = 64
 KEEP_STATE = VIR_DOMAIN_UNDEFINE_KEEP_NVRAM | VIR_DOMAIN_UNDEFINE_KEEP_TPM
@@ -99,17 +101,21 @@ def drop_leftover(src_conn: Any, dst_conn: Any, name: str, src: SideView, dst: S
 
 
 def undefine(conn: Any, name: str, uri: str, runs_on: Optional[str] = None,
-             timeout_s: float = UNDEFINE_TIMEOUT_S, then: Optional[str] = None) -> None:
+             timeout_s: float = UNDEFINE_TIMEOUT_S, then: Optional[str] = None, snapshots_carried: bool = False
+             ) -> None:
     """Undefine the inactive domain `name` on `conn` (host `uri`) keeping NVRAM and TPM state.
 
     `runs_on`: the host where the VM runs meanwhile, if any (a saved memory state here is then stale).
     `then`: the last step of the fix, once the obstacle is gone (default: the undefine command - right
-    for a leftover, wrong where this definition is the only one). Raises DefinitionKept with the reason
+    for a leftover, wrong where this definition is the only one). `snapshots_carried`: the snapshots'
+    metadata is redefined on the destination, so it goes here with the definition (the disks keep the
+    data). Raises DefinitionKept with the reason
     (snapshots, checkpoints, a managed-save image, libvirt's error, or no answer) and the fix.
     """
     last = then or undefine_command(uri, name)
     try:
-        blockers, error = bounded.call(_undefine, conn, name, timeout_s=timeout_s, what=f"undefine '{name}'")
+        extra = VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA if snapshots_carried else 0
+        blockers, error = bounded.call(_undefine, conn, name, extra, timeout_s=timeout_s, what=f"undefine '{name}'")
     except bounded.NoAnswer as exc:
         raise DefinitionKept(f"'{name}' may still be defined on {uri}: the undefine got no answer within "
                              f"{timeout_s:g} s (the daemon is busy or stuck).",
@@ -125,13 +131,13 @@ def undefine(conn: Any, name: str, uri: str, runs_on: Optional[str] = None,
                          _fix(uri, name, blockers, runs_on, last), uri)
 
 
-def _undefine(conn: Any, name: str) -> tuple[list[str], Optional[str]]:
+def _undefine(conn: Any, name: str, extra: int = 0) -> tuple[list[str], Optional[str]]:
     """(blockers, None) once undefined; (blockers, libvirt's error) when refused. Runs bounded."""
     dom = conn.lookupByName(name)
     if dom.isActive():
         return ["it is running there"], "an active domain is not undefined here"
     try:
-        dom.undefineFlags(KEEP_STATE)
+        dom.undefineFlags(KEEP_STATE | extra)
         return [], None
     except Exception as exc:  # pylint: disable=broad-except
         if not _unsupported_flags(exc):
@@ -142,7 +148,7 @@ def _undefine(conn: Any, name: str) -> tuple[list[str], Optional[str]]:
     if kept:
         return [f"this libvirt cannot keep its {kept} on undefine"], "KEEP_NVRAM/KEEP_TPM not supported"
     try:
-        dom.undefineFlags(0)
+        dom.undefineFlags(extra)
         return [], None
     except Exception as exc:  # pylint: disable=broad-except
         return _blockers(dom), str(exc)

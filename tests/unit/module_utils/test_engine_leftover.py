@@ -145,3 +145,16 @@ def test_the_rule_itself():
     assert "could not be read" in leftover.leftover_problem(shut_off, unknown)
     unreachable = rc.SideView(uri="dst", reachable=False, error="no route")
     assert "cannot be read" in leftover.leftover_problem(shut_off, unreachable)
+
+
+def test_snapshot_metadata_goes_only_when_a_definition_move_carried_it_over():
+    """A leftover's undefine never drops snapshot metadata; a definition move that redefined the snapshots on
+    the destination drops the source's copy of that metadata with the definition (the disks keep the data)."""
+    host = tm.Host()
+    dom = tm.Dom("vm1", host, state=(rc.SHUTOFF, rc.SHUTOFF_MIGRATED))
+    leftover.undefine(host, "vm1", "src", snapshots_carried=True)
+    assert dom.calls == [("undefineFlags", KEEP_NVRAM_AND_TPM | 2)] and "vm1" not in host.domains
+    kept = SnapshotDom("vm2", host, state=(rc.SHUTOFF, rc.SHUTOFF_MIGRATED))
+    with pytest.raises(leftover.DefinitionKept) as failed:
+        leftover.undefine(host, "vm2", "src")
+    assert kept.calls == [("undefineFlags", KEEP_NVRAM_AND_TPM)] and "it has 1 snapshot" in failed.value.message
