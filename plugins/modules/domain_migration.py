@@ -127,7 +127,15 @@ options:
     description: Host name to check the destination's TLS certificate against, when it differs from the address.
     type: str
   copy_storage:
-    description: Copy non-shared disks along, V(all) or V(incremental). Leave unset for shared or network storage.
+    description:
+      - Copy the VM's local disks along, V(all) or V(incremental). Leave unset for shared or network storage.
+      - Which disks are copied is decided per disk by the prerequisite checks (as in a drain) and given to libvirt
+        as C(migrate_disks) (RV(spec.copy_disks)); a shared disk (network, shared filesystem or pool, shareable)
+        is never copied. When no disk needs copying, nothing is copied and the module warns.
+      - A copied disk is written into the file at the same path on the destination; when it is missing, the module
+        creates it (same format and capacity) in the destination's active storage pool whose target is the disk's
+        directory, and removes it again when the VM stays on the source. Without such a pool the task fails
+        before anything changes, naming the disk and the pool to define.
     type: str
     choices: [all, incremental]
   completion_timeout:
@@ -281,7 +289,9 @@ steps:
       description:
         - What was done or seen, for example V(set_max_downtime), V(start), V(raise_downtime),
           V(auto_converge_engaged), V(postcopy), V(abort), V(suspend), V(call_failed), V(reconnect),
-          V(postcopy_resume), V(reconcile), V(undefine_source).
+          V(postcopy_resume), V(reconcile), V(undefine_source), V(create_volume) (a copied disk's file made on
+          the destination, or found there), V(remove_volume) (removed again after a failed migration),
+          V(source_disk) (the source's own file of a copied disk, which is kept).
       type: str
     reason:
       description: Why, with the figures the decision was made on.
@@ -542,8 +552,8 @@ spec:
       type: str
     copy_disks:
       description:
-        - The disks (targets) copied when storage is copied, as given to libvirt (C(migrate_disks)); V(null) leaves
-          the choice to libvirt (every disk it does not know to be shared), which is what this module does.
+        - The disks (targets) copied when storage is copied, as given to libvirt (C(migrate_disks)); the local disks
+          the prerequisite checks found, never a shared one. V(null) when no storage is copied.
       type: list
       elements: str
     completion_timeout_s:
@@ -625,6 +635,29 @@ plan:
     params:
       description: The C(VIR_MIGRATE_PARAM_*) parameters that would be passed, by name (C(migrate) only).
       type: dict
+    volumes:
+      description: The destination files of the copied disks (C(migrate) with O(copy_storage) only).
+      type: list
+      elements: dict
+      contains:
+        target:
+          description: The disk's target, for example V(vdb).
+          type: str
+        path:
+          description: The file's path, the same on both hosts.
+          type: str
+        pool:
+          description: The destination's storage pool at that directory.
+          type: str
+        format:
+          description: The disk's format, for example V(qcow2).
+          type: str
+        capacity:
+          description: Its capacity in bytes.
+          type: int
+        exists:
+          description: V(true) when the file is already there (the copy goes into it), V(false) when it is to be made.
+          type: bool
     message:
       description: What would be done, in one sentence.
       type: str
@@ -665,10 +698,15 @@ from ansible_collections.hvfleet.drain.plugins.module_utils.common.connection_sp
     connect_options,
     connection_argument_spec,
 )
-from ansible_collections.hvfleet.drain.plugins.module_utils.common.errors import HvfleetError, MigrationFailed  # noqa: E402
+from ansible_collections.hvfleet.drain.plugins.module_utils.common.errors import (  # noqa: E402
+    DomainNotFound,
+    HvfleetError,
+    MigrationFailed,
+)
 from ansible_collections.hvfleet.drain.plugins.module_utils.common.redact import uri_passwords  # noqa: E402
 from ansible_collections.hvfleet.drain.plugins.module_utils.engine.migration import Migration  # noqa: E402
 from ansible_collections.hvfleet.drain.plugins.module_utils.engine.spec import MigrationSpec, migrate_uri_for  # noqa: E402
+from ansible_collections.hvfleet.drain.plugins.module_utils.planning.copy_list import copy_list  # noqa: E402
 
 
 def deprecated(alias):
@@ -715,7 +753,8 @@ class DomainMigrationModule:
         self.module = module
         self.params = module.params
 
-    def spec(self):
+    def spec(self, copy_disks=None):
+        """The migration's options; `copy_disks` the disks copy_storage copies (copy_list), none: no copy."""
         p = self.params
         return MigrationSpec(
             mode=p["mode"], allow_postcopy=p["allow_postcopy"],
@@ -725,12 +764,28 @@ class DomainMigrationModule:
             max_downtime_cap_ms=p["max_downtime_cap"], auto_converge=p["auto_converge"],
             auto_converge_initial=p["auto_converge_initial"], auto_converge_increment=p["auto_converge_increment"],
             compression=p["compression"], parallel_connections=p["parallel_connections"], tls=p["tls"],
-            tls_destination=p["tls_destination"], copy_storage=p["copy_storage"],
+            tls_destination=p["tls_destination"], copy_storage=p["copy_storage"] if copy_disks else None,
+            copy_disks=tuple(copy_disks) if copy_disks else None,
             completion_timeout_s=p["completion_timeout"], completion_timeout_per_gib_s=p["completion_timeout_per_gib"],
             completion_timeout_min_s=p["completion_timeout_min"], on_timeout=p["on_timeout"],
             stall_iterations=p["stall_iterations"], stats_interval_s=p["stats_interval"],
             postcopy_recovery_timeout_s=p["postcopy_recovery_timeout"],
         )
+
+    def copy_disks(self, src, dst):
+        """With copy_storage: the VM's local disks to copy, from the prerequisite checks (as a drain does)."""
+        p = self.params
+        if not p["copy_storage"]:
+            return None
+        try:
+            disks = copy_list(src, dst, p["name"], p["uri"], p["dest_uri"], p["copy_storage"],
+                              migration_address=p["migration_address"])
+        except DomainNotFound:
+            return None  # not on the source: the engine tells "already there" from "unknown"
+        if not disks:
+            self.module.warn(f"copy_storage={p['copy_storage']}: no disk of {p['name']} needs copying (none is "
+                             "local), so no storage is copied.")
+        return disks
 
     def connect_all(self, uris):
         return connect_all(uris, **connect_options(self.params))
@@ -746,7 +801,7 @@ class DomainMigrationModule:
                                   exception=LIBVIRT_IMPORT_ERROR)
         src = dst = call = None
         try:
-            spec = self.spec()
+            self.spec()  # bad options fail before any connection
             if self.module.check_mode:
                 src, dst = self.connect_all([self.params["uri"], self.params["dest_uri"]])
             else:
@@ -754,6 +809,7 @@ class DomainMigrationModule:
                 # connection that carries it can stall until the migration ends (libvirt 9.0);
                 # the three open in parallel
                 src, dst, call = self.connect_all([self.params["uri"], self.params["dest_uri"], self.params["uri"]])
+            spec = self.spec(self.copy_disks(src, dst))
             job = Migration(src, dst, self.params["name"], self.params["dest_uri"], spec, source_uri=self.params["uri"],
                             call_conn=call)
             if self.module.check_mode:

@@ -5,15 +5,20 @@ recognise (NFS, a Ceph-backed file) would be mirrored onto itself while the gues
 """
 
 import pytest
-from ansible_collections.hvfleet.drain.plugins.module_utils.common.errors import InvalidSpec
+from ansible_collections.hvfleet.drain.plugins.module_utils.common.errors import (
+    DomainNotFound,
+    HvfleetError,
+    InvalidSpec,
+)
 from ansible_collections.hvfleet.drain.plugins.module_utils.engine import spec as S
 from ansible_collections.hvfleet.drain.plugins.module_utils.engine import volumes
+from ansible_collections.hvfleet.drain.plugins.module_utils.planning import copy_list
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning.policy_schema import DEFAULT_SETTINGS
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning.policy_spec import spec_for
 from drain_fakes import FakeBackend, fleet, make, vm
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_preflight import NBD, Conn, Pool, Probe, domain, run
+from test_preflight import DST, NBD, SRC, Conn, Pool, Probe, domain, run
 
 COPY_ALL = dict(DEFAULT_SETTINGS, storage="copy_all")
 
@@ -111,3 +116,48 @@ def test_a_disk_of_unknown_sharing_that_the_destination_has_at_the_same_path_is_
     [check] = [c for c in res.checks if c.id == "storage.disk"]
     assert check.status == "warn" and "not copied" in check.message and "source host" in check.fix
     assert res.copy_disks == ()
+
+
+class NoDomain(Exception):
+    def get_error_code(self):
+        return 42  # VIR_ERR_NO_DOMAIN
+
+
+class SourceConn(Conn):
+    def __init__(self, xml, pools=()):
+        super().__init__(pools)
+        self.xml = xml
+
+    def lookupByName(self, name):  # noqa: N802 - libvirt's name
+        if name != "vm1":
+            raise NoDomain(f"Domain not found: no domain with matching name '{name}'")
+        return self.xml
+
+
+@pytest.fixture
+def module_path(monkeypatch):
+    """copy_list as domain_migration calls it, with the hosts' facts and the VM's XML from the fakes."""
+    monkeypatch.setattr(copy_list.hvfacts, "domain_facts", lambda xml: domain(xml, nics=""))
+    monkeypatch.setattr(copy_list.hvhost, "host_facts", lambda conn, uri=None, local=None: SRC if local is None
+                        else DST)
+    monkeypatch.setattr(copy_list.preflight, "LocalProbe", Probe)
+
+
+def test_domain_migration_copies_only_the_local_disk_of_a_mixed_vm(module_path):
+    data = "<disk type='file' device='disk'><source file='/var/lib/libvirt/images/d.qcow2'/><target dev='vdb'/></disk>"
+    dst = Conn([Pool("images", "dir", "/var/lib/libvirt/images")])
+    assert copy_list.copy_list(SourceConn(NBD + data), dst, "vm1", "qemu:///system", DST.uri, "all") == ("vdb",)
+    assert copy_list.copy_list(SourceConn(NBD), dst, "vm1", "qemu:///system", DST.uri, "incremental") == ()
+
+
+def test_domain_migration_refuses_a_disk_it_cannot_copy_before_anything_changes(module_path):
+    data = "<disk type='file' device='disk'><source file='/srv/vm/d.qcow2'/><target dev='vdb'/></disk>"
+    with pytest.raises(HvfleetError) as err:
+        copy_list.copy_list(SourceConn(NBD + data), Conn(), "vm1", "qemu:///system", DST.uri, "all")
+    assert "vdb" in err.value.message and "/srv/vm/d.qcow2" in err.value.message
+    assert "pool-define-as" in err.value.hint
+    with pytest.raises(DomainNotFound):
+        copy_list.copy_list(SourceConn(NBD), Conn(), "nope", "qemu:///system", DST.uri, "all")
+    with pytest.raises(HvfleetError) as err:
+        copy_list.copy_list(SourceConn(NBD), Conn(), "vm1", "qemu:///system", DST.uri, "everything")
+    assert "copy_storage='everything'" in err.value.message
