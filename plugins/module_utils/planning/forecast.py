@@ -20,7 +20,13 @@ throttle). A guest that dirties at least as fast as the link sends, with a dirty
 cap, never converges: the run is fast-forwarded to the deadline.
 
 Post-copy (engine mode `postcopy`): one pre-copy pass, then the switch (pause
-`postcopy_switchover_ms`), then what was dirtied during that pass at the post-copy bandwidth.
+`postcopy_switchover_ms`), then what was dirtied during that pass at the post-copy bandwidth. The
+pause predicted for post-copy is what the guest sees: the switch plus the stall of its first writes
+faulting on pages still on the source (`postcopy_stall_bytes` at the post-copy rate).
+
+Every migration also costs `setup_s` (libvirt preparing the destination, the engine's checks);
+copied disks go first, at the same bandwidth. The constants and the measurements they come from are
+in precopy.py.
 `postcopy_after_precopy`: pre-copy; if that is not predicted to converge, the switch after
 `postcopy_after_passes` passes.
 
@@ -37,15 +43,23 @@ Compression and parallel connections are not modelled: give the bandwidth they a
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Mapping
 from typing import Any, cast
 
-from ansible_collections.hvfleet.drain.plugins.module_utils.common.errors import HvfleetError
 from ansible_collections.hvfleet.drain.plugins.module_utils.common.vocabulary import ForecastVerdict, Mode, OnTimeout
-
-MIB = 1024 ** 2
-GIB = 1024 ** 3
+from ansible_collections.hvfleet.drain.plugins.module_utils.planning.precopy import (  # noqa: F401 (re-exported)
+    DEFAULT_PARAMS,
+    GIB,
+    MIB,
+    ForecastError,
+    ModelParams,
+    PrecopyRun,
+    check_inputs,
+    deadline_for,
+    guest_memory,
+    postcopy_stall_ms,
+    simulate_precopy,
+)
 
 PRECOPY = Mode.PRECOPY
 POSTCOPY = Mode.POSTCOPY
@@ -54,51 +68,6 @@ AUTO = Mode.AUTO
 REFUSE = ForecastVerdict.REFUSE
 MODES = tuple(Mode)
 ON_TIMEOUT = tuple(OnTimeout)
-
-
-class ForecastError(HvfleetError):
-    """The inputs of a forecast are impossible (no bandwidth, negative rates, unknown mode)."""
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelParams:  # pylint: disable=too-many-instance-attributes
-    """Constants of the model; defaults are orientation values from the lab (see lab-facts.md)."""
-
-    setup_s: float = 0.3  # connect, negotiate, start: before the first page moves
-    precopy_switchover_ms: float = 20.0  # device state at the final pause (lab idle VM: 19 ms)
-    postcopy_switchover_ms: float = 200.0  # pause when switching to post-copy (a guess; set it from the lab)
-    escalate_after_passes: int = 2  # the ladder raises max downtime to the cap after this many passes
-    postcopy_after_passes: int = 2  # postcopy_after_precopy: passes before the switch
-    throttle_trigger: float = 0.5  # QEMU: a pass dirtied more than this fraction of what it sent
-    throttle_max_pct: int = 99  # QEMU's max-cpu-throttle
-    throttle_initial_pct: int = 20  # QEMU's defaults when the policy leaves them unset
-    throttle_increment_pct: int = 10
-    completion_timeout_min_s: float = 60.0  # the engine's floor for the deadline (spec.py)
-    max_iterations: int = 10000
-    # QEMU's own resident memory beside the guest's (code, libraries, buffers; under TCG also its
-    # translation cache): lab, TCG, idle 256 MiB guest: 222 MiB resident, 92 MiB sent -> ~130 MiB.
-    # KVM is not measured here; the smaller figure over-predicts what a guest sends (the safe side).
-    qemu_overhead_mib_tcg: float = 128.0
-    qemu_overhead_mib_kvm: float = 48.0
-    min_transferable_ratio: float = 0.05
-
-
-DEFAULT_PARAMS = ModelParams()
-
-
-@dataclasses.dataclass(frozen=True)
-class PrecopyRun:  # pylint: disable=too-many-instance-attributes
-    """The simulated course of a pre-copy: converged, or where it stood when it stopped."""
-
-    converged: bool
-    iterations: int
-    elapsed_s: float  # to the end of the pause when converged, else to where it stopped
-    bytes_sent: float  # including the final pause when converged
-    remaining_bytes: float  # sent in the pause when converged; still to send otherwise
-    pause_ms: float | None  # predicted downtime when converged
-    limit_ms: float  # the downtime limit in force at the end
-    throttle_pct: int
-    stalled: bool  # can never converge: dirty rate >= bandwidth and the dirty set exceeds the cap
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,119 +84,12 @@ class Forecast:  # pylint: disable=too-many-instance-attributes
     completes: bool = True  # False: refused, or predicted to hit the deadline and abort
     deadline_s: float | None = None
     throttle_pct: int = 0
+    # post-copy: the page-fault stall after the switch, part of predicted_downtime_ms (the pause the guest sees)
+    predicted_stall_ms: float | None = None
+    disk_bytes: int = 0  # of the predicted bytes, the disks copied
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
-
-
-def guest_memory(ram_bytes: float, resident_bytes: float | None, domain_type: str = "kvm",
-                 params: ModelParams = DEFAULT_PARAMS) -> tuple[float, float | None]:
-    """(transferable_ratio, dirty_working_set) from the QEMU process's resident size, or (1.0, None).
-
-    QEMU sends a never-written (zero) page as a few bytes, and a page the guest never touched is not
-    resident on the host. So what pass 1 sends is about the resident size minus QEMU's own part,
-    and only touched pages can be dirty again. Resident size unknown: all of RAM, the old default.
-    """
-    if not resident_bytes or not ram_bytes:
-        return 1.0, None
-    overhead = params.qemu_overhead_mib_tcg if domain_type == "qemu" else params.qemu_overhead_mib_kvm
-    touched = min(float(ram_bytes), max(0.0, float(resident_bytes) - overhead * MIB))
-    ratio = max(params.min_transferable_ratio, touched / float(ram_bytes))
-    return ratio, ratio * float(ram_bytes)
-
-
-def deadline_for(ram_bytes: float, completion_timeout_per_gib_s: float = 150.0,
-                 params: ModelParams = DEFAULT_PARAMS) -> float:
-    """The engine's completion deadline: per GiB of RAM, rounded up, at least the floor."""
-    return float(max(params.completion_timeout_min_s, math.ceil(completion_timeout_per_gib_s * ram_bytes / GIB)))
-
-
-def _check(ram_bytes: float | None, dirty_rate: float | None, bandwidth: float | None,
-           transferable_ratio: float = 1.0, dirty_working_set: float | None = None) -> None:
-    if not ram_bytes or ram_bytes <= 0:
-        raise ForecastError(f"RAM must be positive, got {ram_bytes!r}.", "pass the domain's memory in bytes.")
-    if not bandwidth or bandwidth <= 0:
-        raise ForecastError(f"bandwidth must be positive, got {bandwidth!r} bytes/s.",
-                            "declare the migration link's bandwidth for the host, or measure it.")
-    if dirty_rate is None or dirty_rate < 0:
-        raise ForecastError(f"dirty rate must be >= 0, got {dirty_rate!r} bytes/s.",
-                            "measure the dirty rate (libvirt's dirty-rate calculation) first.")
-    if not 0 < transferable_ratio <= 1:
-        raise ForecastError(f"transferable_ratio must be in (0, 1], got {transferable_ratio!r}.",
-                            "give the fraction of RAM that is not zero pages, or 1.0.")
-    if dirty_working_set is not None and dirty_working_set < 0:
-        raise ForecastError(f"dirty_working_set must be >= 0, got {dirty_working_set!r}.",
-                            "give the dirty working set in bytes, or leave it unset (all of RAM).")
-
-
-def simulate_precopy(ram_bytes: float, dirty_rate: float, bandwidth: float, deadline_s: float,
-                     max_downtime_ms: float, *, escalate_to_ms: float | None = None,
-                     transferable_ratio: float = 1.0, dirty_working_set: float | None = None,
-                     auto_converge: bool = False, throttle_initial_pct: int | None = None,
-                     throttle_increment_pct: int | None = None, max_passes: int | None = None,
-                     params: ModelParams = DEFAULT_PARAMS) -> PrecopyRun:
-    """Iterate pre-copy passes until convergence, the deadline, or `max_passes` (see module doc)."""
-    # pylint: disable=too-many-locals,too-many-branches,too-many-statements
-    _check(ram_bytes, dirty_rate, bandwidth, transferable_ratio, dirty_working_set)
-    wss = float(ram_bytes if dirty_working_set is None else min(dirty_working_set, ram_bytes))
-    top_ms = max(max_downtime_ms, escalate_to_ms or 0)
-    initial = throttle_initial_pct or params.throttle_initial_pct
-    increment = throttle_increment_pct or params.throttle_increment_pct
-
-    def limit_ms(i: int) -> float:
-        if escalate_to_ms is not None and i > params.escalate_after_passes:
-            return max(max_downtime_ms, escalate_to_ms)
-        return max_downtime_ms
-
-    elapsed = params.setup_s
-    sent = 0.0
-    to_send = float(ram_bytes) * transferable_ratio
-    throttle = 0
-    high = 0
-    i = 0
-    stalled = False
-    while True:
-        i += 1
-        rate = dirty_rate * (1 - throttle / 100.0)
-        t = to_send / bandwidth
-        if elapsed + t > deadline_s:  # cut inside this pass
-            dt = max(0.0, deadline_s - elapsed)
-            sent += bandwidth * dt
-            left = min(to_send - bandwidth * dt + min(rate * dt, wss), float(ram_bytes))
-            return PrecopyRun(False, i, max(elapsed, deadline_s), sent, left, None, limit_ms(i), throttle, stalled)
-        elapsed += t
-        sent += to_send
-        dirtied = min(rate * t, wss)
-        limit = limit_ms(i)
-        if dirtied <= bandwidth * limit / 1000.0:
-            pause = dirtied / bandwidth
-            if elapsed + pause <= deadline_s:
-                return PrecopyRun(True, i, elapsed + pause, sent + dirtied, dirtied,
-                                  pause * 1000.0 + params.precopy_switchover_ms, limit, throttle, False)
-            sent += bandwidth * (deadline_s - elapsed)
-            return PrecopyRun(False, i, deadline_s, sent, dirtied, None, limit, throttle, stalled)
-        if max_passes is not None and i >= max_passes:
-            return PrecopyRun(False, i, elapsed, sent, dirtied, None, limit, throttle, stalled)
-        if auto_converge and throttle < params.throttle_max_pct and dirtied > params.throttle_trigger * to_send:
-            high += 1
-            if high >= 2:
-                high = 0
-                throttle = initial if throttle == 0 else throttle + increment
-                throttle = min(throttle, params.throttle_max_pct)
-        more_throttle = auto_converge and throttle < params.throttle_max_pct
-        next_rate = dirty_rate * (1 - throttle / 100.0)
-        if not more_throttle and next_rate >= bandwidth and dirtied > bandwidth * top_ms / 1000.0:
-            stalled = True
-        steady = min(next_rate * dirtied / bandwidth, wss) == dirtied
-        settled = not more_throttle and i >= params.escalate_after_passes
-        if (steady and settled and dirtied > bandwidth * top_ms / 1000.0) or i >= params.max_iterations:
-            # nothing changes from here on: each pass resends the same set until the deadline
-            span = max(0.0, deadline_s - elapsed)
-            pass_s = dirtied / bandwidth
-            i += int(span // pass_s) if pass_s > 0 else 0
-            return PrecopyRun(False, i + 1, deadline_s, sent + bandwidth * span, dirtied, None, limit_ms(i + 1),
-                              throttle, stalled)
-        to_send = dirtied
 
 
 @dataclasses.dataclass(frozen=True)
@@ -247,13 +109,15 @@ class _Inputs:  # pylint: disable=too-many-instance-attributes
     ratio: float
     wss: float | None
     params: ModelParams
+    disk: float = 0.0
 
 
 def _precopy(inp: _Inputs, auto_converge: bool) -> PrecopyRun:
     """The engine's pre-copy: at max downtime; if that misses the deadline, with the ladder's cap."""
     common: dict[str, Any] = {"transferable_ratio": inp.ratio, "dirty_working_set": inp.wss,
                               "auto_converge": auto_converge, "throttle_initial_pct": inp.initial,
-                              "throttle_increment_pct": inp.increment, "params": inp.params}
+                              "throttle_increment_pct": inp.increment, "disk_bytes": inp.disk,
+                              "params": inp.params}
     run = simulate_precopy(inp.ram, inp.dirty, inp.bw, inp.deadline, inp.downtime_ms, **common)
     if run.converged or inp.cap_ms <= inp.downtime_ms:
         return run
@@ -261,10 +125,14 @@ def _precopy(inp: _Inputs, auto_converge: bool) -> PrecopyRun:
                             escalate_to_ms=inp.cap_ms, **common)
 
 
-def _switch(inp: _Inputs, run: PrecopyRun) -> tuple[float, float, float]:
-    """Post-copy after `run` stopped: pause, then what is left at the post-copy bandwidth."""
+def _switch(inp: _Inputs, run: PrecopyRun) -> tuple[float, float, float, float]:
+    """Post-copy after `run` stopped: (duration, the pause the guest sees, bytes, its page-fault stall).
+
+    The pause is the switch plus the stall of the guest's first writes faulting on pages still on the
+    source (precopy.postcopy_stall_ms), not the switch alone."""
     duration = run.elapsed_s + inp.params.postcopy_switchover_ms / 1000.0 + run.remaining_bytes / inp.pc_bw
-    return duration, inp.params.postcopy_switchover_ms, run.bytes_sent + run.remaining_bytes
+    stall = round(postcopy_stall_ms(run.remaining_bytes, inp.pc_bw, inp.params), 1)
+    return duration, round(inp.params.postcopy_switchover_ms + stall, 1), run.bytes_sent + run.remaining_bytes, stall
 
 
 def _mib(rate: float) -> str:
@@ -313,9 +181,10 @@ def _explicit_precopy(inp: _Inputs) -> Forecast:
                         int(run.bytes_sent + run.remaining_bytes), run.iterations, True, inp.deadline,
                         run.throttle_pct)
     if action == OnTimeout.POSTCOPY:
-        duration, pause_ms, sent = _switch(inp, run)
+        duration, pause_ms, sent, stall = _switch(inp, run)
         return Forecast(PRECOPY, inp.auto_converge, f"{miss}; on_timeout postcopy -> post-copy at the deadline",
-                        round(duration, 3), pause_ms, int(sent), run.iterations, True, inp.deadline, run.throttle_pct)
+                        round(duration, 3), pause_ms, int(sent), run.iterations, True, inp.deadline, run.throttle_pct,
+                        stall)
     return Forecast(PRECOPY, inp.auto_converge, f"{miss}; on_timeout abort -> the migration is predicted to fail",
                     round(run.elapsed_s, 3), 0.0, int(run.bytes_sent), run.iterations, False, inp.deadline,
                     run.throttle_pct)
@@ -336,16 +205,16 @@ def _postcopy(inp: _Inputs, mode: str = POSTCOPY) -> Forecast:
                            transferable_ratio=inp.ratio, dirty_working_set=inp.wss,
                            auto_converge=inp.auto_converge and mode == POSTCOPY_AFTER_PRECOPY,
                            throttle_initial_pct=inp.initial, throttle_increment_pct=inp.increment,
-                           max_passes=passes, params=inp.params)
+                           max_passes=passes, disk_bytes=inp.disk, params=inp.params)
     if run.converged:
         return _precopy_forecast(inp, run, mode, False,
                                  f"{_head(inp)}: {_converged_text(run, inp)} before the switch to post-copy")
-    duration, pause_ms, sent = _switch(inp, run)
+    duration, pause_ms, sent, stall = _switch(inp, run)
     late = f", {duration:.1f} s > deadline {inp.deadline:.0f} s" if duration > inp.deadline else ""
     reason = (f"{_head(inp)}: post-copy after {run.iterations} pre-copy pass{'es' if run.iterations != 1 else ''}, "
               f"then {run.remaining_bytes / MIB:.0f} MiB at {_mib(inp.pc_bw)} MiB/s{late}")
     return Forecast(mode, False, reason, round(duration, 3), pause_ms, int(sent), run.iterations, True,
-                    inp.deadline, run.throttle_pct)
+                    inp.deadline, run.throttle_pct, stall)
 
 
 def _auto(inp: _Inputs) -> Forecast:
@@ -359,7 +228,7 @@ def _auto(inp: _Inputs) -> Forecast:
     if post is not None and cast(float, post.predicted_duration_s) <= inp.deadline:  # post-copy always has one
         return dataclasses.replace(post, reason=(
             f"{head}: {miss}; post-copy allowed -> post-copy ({post.predicted_duration_s:.1f} s, "
-            f"pause ~{post.predicted_downtime_ms:.0f} ms)"))
+            f"guest paused ~{post.predicted_downtime_ms:.0f} ms: the switch, then page faults over the network)"))
     if post is None:
         why_not_post = "post-copy not allowed"
     else:
@@ -381,10 +250,13 @@ def forecast(ram_bytes: float, dirty_rate: float, bandwidth: float, *,  # pylint
              auto_converge: bool = False, auto_converge_initial: int | None = None,
              auto_converge_increment: int | None = None, postcopy_bandwidth: float | None = None,
              transferable_ratio: float = 1.0, dirty_working_set: float | None = None,
-             params: ModelParams | None = None) -> Forecast:
-    """Forecast one migration; for `auto`, choose its mode. Rates and bandwidths in bytes/s."""
+             disk_bytes: float = 0, params: ModelParams | None = None) -> Forecast:
+    """Forecast one migration; for `auto`, choose its mode. Rates and bandwidths in bytes/s.
+
+    `disk_bytes`: the disks the migration copies (not shared storage); they count in the time, the
+    bytes and the deadline."""
     params = params or DEFAULT_PARAMS
-    _check(ram_bytes, dirty_rate, bandwidth, transferable_ratio, dirty_working_set)
+    check_inputs(ram_bytes, dirty_rate, bandwidth, transferable_ratio, dirty_working_set, disk_bytes)
     if mode not in MODES:
         raise ForecastError(f"mode {mode!r} is not one of {', '.join(MODES)}.", "use a mode the policy schema allows.")
     if on_timeout not in ON_TIMEOUT:
@@ -399,21 +271,23 @@ def forecast(ram_bytes: float, dirty_rate: float, bandwidth: float, *,  # pylint
         raise ForecastError(f"postcopy_bandwidth must be positive, got {postcopy_bandwidth!r}.",
                             "leave it unset to use the link bandwidth.")
     if deadline_s is None:
-        deadline_s = deadline_for(ram_bytes, completion_timeout_per_gib_s, params)
+        deadline_s = deadline_for(ram_bytes, completion_timeout_per_gib_s, params, disk_bytes=disk_bytes)
     inp = _Inputs(float(ram_bytes), float(dirty_rate), float(bandwidth), float(postcopy_bandwidth or bandwidth),
                   float(max_downtime_ms), float(max(max_downtime_cap_ms, max_downtime_ms)), float(deadline_s),
                   bool(allow_postcopy), on_timeout, bool(auto_converge), auto_converge_initial,
-                  auto_converge_increment, float(transferable_ratio), dirty_working_set, params)
+                  auto_converge_increment, float(transferable_ratio), dirty_working_set, params, float(disk_bytes))
     if mode == AUTO:
-        return _auto(inp)
-    if mode == PRECOPY:
-        return _explicit_precopy(inp)
-    return _postcopy(inp, mode)
+        result = _auto(inp)
+    elif mode == PRECOPY:
+        result = _explicit_precopy(inp)
+    else:
+        result = _postcopy(inp, mode)
+    return dataclasses.replace(result, disk_bytes=int(disk_bytes)) if disk_bytes else result
 
 
 def forecast_for_settings(settings: Mapping[str, Any], ram_bytes: float, dirty_rate: float, link_bandwidth: float,
                           *, transferable_ratio: float = 1.0, dirty_working_set: float | None = None,
-                          params: ModelParams | None = None) -> Forecast:
+                          disk_bytes: float = 0, params: ModelParams | None = None) -> Forecast:
     """Forecast with a policy's effective settings (policy.select_policy): its limits cap the link."""
     bw = float(link_bandwidth)
     if settings.get("bandwidth_mib"):
@@ -431,4 +305,4 @@ def forecast_for_settings(settings: Mapping[str, Any], ram_bytes: float, dirty_r
         auto_converge_initial=settings.get("auto_converge_initial"),
         auto_converge_increment=settings.get("auto_converge_increment"),
         postcopy_bandwidth=pc_bw, transferable_ratio=transferable_ratio, dirty_working_set=dirty_working_set,
-        params=params)
+        disk_bytes=disk_bytes, params=params)

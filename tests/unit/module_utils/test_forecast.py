@@ -62,7 +62,11 @@ def test_a_small_working_set_makes_postcopy_resend_only_that():
 def test_hot_vm_gets_postcopy_when_allowed():
     result = F.forecast(2 * GIB, 140 * MIB, 48 * MIB)
     assert result.mode == "postcopy"
-    assert result.predicted_downtime_ms == P.postcopy_switchover_ms
+    # the pause the guest sees: the switch, then its first writes fault on pages still on the source
+    stall = P.postcopy_stall_bytes / (48 * MIB) * 1000
+    assert result.predicted_stall_ms == pytest.approx(stall, abs=0.1)
+    assert result.predicted_downtime_ms == pytest.approx(P.postcopy_switchover_ms + stall, abs=0.1)
+    assert "guest paused ~895 ms" in result.reason
     assert result.reason.startswith("dirty 140 MiB/s = 2.92 x link 48 MiB/s: pre-copy cannot converge")
     assert "post-copy allowed -> post-copy" in result.reason
     # one pass of RAM, then all RAM dirtied during it, at the link
@@ -134,7 +138,8 @@ def test_explicit_precopy_that_times_out_with_abort_is_predicted_to_fail():
 def test_explicit_precopy_with_on_timeout_postcopy_switches_at_the_deadline():
     result = F.forecast(512 * MIB, 140 * MIB, 50 * MIB, mode="precopy", deadline_s=30, on_timeout="postcopy")
     assert result.completes
-    assert result.predicted_downtime_ms == P.postcopy_switchover_ms
+    assert result.predicted_downtime_ms == pytest.approx(
+        P.postcopy_switchover_ms + P.postcopy_stall_bytes / (50 * MIB) * 1000, abs=0.1)
     assert result.predicted_duration_s > 30
 
 
@@ -157,7 +162,8 @@ def test_postcopy_after_precopy_on_an_idle_vm_never_switches():
 def test_postcopy_after_precopy_on_a_hot_vm_switches():
     result = F.forecast(512 * MIB, 140 * MIB, 50 * MIB, mode="postcopy_after_precopy")
     assert result.iterations == P.postcopy_after_passes
-    assert result.predicted_downtime_ms == P.postcopy_switchover_ms
+    assert result.predicted_downtime_ms == pytest.approx(
+        P.postcopy_switchover_ms + P.postcopy_stall_bytes / (50 * MIB) * 1000, abs=0.1)
 
 
 def test_forecast_for_settings_uses_the_policy_limits():
