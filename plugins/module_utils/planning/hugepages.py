@@ -113,5 +113,12 @@ def shortfall(need: Mapping[int, int], free: Mapping[int, int]) -> list[str]:
             for size, count in sorted(need.items()) if count > free.get(size, 0)]
 
 
+def pool_split(need: Mapping[int, int], memory_mib: int) -> tuple[int, int]:
+    """(MiB from the host's ordinary memory, MiB from its huge page pool) of a VM of `memory_mib` needing `need`:
+    memory in huge pages is reserved apart, so it is not counted twice."""
+    pooled = min(memory_mib, sum(size * count for size, count in need.items()) // 1024)
+    return memory_mib - pooled, pooled
+
+
 def describe(pages: Mapping[int, int]) -> str:
     return ", ".join(f"{count} x {size} KiB" for size, count in sorted(pages.items())) or "none"

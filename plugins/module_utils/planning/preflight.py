@@ -54,6 +54,7 @@ from ansible_collections.hvfleet.drain.plugins.module_utils.planning.facts impor
     version_text,
 )
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning.host_facts import HostFacts
+from ansible_collections.hvfleet.drain.plugins.module_utils.planning.hugepages import pool_split
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning.policy_problems import POSTCOPY_MODES
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning.policy_schema import Settings
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning.precheck import FAIL, PASS, WARN, PrecheckResult
@@ -342,9 +343,10 @@ class _Checker(DiskChecks):
 
     def capacity(self) -> None:
         vm, dest = self.domain.name, self.dest_name
-        need = self.domain.memory_mib + self.headroom
-        have = self.destination.memory_available_mib
-        text = (f"{vm} needs {self.domain.memory_mib} MiB + {self.headroom} MiB headroom = {need} MiB; {dest} has "
+        ram, pooled = pool_split(self.domain.hugepages, self.domain.memory_mib)  # huge pages: capacity.hugepages
+        need, have = ram + self.headroom, self.destination.memory_available_mib
+        text = (f"{vm} needs {ram} MiB{f' (and {pooled} MiB in huge pages)' if pooled else ''} + {self.headroom} "
+                f"MiB headroom = {need} MiB; {dest} has "
                 f"{have} MiB available (free {self.destination.memory_free_mib} MiB of "
                 f"{self.destination.memory_total_mib} MiB; {self.destination.memory_allocated_mib} MiB allocated to "
                 f"{self.destination.domains_running} running domains)")

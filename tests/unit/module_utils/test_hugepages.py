@@ -143,3 +143,18 @@ def test_unknown_pages_are_not_counted_and_a_vm_without_pages_ignores_them():
     assert plan.destinations()["a"] == "hv2" and not plan.unplaced
     ok, why = recheck(VmDemand("a", 512, 1, hugepages={2048: 10}), host("hv3", {2048: 9}), PlacementConfig())
     assert not ok and "needs 10 huge pages of 2048 KiB, 9 free" in why
+
+
+def test_memory_in_huge_pages_is_not_counted_against_ordinary_memory_twice():
+    assert HP.pool_split({2048: 128}, 256) == (0, 256)
+    assert HP.pool_split({}, 256) == (256, 0)
+    assert HP.pool_split({1048576: 1}, 256) == (0, 256)  # a page larger than the VM: all of it pooled
+    big = dataclasses.replace(domain(memory=20000), hugepages={2048: 10000})  # 20000 MiB, all in 2 MiB pages
+    tight = dataclasses.replace(DST, memory_available_mib=2000, hugepages={2048: {"total": 10000, "free": 10000}})
+    res = run(big, dest=tight)
+    [memory] = by_id(res, "capacity.memory")
+    assert memory.status == PASS and "needs 0 MiB (and 20000 MiB in huge pages)" in memory.message
+    [pages] = by_id(res, "capacity.hugepages")
+    assert pages.status == PASS
+    [plain] = by_id(run(domain(memory=20000), dest=tight), "capacity.memory")
+    assert plain.status == FAIL  # the same VM in ordinary memory does not fit
