@@ -12,6 +12,7 @@ from __future__ import annotations
 import threading
 from typing import Any, Optional
 
+from ansible_collections.hvfleet.drain.plugins.module_utils.drain import guest_power
 from ansible_collections.hvfleet.drain.plugins.module_utils.drain.ledger import LedgerStore, MemoryLedgers
 from ansible_collections.hvfleet.drain.plugins.module_utils.engine import reconcile
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning.check_cache import CheckCache
@@ -63,6 +64,18 @@ class Backend:
         """Define the inactive domain on the destination, then undefine it on the source; on failure the
         domain stays defined on exactly one of them."""
         raise NotImplementedError
+
+    def live_blockers(self, conn: Any, vm: VmInfo) -> tuple[str, ...]:
+        """What stops the running `vm` from live-migrating anywhere (planning/unmigratable.py); empty: nothing."""
+        return guest_power.read_live_blockers(conn, vm.name)
+
+    def shutdown(self, conn: Any, name: str) -> None:
+        """Ask the guest to shut down (ACPI power button); the caller polls observe() until it is shut off."""
+        guest_power.press_power_button(conn, name)
+
+    def start(self, conn: Any, name: str) -> None:
+        """Start the defined, shut-off domain `name` (bounded); HvfleetError naming the reason."""
+        guest_power.start(conn, name)
 
     def drop_leftover_definition(self, src_conn: Any, dst_conn: Any, name: str) -> None:
         """Undefine the shut-off definition a finished migration left on the source - only when the

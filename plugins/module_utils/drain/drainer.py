@@ -54,6 +54,16 @@ from ansible_collections.hvfleet.drain.plugins.module_utils.planning.policy impo
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning.vm_plan import Blocker, PlanItem
 
 
+def _unmigratable_lines(result: DrainResult, source: str) -> str:
+    """What the plan does with the VMs that cannot live-migrate: each cold move's outage, each VM left."""
+    text = "".join(f"; {p['vm']} moves cold to {p['destination']}: {p['mode_reason']}" for p in result.plan
+                   if p.get("kind") == "cold")
+    if result.left:
+        text += (f"; {source} will NOT be empty: left on it (on_unmigratable: leave): "
+                 + ", ".join(one["vm"] for one in result.left))
+    return text
+
+
 class Drainer:
     """Drain `source` onto `destinations`, or bring its VMs back (`restore`)."""
 
@@ -122,7 +132,7 @@ class Drainer:
             plan_drain(ctx, conns, result, reviewed=reviewed, pinned=resumed.pinned, skip=frozenset(resumed.skip))
         result.state = "planned"
         result.changed = bool(result.plan) or not ctx.backend.read_cordon(ctx.state_dir)
-        result.message = report.plan_message(result, ctx.source.name)
+        result.message = report.plan_message(result, ctx.source.name) + _unmigratable_lines(result, ctx.source.name)
         return result
 
     @contextlib.contextmanager
@@ -215,6 +225,14 @@ class Drainer:
                                note="blocked", save=False)
             elif old["state"] in (VmState.PLANNED, VmState.BLOCKED, VmState.STAYED, VmState.FAILED):
                 journal.update_vm(name, VmState.BLOCKED, note=blocker["message"], error=blocker["message"])
+        for left in result.left:  # on the host by its policy (on_unmigratable: leave): recorded as not moved
+            name = left["vm"]
+            old = journal.vm(name)
+            entry = {"kind": None, "state": str(VmState.BLOCKED), "error": None, "left": dict(left),
+                     "origin": ctx.source.name, "origin_uri": ctx.source.target_uri}
+            if old is None or old["state"] in (VmState.PLANNED, VmState.BLOCKED, VmState.STAYED, VmState.FAILED,
+                                               VmState.HOME):
+                journal.put_vm(name, entry, note=left["why"], save=False)
         journal.set_plan(result.forecast, result.blockers)
 
     def _verify_empty(self, conns: Connections, result: DrainResult) -> None:
@@ -222,8 +240,9 @@ class Drainer:
         leftovers = ctx.backend.list_vms(conns.get(ctx.source.uri), ctx.source, measure=False)
         result.leftovers = sorted(v.name for v in leftovers)
         result.verified_empty = not leftovers
+        left = {one["vm"] for one in result.left}
         for vm in leftovers:
-            if vm.name in result.not_started or result.blocked(vm.name) or any(
+            if vm.name in left or vm.name in result.not_started or result.blocked(vm.name) or any(
                     r["vm"] == vm.name and not r.get("ok") for r in result.vms):
                 continue
             result.block(Blocker(vm.name, "leftover", f"'{vm.name}' ({vm.state}) is still on {ctx.source.name} and "
@@ -234,22 +253,34 @@ class Drainer:
         failed = [r for r in result.vms if not r.get("ok")]
         result.summary = report.summary(result, len(outcomes.not_started))
         result.actual = report.actual(result, duration_s)
+        left = sorted(one["vm"] for one in result.left)
+        only_left = set(result.leftovers) == set(left)
+        state: str
         if ctx.cancelled:
             state = CycleState.INTERRUPTED
         elif result.verified_empty and not failed and not result.recoverable:
             state = CycleState.DRAINED
+        elif left and only_left and not failed and not result.recoverable and not result.blockers:
+            state = jr.NOT_EMPTY  # all it could move moved; what stays, stays by its policy - not a failure
         else:
             state = CycleState.FAILED
         result.state = str(state)
-        result.failed = state != CycleState.DRAINED
+        result.failed = state not in (CycleState.DRAINED, jr.NOT_EMPTY)
+        result.summary["left"] = len(left)
         result.message = report.closing_message(
             result, ctx.source.name, cancelled=ctx.cancelled,
             stopped_after=outcomes.failures if outcomes.stopped else None, max_failures=ctx.config.max_failures,
             window_closed=outcomes.window_closed)
+        if left:
+            result.message += (f"; {ctx.source.name} is NOT empty: left on it by policy (on_unmigratable: leave): "
+                               + "; ".join(f"{one['vm']} ({one['why']})" for one in result.left)
+                               + f"; do not reboot {ctx.source.name} while they run: shut them down for the "
+                               "maintenance, or give them a policy with on_unmigratable: shutdown, then drain again")
         ctx.jr.end_run(state, {"message": result.message, **result.summary})
         ctx.event("run_finished", state=str(state), moved=result.summary["moved"], failed=len(failed),
                   blocked=len(result.blockers), not_started=len(outcomes.not_started), duration_s=duration_s,
-                  forecast_total_s=(result.forecast or {}).get("total_s"), message=result.message)
+                  forecast_total_s=(result.forecast or {}).get("total_s"), message=result.message,
+                  **({"left": len(left)} if left else {}))
 
     def _options(self) -> dict:
         c = self.ctx.config

@@ -18,6 +18,7 @@ from ansible_collections.hvfleet.drain.plugins.module_utils.common.errors import
 from ansible_collections.hvfleet.drain.plugins.module_utils.common.vocabulary import Outcome, Storage, VmState
 from ansible_collections.hvfleet.drain.plugins.module_utils.drain import replace
 from ansible_collections.hvfleet.drain.plugins.module_utils.drain.claims import Claims
+from ansible_collections.hvfleet.drain.plugins.module_utils.drain.cold import move_cold
 from ansible_collections.hvfleet.drain.plugins.module_utils.drain.context import Connections, RunContext
 from ansible_collections.hvfleet.drain.plugins.module_utils.drain.jobs import Job, Outcomes
 from ansible_collections.hvfleet.drain.plugins.module_utils.drain.ledger import RENEW_EVERY_S, Verdict
@@ -35,7 +36,8 @@ from ansible_collections.hvfleet.drain.plugins.module_utils.planning.vm_plan imp
 
 
 def execute(ctx: RunContext, jobs: list[Job], result: DrainResult) -> Outcomes:
-    """Run the live jobs concurrently, then the definition moves; fills result.vms and result.not_started."""
+    """Run the live jobs concurrently, then the definition and cold moves (one at a time); fills result.vms and
+    result.not_started."""
     out = Outcomes()
     live = [j for j in jobs if j.item.live]
     definitions = [j for j in jobs if not j.item.live]
@@ -48,7 +50,7 @@ def execute(ctx: RunContext, jobs: list[Job], result: DrainResult) -> Outcomes:
             out.not_started.append(job.vm)
             continue
         out.attempted += 1
-        item = move_definition(ctx, job)
+        item = move_cold(ctx, job) if job.item.cold else move_definition(ctx, job)
         result.vms.append(item)
         if not item.get("ok"):
             out.failures += 1

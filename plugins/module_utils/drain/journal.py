@@ -10,14 +10,14 @@ session or Ctrl-C leaves a journal that the next run resumes from exactly:
 
     {
       "version": 1, "host": "hv1", "source_uri": "qemu:///system",
-      "state": "draining" | "drained" | "failed" | "interrupted" | "restoring" | "restored",
+      "state": "draining" | "drained" | "not_empty" | "failed" | "interrupted" | "restoring" | "restored",
       "cycle_started": ISO, "updated": ISO, "reason": "...", "by": "user@controller",
       "runs": [{"id", "action": "drain"|"restore", "pid", "started", "finished", "state", "summary"}],
       "forecast": {...drain_forecast.DrainForecast.as_dict() of the last plan...},
       "blockers": [{"vm", "kind", "message", "fix"}],
       "vms": {
         NAME: {
-          "name", "kind": "live" | "definition",
+          "name", "kind": "live" | "definition" | "cold",
           "origin": "hv1", "origin_uri": "...",            # where it came from (for state: restored)
           "destination": "hv2", "destination_uri": "...", "migrate_uri": "tcp://...",
           "policy", "policy_reason", "mode", "mode_reason", "auto_converge",
@@ -27,7 +27,8 @@ session or Ctrl-C leaves a journal that the next run resumes from exactly:
           "history": [{"at": ISO, "state", "note"}],
           "started", "finished", "attempts",
           "result": {outcome, ok, mode_used, duration_s, downtime_ms, bytes_sent, message, recovery, steps},
-          "error", "recovery"
+          "error", "recovery",
+          "left": {"why", "fix"}                           # left running here (on_unmigratable: leave)
         }
       }
     }
@@ -52,8 +53,11 @@ and, by KIND:
   `elapsed_s`
 * `vm_finished`: `vm`, `destination`, `ok`, `state` (journal state), `outcome`, `mode`, `duration_s`,
   `downtime_ms`, `bytes_sent`, `message`, `recovery` (or null)
+* `vm_cold_step` (a cold move, planning/unmigratable.py): `vm`, `host` (where the step ran), `step`
+  (`shutdown_requested`, `shut_off`, `shutdown_timed_out`, `defined`, `started`, `restarted_at_source`,
+  `failed`), `elapsed_s` (since the move began), `message`
 * `run_finished`: `state`, `moved`, `failed`, `blocked`, `not_started`, `duration_s`, `forecast_total_s`,
-  `message`
+  `message` (and `left`, how many VMs were left on the host, when there are any)
 """
 
 from __future__ import annotations
@@ -99,6 +103,11 @@ DRAIN_FAILED = CycleState.FAILED
 INTERRUPTED = CycleState.INTERRUPTED
 RESTORING = CycleState.RESTORING
 RESTORED = CycleState.RESTORED
+# the drain moved everything it could, and left on the host the VMs whose policy says on_unmigratable: leave
+NOT_EMPTY = "not_empty"
+CYCLE_STATES = (*CycleState.values(), NOT_EMPTY)
+# a plan item's kind: a live migration, a definition move, or a cold move (planning/unmigratable.py)
+KINDS = (*Kind.values(), "cold")
 
 
 UTC = datetime.timezone.utc  # noqa: UP017 - module_utils also run on Python < 3.11
@@ -143,8 +152,8 @@ def validate(data: dict[str, Any], path: str) -> None:
     hint = (f"inspect {path}: fix or remove the entry named (its VM is then found by looking at the hosts), "
             "or move the file aside to start a new maintenance cycle.")
     state = data.get("state")
-    if state is not None and state not in CycleState.values():
-        raise JournalError(f"{path}: state {state!r} is not one of {', '.join(CycleState.values())}.", hint)
+    if state is not None and state not in CYCLE_STATES:
+        raise JournalError(f"{path}: state {state!r} is not one of {', '.join(CYCLE_STATES)}.", hint)
     for name, entry in data["vms"].items():
         where = f"{path}: the entry of '{name}'"
         if not isinstance(entry, dict):
@@ -152,9 +161,8 @@ def validate(data: dict[str, Any], path: str) -> None:
         vm_state = entry.get("state")
         if vm_state not in VmState.values():
             raise JournalError(f"{where} has state {vm_state!r}, not one of {', '.join(VmState.values())}.", hint)
-        if entry.get("kind") is not None and entry.get("kind") not in Kind.values():
-            raise JournalError(f"{where} has kind {entry.get('kind')!r}, not one of {', '.join(Kind.values())}.",
-                               hint)
+        if entry.get("kind") is not None and entry.get("kind") not in KINDS:
+            raise JournalError(f"{where} has kind {entry.get('kind')!r}, not one of {', '.join(KINDS)}.", hint)
         for key in ("origin", "origin_uri"):
             if entry.get(key) is not None and not isinstance(entry.get(key), str):
                 raise JournalError(f"{where}: {key} {entry.get(key)!r} is not a string.", hint)

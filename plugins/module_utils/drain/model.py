@@ -113,6 +113,7 @@ class DrainResult:  # pylint: disable=too-many-instance-attributes
     plan_differences: list = dataclasses.field(default_factory=list)
     not_started: list = dataclasses.field(default_factory=list)
     recoverable: list = dataclasses.field(default_factory=list)  # VMs not in exactly one place: where, and the fix
+    left: list = dataclasses.field(default_factory=list)  # VMs left running on the host (on_unmigratable: leave)
 
     def block(self, blocker: Blocker) -> None:
         self.blockers.append(blocker.to_dict())

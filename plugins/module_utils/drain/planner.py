@@ -36,6 +36,7 @@ from ansible_collections.hvfleet.drain.plugins.module_utils.common.errors import
 from ansible_collections.hvfleet.drain.plugins.module_utils.drain import claims
 from ansible_collections.hvfleet.drain.plugins.module_utils.drain.context import Connections, RunContext
 from ansible_collections.hvfleet.drain.plugins.module_utils.drain.model import DrainResult
+from ansible_collections.hvfleet.drain.plugins.module_utils.drain.unmigratable_vms import leave, sort_unmigratable
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning.check_cache import CheckCache
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning.drain_forecast import (
     forecast_drain_shared,
@@ -53,11 +54,18 @@ from ansible_collections.hvfleet.drain.plugins.module_utils.planning.placement i
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning.policy import select_policy
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning.scheduler import Migration as Move
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning.scheduler import Scheduler
+from ansible_collections.hvfleet.drain.plugins.module_utils.planning.unmigratable import (
+    LIVE_ONLY_CHECKS,
+    STORAGE_CHECKS,
+    OnUnmigratable,
+    on_unmigratable,
+)
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning.vm_plan import (
     Blocker,
     PlanItem,
     VmDecision,
     lane_bandwidth,
+    plan_cold,
     plan_vm,
 )
 
@@ -86,6 +94,11 @@ class _Candidate:
     settings: dict
     policy: str
     policy_reason: str
+    cold: Optional[tuple] = None  # what stops its live migration, when it is to be moved cold
+
+    def check_settings(self) -> dict:
+        """The settings its checks run with: a cold move copies no disk, whatever the policy's storage."""
+        return dict(self.settings, storage="shared_only") if self.cold is not None else self.settings
 
 
 def plan_drain(ctx: RunContext, conns: Connections, result: DrainResult, *, reviewed: Optional[dict] = None,
@@ -111,18 +124,32 @@ def plan_drain(ctx: RunContext, conns: Connections, result: DrainResult, *, revi
                                  "or inspect by hand."))
             continue
         candidates[vm.name] = _Candidate(vm, match.settings, match.policy.name, match.reason)
-    placement = _Checks(ctx, src_conn, dest_conns, capacities, list(candidates.values()), reviewed, checks).place()
+    sort_unmigratable(ctx, src_conn, candidates, result)
+    checked = _Checks(ctx, src_conn, dest_conns, capacities, list(candidates.values()), reviewed, checks)
+    placement = checked.place()
     for unplaced in placement.unplaced:
+        cand = candidates[unplaced.vm]
+        choice = on_unmigratable(cand.settings)
+        storage_only = checked.failed_ids(unplaced.vm) <= STORAGE_CHECKS and checked.failed_ids(unplaced.vm)
+        if cand.vm.active and choice == OnUnmigratable.LEAVE and storage_only:
+            leave(ctx, cand, (), result)
+            continue
+        cold = " A cold move copies no disk: only a VM whose disks are all shared moves cold." if (
+            cand.cold is not None or choice == OnUnmigratable.SHUTDOWN) and storage_only else ""
         result.block(Blocker(unplaced.vm, "unplaced", f"no destination for '{unplaced.vm}': "
-                             + "; ".join(unplaced.messages()), "free capacity, fix the failing checks, or change "
-                             "the VM's policy (pin/avoid, storage).", dict(unplaced.reasons)))
-    live = [a for a in placement.assignments if candidates[a.vm].vm.active]
+                             + "; ".join(unplaced.messages()) + cold, "free capacity, fix the failing checks, or "
+                             "change the VM's policy (pin/avoid, storage, on_unmigratable).", dict(unplaced.reasons)))
+    live = [a for a in placement.assignments if candidates[a.vm].vm.active and candidates[a.vm].cold is None]
     lanes = ctx.config.lanes(len(live) + sum(1 for p in pinned.values() if p.live),
                              len({a.destination for a in live}) or None)
     decided: dict[str, VmDecision] = {}
     for assignment in placement.assignments:
         cand = candidates[assignment.vm]
         dest = ctx.known_host(assignment.destination)
+        if cand.cold is not None:
+            decided[cand.vm.name] = plan_cold(cand.vm, cand.settings, cand.policy, cand.policy_reason, ctx.source,
+                                              dest, placement_reason=assignment.reason, live_blockers=cand.cold)
+            continue
         bandwidth = lane_bandwidth(ctx.source, dest, lanes, default_link_mbit=ctx.config.default_link_mbit,
                                    max_inbound=ctx.config.max_inbound, budget_bps=ctx.config.budget_bps)
         decided[cand.vm.name] = plan_vm(cand.vm, cand.settings, cand.policy, cand.policy_reason, ctx.source, dest,
@@ -144,6 +171,9 @@ def plan_drain(ctx: RunContext, conns: Connections, result: DrainResult, *, revi
     result.plan = [p.to_dict() for p in plan]
     result.forecast = _forecast(schedule, lanes)
     result.forecast["blocked"] = sorted({b["vm"] for b in result.blockers if b.get("vm")})
+    result.forecast["outages"] = [{"vm": p.vm, "mode": p.mode, "up_to_s": p.predicted_duration_s, "plus": "boot"}
+                                  for p in plan if p.cold]
+    result.forecast["left"] = [one["vm"] for one in result.left]
     result.moves = [{"vm": p.vm, "from": p.source, "to": p.destination} for p in plan]
     return plan
 
@@ -233,14 +263,23 @@ class _Checks:
 
         def check(name: str) -> dict[int, list[CheckResult]]:
             dest, conn = ctx.known_host(name), self.dest_conns[name]
-            return {i: [c for c in self.prechecks(self.src_conn, conn, self.candidates[i].vm, ctx.source, dest,
-                                                  self.candidates[i].settings) if c.failed] for i in work[name]}
+            out = {}
+            for i in work[name]:
+                cand = self.candidates[i]
+                found = self.prechecks(self.src_conn, conn, cand.vm, ctx.source, dest, cand.check_settings())
+                out[i] = [c for c in found if c.failed and not (cand.cold is not None and c.id in LIVE_ONLY_CHECKS)]
+            return out
 
         for name, (bad_of, error) in zip(work, _each(check, list(work), self.checks.workers), strict=True):
             if error is not None:
                 raise error
             self.found.update({(i, name): bad for i, bad in bad_of.items()})
         self.todo -= pairs
+
+    def failed_ids(self, vm: str) -> set:
+        """The ids of the checks `vm` failed on any destination checked."""
+        index = next(i for i, c in enumerate(self.candidates) if c.vm.name == vm)
+        return {c.id for (i, _dest), bad in self.found.items() if i == index for c in bad}
 
     def _demands(self) -> list[VmDemand]:
         """The demands as checked so far: a host not checked for a VM counts as passing."""

@@ -26,10 +26,12 @@ from ansible_collections.hvfleet.drain.plugins.module_utils.planning.drain_forec
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning.model import Host
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning.placement import VmDemand, plan_placement
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning.policy import select_policy
+from ansible_collections.hvfleet.drain.plugins.module_utils.planning.unmigratable import COLD, LIVE_ONLY_CHECKS
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning.vm_plan import (
     Blocker,
     PlanItem,
     lane_bandwidth,
+    plan_cold,
     plan_vm,
 )
 
@@ -55,6 +57,7 @@ class Restorer:
         self.plan_only = plan_only
         self.journal = ctx.jr
         self.home = dataclasses.replace(ctx.source, cordoned=False)
+        self.cold: dict[str, tuple] = {}  # VMs a drain moved cold (they come back cold): what stops them live
 
     def entries(self) -> dict:
         """Journal entries of VMs of this host that are not verified home."""
@@ -71,6 +74,7 @@ class Restorer:
             return
         if not self.plan_only:
             self.journal.begin_run(str(Action.RESTORE), by=self.ctx.config.by, source_uri=self.home.uri)
+        self.cold = {n: tuple(e.get("live_blockers") or ()) for n, e in entries.items() if e.get("kind") == COLD}
         away = [a for a in (self._locate(name, entry) for name, entry in sorted(entries.items())) if a is not None]
         plan = self._plan(away)
         if self.plan_only:
@@ -216,10 +220,13 @@ class Restorer:
         demands, matches = [], {}
         for name, (vm, host) in sorted(infos.items()):
             match = matches[name] = select_policy(self.ctx.policies, vm.name, vm.labels, vm.memory_mib)
-            bad = [c for c in self.ctx.backend.prechecks(self.conns.get(host.uri), home_conn, vm, host, self.home,
-                                                         match.settings) if c.failed]
+            cold = name in self.cold  # a cold move copies no disk and needs none of the live checks
+            settings = dict(match.settings, storage="shared_only") if cold else match.settings
+            found = self.ctx.backend.prechecks(self.conns.get(host.uri), home_conn, vm, host, self.home, settings)
+            bad = [c for c in found if c.failed and not (cold and c.id in LIVE_ONLY_CHECKS)]
+            runs = vm.active or cold  # a cold-moved VM is started at home even when it is shut off now
             demands.append(VmDemand(
-                name=name, memory_mib=vm.memory_mib if vm.active else 0, vcpus=vm.vcpus if vm.active else 0,
+                name=name, memory_mib=vm.memory_mib if runs else 0, vcpus=vm.vcpus if runs else 0,
                 dirty_rate_bps=vm.dirty_rate_bps or 0.0, anti_affinity=anti_affinity(self.ctx, vm.labels),
                 eligible=frozenset() if bad else frozenset([self.home.name]),
                 precheck_failures={self.home.name: "; ".join(c.message for c in bad)} if bad else {},
@@ -229,7 +236,8 @@ class Restorer:
             self.result.block(Blocker(unplaced.vm, "unplaced", f"'{unplaced.vm}' cannot come back: "
                                       + "; ".join(unplaced.messages()), "free capacity on the home host or fix the "
                                       "failing checks.", dict(unplaced.reasons)))
-        lanes = self.ctx.config.lanes(sum(1 for a in placement.assignments if infos[a.vm][0].active))
+        lanes = self.ctx.config.lanes(sum(1 for a in placement.assignments
+                                          if infos[a.vm][0].active and a.vm not in self.cold))
         resume = {a.name for a in away if a.resume_postcopy}
         plan, forecasts = [], {}
         for assignment in placement.assignments:
@@ -237,8 +245,12 @@ class Restorer:
             match = matches[vm.name]
             bandwidth = lane_bandwidth(host, self.home, lanes, default_link_mbit=self.ctx.config.default_link_mbit,
                                        max_inbound=self.ctx.config.max_inbound, budget_bps=self.ctx.config.budget_bps)
-            decision = plan_vm(vm, match.settings, match.policy.name, match.reason, host, self.home,
-                               placement_reason=assignment.reason, bandwidth_bps=bandwidth)
+            if vm.name in self.cold:
+                decision = plan_cold(vm, match.settings, match.policy.name, match.reason, host, self.home,
+                                     placement_reason=assignment.reason, live_blockers=self.cold[vm.name])
+            else:
+                decision = plan_vm(vm, match.settings, match.policy.name, match.reason, host, self.home,
+                                   placement_reason=assignment.reason, bandwidth_bps=bandwidth)
             if decision.item is None:
                 if decision.blocker is not None:
                     self.result.block(decision.blocker)

@@ -310,6 +310,10 @@ def _settings_problems(declared: Settings, add: Callable[[list[object], str, str
         if field in declared and mode != Mode.AUTO and not settings["auto_converge"]:
             add(["settings", field], f"{field} is set but auto_converge is off", "auto_converge: true "
                 "(or mode auto, which may turn it on), or no " + field)
+    if "shutdown_timeout_s" in declared and settings["on_unmigratable"] != "shutdown":
+        add(["settings", "shutdown_timeout_s"], f"shutdown_timeout_s is set but on_unmigratable is "
+            f"{settings['on_unmigratable']}, which never shuts a VM down", "on_unmigratable: shutdown, or no "
+            "shutdown_timeout_s")
     destinations = settings.get("destinations") or {}
     pins = destinations.get("pin") or []
     for k, avoid in enumerate(destinations.get("avoid") or []):

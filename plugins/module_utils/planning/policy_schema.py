@@ -33,6 +33,8 @@ MIN_TIMEOUT_PER_GIB_S = 1  # the engine (MigrationSpec) refuses less; 1 s/GiB al
 MAX_TIMEOUT_PER_GIB_S = 24 * 3600  # a day per GiB: slower than that is not a live migration any more
 MAX_THROTTLE_PCT = 99  # QEMU's cpu-throttle-initial / -increment: 1..99
 MAX_PARALLEL_CONNECTIONS = 255  # QEMU's multifd-channels
+MIN_SHUTDOWN_TIMEOUT_S = 10  # a guest OS needs seconds to react to the power button at all
+MAX_SHUTDOWN_TIMEOUT_S = 3600  # an hour: a guest that takes longer is not shutting down
 
 # A policy's settings as JSON data: key -> value, every key of the schema's settings.
 Settings = dict[str, Any]
@@ -222,6 +224,33 @@ SCHEMA: dict[str, Any] = {
                     },
                 },
                 "tls": {"type": "boolean", "default": False, "description": "Migrate over TLS."},
+                "on_unmigratable": {
+                    "enum": ["block", "shutdown", "leave"],
+                    "default": "block",
+                    "description": (
+                        "A VM that cannot live-migrate (host devices, shmem, host serial devices, local disks under "
+                        "shared_only): block blocks the drain; shutdown shuts it down (ACPI), moves it and starts it "
+                        "on the destination; leave leaves it running on the host, which is then reported not empty."
+                    ),
+                },
+                "shutdown_timeout_s": {
+                    "type": "integer",
+                    "minimum": MIN_SHUTDOWN_TIMEOUT_S,
+                    "maximum": MAX_SHUTDOWN_TIMEOUT_S,
+                    "default": 120,
+                    "description": (
+                        "on_unmigratable shutdown: how long the guest has to shut down after the ACPI power button; "
+                        "a guest still running then is left running where it is."
+                    ),
+                },
+                "managed_save": {
+                    "enum": ["refuse", "discard"],
+                    "default": "refuse",
+                    "description": (
+                        "A shut-off VM whose definition moves and that has a managed-save image: refuse refuses to "
+                        "move it; discard removes the image (the VM then boots afresh)."
+                    ),
+                },
             },
         },
     },

@@ -28,6 +28,11 @@ from ansible_collections.hvfleet.drain.plugins.module_utils.planning.forecast im
 )
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning.model import Host, VmInfo
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning.policy_spec import effective_mode, spec_for
+from ansible_collections.hvfleet.drain.plugins.module_utils.planning.unmigratable import (
+    COLD,
+    cold_reason,
+    expected_outage,
+)
 
 PLAN_VERSION = 1
 DEFINITION_MODE = str(Kind.DEFINITION)  # the `mode` of a shut-off VM whose definition moves
@@ -86,10 +91,16 @@ class PlanItem:  # pylint: disable=too-many-instance-attributes
     predicted_start_s: Optional[float] = None
     predicted_end_s: Optional[float] = None
     resume: bool = False  # taken over from the journal (an interrupted post-copy): first in line
+    live_blockers: list = dataclasses.field(default_factory=list)  # what stops a live migration (cold moves)
 
     @property
     def live(self) -> bool:
         return self.kind == Kind.LIVE
+
+    @property
+    def cold(self) -> bool:
+        """Shut down, moved and started again: the VM cannot live-migrate (planning/unmigratable.py)."""
+        return self.kind == COLD
 
     def replace(self, **changes: Any) -> PlanItem:
         return dataclasses.replace(self, **changes)
@@ -114,14 +125,17 @@ class PlanItem:  # pylint: disable=too-many-instance-attributes
         for name in ("vm", "kind", "source", "destination", "destination_uri", "mode"):
             if not isinstance(data.get(name), str) or not data.get(name):
                 raise PlanError(f"{where}: '{name}' is missing or not a string ({data.get(name)!r}).", hint)
-        if data["kind"] not in Kind.values():
-            raise PlanError(f"{where}: kind {data['kind']!r} is not one of {', '.join(Kind.values())}.", hint)
-        modes = [*Mode.values(), DEFINITION_MODE]
+        kinds = [*Kind.values(), COLD]
+        if data["kind"] not in kinds:
+            raise PlanError(f"{where}: kind {data['kind']!r} is not one of {', '.join(kinds)}.", hint)
+        modes = [*Mode.values(), DEFINITION_MODE, COLD]
         if data["mode"] not in modes:
             raise PlanError(f"{where}: mode {data['mode']!r} is not one of {', '.join(modes)}.", hint)
         for name in ("settings", "labels"):
             if data.get(name) is not None and not isinstance(data[name], dict):
                 raise PlanError(f"{where}: '{name}' is not a mapping.", hint)
+        if data.get("live_blockers") is not None and not isinstance(data["live_blockers"], list):
+            raise PlanError(f"{where}: 'live_blockers' is not a list.", hint)
         for name in ("memory_mib", "vcpus", "order"):
             value = data.get(name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
@@ -166,15 +180,33 @@ def forecast_vm(vm: VmInfo, settings: dict, bandwidth_bps: float) -> tuple[Optio
         return None, f" (no forecast: {exc.message})"
 
 
-def plan_vm(vm: VmInfo, settings: dict, policy: str, policy_reason: str, source: Host, dest: Host, *,
-            placement_reason: str, bandwidth_bps: float) -> VmDecision:
-    """Plan moving `vm` from `source` to `dest` with the bandwidth it gets there."""
-    base: dict[str, Any] = dict(
+def plan_cold(vm: VmInfo, settings: dict, policy: str, policy_reason: str, source: Host, dest: Host, *,
+              placement_reason: str, live_blockers: tuple[str, ...]) -> VmDecision:
+    """Plan a cold move of `vm` (it cannot live-migrate; its policy says on_unmigratable: shutdown): shut down,
+    definition moved, started on `dest`. Its predicted downtime is the outage bound (the boot comes on top)."""
+    base = _base(vm, settings, policy, policy_reason, source, dest, placement_reason)
+    base["kind"] = COLD
+    outage = expected_outage(settings)
+    item = PlanItem(mode=COLD, mode_reason=cold_reason(live_blockers, dest.name, settings),
+                    predicted_duration_s=outage.bound_s, predicted_downtime_ms=outage.bound_s * 1000,
+                    live_blockers=list(live_blockers), **base)
+    return VmDecision(item, None, None, destination=dest.name, order=base["order"])
+
+
+def _base(vm: VmInfo, settings: dict, policy: str, policy_reason: str, source: Host, dest: Host,
+          placement_reason: str) -> dict[str, Any]:
+    return dict(
         vm=vm.name, kind=str(vm.kind), source=source.name, destination=dest.name, destination_uri=dest.target_uri,
         migrate_uri=dest.migrate_uri, policy=policy, policy_reason=policy_reason, placement_reason=placement_reason,
         settings=dict(settings), state=vm.state, memory_mib=vm.memory_mib, vcpus=vm.vcpus,
         dirty_rate_bps=vm.dirty_rate_bps, persistent=vm.persistent, labels=dict(vm.labels),
         order=int(settings.get("drain_order", 0) or 0))
+
+
+def plan_vm(vm: VmInfo, settings: dict, policy: str, policy_reason: str, source: Host, dest: Host, *,
+            placement_reason: str, bandwidth_bps: float) -> VmDecision:
+    """Plan moving `vm` from `source` to `dest` with the bandwidth it gets there."""
+    base = _base(vm, settings, policy, policy_reason, source, dest, placement_reason)
     if vm.kind == Kind.DEFINITION:
         return VmDecision(PlanItem(mode=DEFINITION_MODE, mode_reason="shut off and persistent: its definition "
                                    "moves (defined on the destination, undefined here)", **base),

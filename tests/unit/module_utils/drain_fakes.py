@@ -18,10 +18,12 @@ from ansible_collections.hvfleet.drain.plugins.module_utils.planning.placement i
 
 
 def vm(memory=512, vcpus=1, active=True, persistent=True, labels=None, dirty=1024 * 1024, local_disk=False,
-       state=None, resident=None):
+       state=None, resident=None, devices=(), acpi=True):
+    """A fake VM; `devices`: what stops its live migration (planning/unmigratable.py); `acpi`: whether the guest
+    shuts down at the ACPI power button. `boot` counts its boots (a cold move starts a new one)."""
     return {"memory": memory, "vcpus": vcpus, "active": active, "persistent": persistent, "labels": labels or {},
             "dirty": dirty, "local_disk": local_disk, "state": state or ("running" if active else "shutoff"),
-            "job": False, "postcopy": None, "resident": resident}
+            "job": False, "postcopy": None, "resident": resident, "devices": tuple(devices), "acpi": acpi, "boot": 1}
 
 
 class World:
@@ -72,6 +74,10 @@ class FakeBackend(Backend):
         self.dropped = []
         self.paused = []
         self.connects = 0
+        self.fail_move = {}  # vm -> the message its next definition move fails with (nothing moves)
+        self.fail_start = {}  # vm -> host -> the message a start of it there fails with
+        self.shutdowns = []  # (vm, host): ACPI power button presses
+        self.starts = []  # (vm, host)
         self._lock = threading.Lock()
 
     # connections
@@ -186,9 +192,35 @@ class FakeBackend(Backend):
                 self._inbound[dst] -= 1
 
     def move_definition(self, src_conn, dst_conn, name):
+        if name in self.fail_move:
+            raise HvfleetError(self.fail_move.pop(name), "the fake refused the define")
         with self.world.lock:
+            if self.world.hosts[src_conn.host][name]["active"]:  # as the real one: only a shut-off definition moves
+                raise HvfleetError(f"'{name}' was started meanwhile; its definition was not moved.", "run again")
             data = self.world.hosts[src_conn.host].pop(name)
             self.world.hosts[dst_conn.host][name] = data
+
+    def live_blockers(self, conn, vm):
+        with self.world.lock:
+            return tuple(self.world.hosts[conn.host][vm.name].get("devices", ()))
+
+    def shutdown(self, conn, name):
+        with self.world.lock:
+            d = self.world.hosts[conn.host][name]
+            self.shutdowns.append((name, conn.host))
+            if d.get("acpi", True) and d["state"] == "running":
+                d.update(active=False, state="shutoff")
+
+    def start(self, conn, name):
+        with self.world.lock:
+            d = self.world.hosts[conn.host].get(name)
+            self.starts.append((name, conn.host))
+            if d is None or d["active"]:
+                raise HvfleetError(f"'{name}' is not a shut-off domain on {conn.host}", "look at it")
+            failure = self.fail_start.get(name, {}).get(conn.host)
+            if failure:
+                raise HvfleetError(failure, f"fix it on {conn.host}, then start '{name}' there")
+            d.update(active=True, state="running", boot=d.get("boot", 1) + 1)
 
     def drop_leftover_definition(self, src_conn, dst_conn, name):
         with self.world.lock:
@@ -243,11 +275,29 @@ def fleet(**vms):
     return world
 
 
-def make(tmp_path, world, backend=None, **config):
-    """A Drainer of hv1 onto hv2 and hv3 over `world`; returns (drainer, backend, the events it emits)."""
+class FakeClock:
+    """A clock that only moves when slept on: waits with a deadline (a guest's shutdown) take no real time."""
+
+    def __init__(self):
+        self.now = 1000.0
+        self.slept = []
+
+    def __call__(self):
+        return self.now
+
+    def sleep(self, seconds):
+        self.slept.append(seconds)
+        self.now += seconds
+
+
+def make(tmp_path, world, backend=None, clock=None, **config):
+    """A Drainer of hv1 onto hv2 and hv3 over `world`; returns (drainer, backend, the events it emits).
+    `clock`: a FakeClock for the run's clock and sleep (default: real time)."""
     backend = backend or FakeBackend(world)
     src, dests = hosts()
     config.setdefault("progress_interval_s", 0.05)
     events = []
-    drainer = Drainer(backend, src, dests, DrainConfig(**config), state_dir=tmp_path, progress=events.append)
+    timing = {"clock": clock, "sleep": clock.sleep} if clock is not None else {}
+    drainer = Drainer(backend, src, dests, DrainConfig(**config), state_dir=tmp_path, progress=events.append,
+                      **timing)
     return drainer, backend, events

@@ -22,6 +22,9 @@ from drain_fakes import FakeBackend, fleet, hosts, vm
 DOC = Path(__file__).resolve().parents[3] / "docs" / "EVENTS.md"
 MIB = 1024 * 1024
 ROW = re.compile(r"^\| `([a-z_]+)` \| ([a-z ]+?) \| ([a-z ]+?) \| .+\|$")
+SHMEM = ("shared-memory device 'hvf' (ivshmem-plain)",)
+POLICIES = [{"name": "cold", "selector": {"labels": {"cold": "1"}}, "settings": {"on_unmigratable": "shutdown"}},
+            {"name": "leave", "selector": {"labels": {"leave": "1"}}, "settings": {"on_unmigratable": "leave"}}]
 TYPES = {"string": str, "integer": int, "number": (int, float), "boolean": bool, "null": type(None)}
 
 
@@ -99,24 +102,26 @@ def runs(tmp_path_factory):
     """[(name, events read back from drain-progress.jsonl)] of a drain with every kind of VM, then a restore."""
     tmp_path = tmp_path_factory.mktemp("events")
     world = fleet(idle=vm(), web=vm(memory=1024), hot=vm(dirty=80 * MIB), off=vm(active=False),
-                  disk=vm(local_disk=True), flaky=vm())
+                  disk=vm(local_disk=True), flaky=vm(), shmem=vm(devices=SHMEM, labels={"cold": "1"}),
+                  kept=vm(devices=SHMEM, labels={"leave": "1"}))
     backend = FakeBackend(world)
     backend.fail["flaky"] = "stayed"
-    drain, collector = drainer(tmp_path, world, backend, max_failures=5)
+    drain, collector = drainer(tmp_path, world, backend, max_failures=5, policies=POLICIES)
     # each live migration waits (with a deadline) until the progress loop has reported it once
     backend.before_migrate = lambda name, _src, _dst: collector.wait_for(
         lambda e: e.get("event") == "vm_progress" and e.get("vm") == name)
     drain.drain()
     drained, _offset = jr.read_events(tmp_path)
     backend.before_migrate = None
-    restore, _collector = drainer(tmp_path, world, backend, max_failures=5)
+    restore, _collector = drainer(tmp_path, world, backend, max_failures=5, policies=POLICIES)
     restore.restore()
     restored, _offset = jr.read_events(tmp_path)
     return [("drain", drained), ("restore", restored)]
 
 
 def test_the_document_lists_kinds_and_fields():
-    assert set(KINDS) == {"run_started", "note", "vm_started", "vm_progress", "vm_finished", "run_finished"}
+    assert set(KINDS) == {"run_started", "note", "vm_started", "vm_progress", "vm_cold_step", "vm_finished",
+                          "run_finished"}
     assert {"v", "seq", "at", "t", "run", "host", "action", "event"} == set(COMMON)
     assert all(KINDS.values())
 
@@ -133,10 +138,14 @@ def test_the_runs_cover_every_kind_and_both_kinds_of_move(runs):
     assert seen == set(KINDS)
     drained = dict(runs)["drain"]
     modes = {e["mode"] for e in drained if e["event"] == "vm_started"}
-    assert "definition" in modes and modes - {"definition"}
+    assert "definition" in modes and "cold" in modes and modes - {"definition", "cold"}
     finished = {e["vm"]: e for e in drained if e["event"] == "vm_finished"}
     assert finished["flaky"]["ok"] is False and finished["flaky"]["outcome"] == "stayed"
     assert finished["idle"]["ok"] is True and finished["off"]["mode"] == "definition"
+    assert finished["shmem"]["ok"] is True and finished["shmem"]["mode"] == "cold" and "kept" not in finished
+    assert next(e for e in drained if e["event"] == "run_finished")["left"] == 1
+    assert {e["step"] for _name, events in runs for e in events if e["event"] == "vm_cold_step"} >= {
+        "shutdown_requested", "shut_off", "defined", "started"}
     assert {e["action"] for e in dict(runs)["restore"]} == {"restore"}
 
 
@@ -155,7 +164,7 @@ def test_the_order_the_document_promises(runs):
         for vm_name, seq in per_vm.items():
             assert seq[0] == "vm_started" and seq.count("vm_started") == 1, (name, vm_name, seq)
             assert seq[-1] == "vm_finished" and seq.count("vm_finished") == 1, (name, vm_name, seq)
-            assert set(seq) <= {"vm_started", "vm_progress", "vm_finished"}
+            assert set(seq) <= {"vm_started", "vm_progress", "vm_cold_step", "vm_finished"}
         assert [e["t"] for e in events] == sorted(e["t"] for e in events)
 
 
