@@ -263,7 +263,8 @@ class DiskChecks:  # pylint: disable=too-many-instance-attributes
                      f"{target} (the migration must use copy_storage={self.copy_storage}).", device=disk.target)
             return
         message, fix = volumes.no_pool(vm, disk.target, disk.path or "", dest)
-        self.add("storage.disk", FAIL, f"{message} The disk {shared} ({why}); {where_why}.", fix, device=disk.target)
+        inactive = f" ({where_why})" if "inactive" in where_why else ""  # else it says what the message does
+        self.add("storage.disk", FAIL, f"{message}{inactive} The disk {shared} ({why}).", fix, device=disk.target)
 
     def _readonly_disk(self, disk: Disk) -> None:
         vm, dest = self.domain.name, self.dest_name
