@@ -11,8 +11,8 @@ short_description: Facts about one libvirt/QEMU hypervisor and its domains
 version_added: 0.1.0
 description:
   - Reads, without changing anything, what a drain needs to know about one hypervisor. That is its capacity (memory
-    total, free, available and allocated to running domains, CPUs and allocated vCPUs), CPU model, libvirt and QEMU
-    versions, the machine types its QEMU offers (per domain type, from libvirt's capabilities), migration
+    total, free, available and allocated to running domains, CPUs and allocated vCPUs, NUMA nodes and their CPUs,
+    huge pages per size), CPU model, libvirt and QEMU versions, the machine types its QEMU offers (per domain type, from libvirt's capabilities), migration
     capabilities (live migration, post-copy), Linux bridges and libvirt networks, and its
     maintenance (cordon) state.
   - For each domain, its state, memory, vCPUs, disks (type, source, whether other hosts can reach them),
@@ -110,6 +110,21 @@ hypervisor:
       description: What each alias machine type stands for on this host (its newest version of that machine).
       type: dict
       sample: {"pc": "pc-i440fx-10.0", "q35": "pc-q35-10.0"}
+    numa_cells:
+      description:
+        - The host's NUMA nodes and the CPU ids in each, from libvirt's capabilities. A VM pinned to CPUs or nodes a
+          destination lacks is refused there, or re-mapped with the policy setting C(pinning=adapt).
+        - V(null) when libvirt's capabilities list no topology.
+      type: dict
+      sample: {"0": [0, 1, 2, 3], "1": [4, 5, 6, 7]}
+    hugepages:
+      description:
+        - Huge pages by page size in KiB, each with C(total) (reserved) and C(free), summed over the NUMA nodes
+          (libvirt's capabilities and virNodeGetFreePages). A VM backed by huge pages needs free pages of its size on
+          its destination.
+        - V(null) when libvirt cannot say.
+      type: dict
+      sample: {"2048": {"total": 512, "free": 128}, "1048576": {"total": 0, "free": 0}}
   sample:
     name: hv1
     hostname: hv1
@@ -147,6 +162,16 @@ domains:
     cpu_mode: {description: "CPU mode (V(host-model), V(custom), ...); V(null) when not given.", type: str}
     cpu_model: {description: CPU model name; V(null) when not given., type: str}
     cpu_xml: {description: The domain's C(<cpu>) element (for a CPU comparison); V(null) when absent., type: str}
+    pins:
+      description:
+        - The domain's pins. C(cpus) lists pins to host CPUs (C(<vcpu cpuset>), C(vcpupin), C(emulatorpin),
+          C(iothreadpin)), C(nodes) pins to host NUMA nodes (C(numatune)), each as [where, [ids]].
+      type: dict
+      sample: {"cpus": [["vcpupin vcpu 0", [1]], ["emulatorpin", [0]]], "nodes": []}
+    hugepages:
+      description: Huge pages the domain needs, by page size in KiB; empty when it is not backed by huge pages.
+      type: dict
+      sample: {"2048": 128}
     disks:
       description: The domain's disks.
       type: list

@@ -69,11 +69,12 @@ def domain_hugepages(domain: ET.Element) -> Pages:
 
 
 def capabilities_pages(capabilities: ET.Element) -> Pages:
-    """{huge page size KiB: pages reserved} over all NUMA cells of the host's capabilities (4 KiB pages left out)."""
+    """{huge page size KiB: pages reserved} over all NUMA cells of the host's capabilities. Each cell lists its
+    base page size first (4 KiB on x86_64, 64 KiB on some arm64/ppc64 kernels): that one is not a huge page."""
     total: Pages = {}
-    for page in capabilities.findall("host/topology/cells/cell/pages"):
-        size = _kib(page.get("size"), page.get("unit"))
-        if size > 4:
+    for cell in capabilities.findall("host/topology/cells/cell"):
+        for page in cell.findall("pages")[1:]:
+            size = _kib(page.get("size"), page.get("unit"))
             total[size] = total.get(size, 0) + int((page.text or "0").strip() or 0)
     return total
 

@@ -12,7 +12,7 @@ neither check.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Optional
 
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning import hugepages as hp
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning.facts import DomainFacts
@@ -26,7 +26,7 @@ from ansible_collections.hvfleet.drain.plugins.module_utils.planning.pinning imp
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning.precheck import FAIL, PASS, WARN
 
 # (check id, status, message, fix or None)
-Finding = tuple[str, str, str, str | None]
+Finding = tuple[str, str, str, Optional[str]]
 
 PIN_FIX = ("change {vm}'s pins to CPUs and nodes every host has (virsh vcpupin / emulatorpin / numatune with "
            "--live --config), choose a destination that has them")

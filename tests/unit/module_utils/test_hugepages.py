@@ -18,6 +18,8 @@ from ansible_collections.hvfleet.drain.plugins.module_utils.planning.placement i
 )
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning.precheck import FAIL, PASS, WARN
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning.shape_checks import shape_findings
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from test_pinning import BIG_CAPS, LAB_CAPS, PINNED
 from test_preflight import DST, by_id, domain, run
 
@@ -67,6 +69,9 @@ def test_host_pages_from_capabilities_and_free_pages():
     assert HP.host_pages(conn, ET.fromstring("<capabilities><host/></capabilities>")) is None
     lab = HP.host_pages(PagesConn({0: {2048: 64, 1048576: 0}}), ET.fromstring(LAB_CAPS))
     assert lab == {2048: {"total": 64, "free": 64}, 1048576: {"total": 0, "free": 0}}  # every size offered
+    arm = ET.fromstring("<capabilities><host><topology><cells><cell id='0'><pages unit='KiB' size='64'>9</pages>"
+                        "<pages unit='KiB' size='524288'>4</pages></cell></cells></topology></host></capabilities>")
+    assert HP.capabilities_pages(arm) == {524288: 4}  # a 64 KiB base page is no huge page
 
 
 def test_host_facts_carry_topology_and_pages_through_json():
@@ -158,3 +163,21 @@ def test_memory_in_huge_pages_is_not_counted_against_ordinary_memory_twice():
     assert pages.status == PASS
     [plain] = by_id(run(domain(memory=20000), dest=tight), "capacity.memory")
     assert plain.status == FAIL  # the same VM in ordinary memory does not fit
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from([0, 64, 128, 512]), st.sampled_from([2048, 1048576])), min_size=1,
+                max_size=12),
+       st.lists(st.tuples(st.integers(0, 1500), st.integers(0, 3)), min_size=1, max_size=4))
+def test_no_plan_puts_more_pages_on_a_host_than_it_has_free(vms, hosts):
+    demands = [VmDemand(f"vm{i}", 256, 1, hugepages={size: pages} if pages else {})
+               for i, (pages, size) in enumerate(vms)]
+    caps = [host(f"hv{i}", {2048: small, 1048576: big}) for i, (small, big) in enumerate(hosts)]
+    plan = plan_placement("src", demands, caps, PlacementConfig())
+    by_name = {d.name: d for d in demands}
+    for cap in caps:
+        for size, free in cap.hugepages_free.items():
+            used = sum(by_name[a.vm].hugepages.get(size, 0) for a in plan.assignments if a.destination == cap.name)
+            assert used <= free
+    for left in plan.unplaced:  # only a lack of pages keeps a VM out here, and the reason says so
+        assert all("huge pages" in why for why in left.reasons.values())

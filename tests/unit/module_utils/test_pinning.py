@@ -20,9 +20,9 @@ LAB_CAPS = """<capabilities><host><uuid>u1</uuid><cpu><arch>x86_64</arch></cpu>
 </host></capabilities>"""
 # ...and a two-socket host: node 0 CPUs 0-3, node 1 CPUs 4-7.
 BIG_CAPS = """<capabilities><host><topology><cells num='2'>
-  <cell id='0'><pages unit='KiB' size='2048'>512</pages><cpus num='4'><cpu id='0'/><cpu id='1'/><cpu id='2'/>
+  <cell id='0'><pages unit='KiB' size='4'>3000000</pages><pages unit='KiB' size='2048'>512</pages><cpus num='4'><cpu id='0'/><cpu id='1'/><cpu id='2'/>
     <cpu id='3'/></cpus></cell>
-  <cell id='1'><pages unit='KiB' size='2048'>512</pages><cpus num='4'><cpu id='4'/><cpu id='5'/><cpu id='6'/>
+  <cell id='1'><pages unit='KiB' size='4'>3000000</pages><pages unit='KiB' size='2048'>512</pages><cpus num='4'><cpu id='4'/><cpu id='5'/><cpu id='6'/>
     <cpu id='7'/></cpus></cell></cells></topology></host></capabilities>"""
 
 LAB = PN.topology(ET.fromstring(LAB_CAPS))
