@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import socket
 import subprocess
 import time
@@ -196,8 +197,14 @@ def ensure_local_pool(conn, host_dir: Path) -> str:
     return done
 
 
-def remove_local_volumes(conn, prefix: str) -> list[str]:
-    """Delete the volumes of the host's `local` pool named `prefix`.* or `prefix`-* (a lab VM's disks)."""
+def vm_volume(vm: str, volume: str) -> bool:
+    """Whether a `local` pool volume is one of lab VM `vm`'s disks: VM.EXT or VM-ROLE.EXT (ROLE without '-',
+    so VM `t1` does not claim `t1-2-data.qcow2` of VM `t1-2`)."""
+    return re.fullmatch(rf"{re.escape(vm)}(-[A-Za-z0-9_]+)?\.[A-Za-z0-9]+", volume) is not None
+
+
+def remove_local_volumes(conn, vm: str) -> list[str]:
+    """Delete lab VM `vm`'s volumes (vm_volume) from the host's `local` pool."""
     import libvirt
 
     try:
@@ -209,7 +216,7 @@ def remove_local_volumes(conn, prefix: str) -> list[str]:
         return []
     removed = []
     for vol in pool.listAllVolumes(0):
-        if vol.name().startswith((f"{prefix}.", f"{prefix}-")):
+        if vm_volume(vm, vol.name()):
             vol.delete(0)
             removed.append(vol.name())
     return removed

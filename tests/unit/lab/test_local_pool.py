@@ -53,3 +53,9 @@ def test_a_healthy_pool_is_left_alone_and_a_stopped_one_is_started(tmp_path):
     stopped = FakeConn(FakePool(active=False, autostart=True))
     assert storage.ensure_local_pool(stopped, tmp_path) == "started" and stopped.pool.calls == ["start"]
     assert healthy.defined == stopped.defined == []
+
+
+def test_a_vm_claims_only_its_own_volumes():
+    assert storage.vm_volume("t1", "t1.qcow2") and storage.vm_volume("t1", "t1-data.qcow2")
+    assert not storage.vm_volume("t1", "t1-2-data.qcow2")  # VM t1-2's
+    assert not storage.vm_volume("t1", "t10.qcow2") and not storage.vm_volume("t1.x", "t1-data.qcow2")
