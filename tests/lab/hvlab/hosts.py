@@ -39,6 +39,8 @@ PRIVATE_DIRS = {
     "etc-libvirt": "/etc/libvirt",
     "pki": "/etc/pki",
     "lib-hvfleet": "/var/lib/hvfleet",
+    # swtpm's logs, one per VM name: a migrated VM's TPM on the destination would append to the source's
+    "log-swtpm": "/var/log/swtpm",
 }
 
 
@@ -69,6 +71,9 @@ max_clients = 64
 
 
 def qemu_conf() -> str:
+    """qemu.conf of a lab host. swtpm (emulated TPMs) runs as qemu.conf's default swtpm_user 'tss', which
+    swtpm-tools creates on Debian 12 and 13; libvirt makes its state (/var/lib/libvirt/swtpm) and log
+    directories that user's."""
     return """# hvfleet lab: settings that work without systemd/virtlogd, as root, under TCG.
 user = "root"
 group = "root"

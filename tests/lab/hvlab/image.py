@@ -1,12 +1,15 @@
 """The lab's guest image: a Debian cloud kernel plus a tiny busybox initramfs running hvguest.
 
+The initramfs also carries the few kernel modules the guest loads itself (GUEST_MODULES: efivarfs,
+which the cloud kernel builds as a module, for the EFI variable a UEFI guest keeps in its NVRAM).
+
 `ensure_image()` builds it once and caches it under /var/cache/hvfleet-lab/image/<key>/, where
 <key> hashes everything the image is made of (hvguest.c, the init script, /bin/busybox and the
 kernel package name+version). A warm cache costs a few milliseconds: no apt, no gcc.
 
 Layout of the cache root:
     <key>/vmlinuz, <key>/initrd.img, <key>/image.json   one complete image per key
-    kernels/<package>_<version>/vmlinuz                 extracted kernels, shared between keys
+    kernels/<package>_<version>/vmlinuz, *.ko           extracted kernels (+ GUEST_MODULES), shared
     resolved.json                                       last kernel resolution + apt lists stamp
     .build-*/                                           builds in progress (renamed into place)
 
@@ -37,7 +40,9 @@ BUSYBOX = "/bin/busybox"
 KERNEL_META_PACKAGE = "linux-image-cloud-amd64"
 APT_LISTS = "/var/lib/apt/lists"
 # Bump when the way the image is assembled changes (it is part of the cache key).
-IMAGE_FORMAT = "1"
+IMAGE_FORMAT = "2"
+# Modules from the kernel package that go into the initramfs as lib/modules/<file name>.
+GUEST_MODULES = ("kernel/fs/efivarfs/efivarfs.ko",)
 
 _NAME_RE = re.compile(r"[A-Za-z0-9_.-]+")
 _SETUP_HINT = "run scripts/setup (or: apt-get install {pkg})"
@@ -236,8 +241,9 @@ def _write_atomic(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def _download_kernel(package: str, version: str, workdir: Path) -> tuple[bytes, str]:
-    """(vmlinuz bytes, kernel release) from the package's .deb; only boot/vmlinuz-* is extracted."""
+def _download_kernel(package: str, version: str, workdir: Path) -> tuple[bytes, str, dict[str, bytes]]:
+    """(vmlinuz bytes, kernel release, {module file name: bytes}) from the package's .deb; only
+    boot/vmlinuz-* and the GUEST_MODULES are extracted."""
     _require("apt-get", "apt")
     _require("dpkg-deb", "dpkg")
     cmd = ["apt-get", "download", "-q", "-o", "APT::Sandbox::User=root", f"{package}={version}"]
@@ -246,7 +252,9 @@ def _download_kernel(package: str, version: str, workdir: Path) -> tuple[bytes, 
     if len(debs) != 1:
         raise ImageError(f"apt-get download left {debs} in {workdir}, expected one {package} .deb")
     found = None
-    # Stops reading at vmlinuz: dpkg-deb then dies of SIGPIPE, so its stderr only matters on failure.
+    modules: dict[str, bytes] = {}
+    wanted = {m.rsplit("/", 1)[-1]: m for m in GUEST_MODULES}
+    # Stops reading once it has them all: dpkg-deb then dies of SIGPIPE, so its stderr only matters on failure.
     dpkg = ["dpkg-deb", "--fsys-tarfile", str(debs[0])]
     with subprocess.Popen(dpkg, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
         try:
@@ -255,6 +263,10 @@ def _download_kernel(package: str, version: str, workdir: Path) -> tuple[bytes, 
                     match = re.fullmatch(r"(?:\./)?boot/vmlinuz-(.+)", member.name)
                     if match and member.isfile():
                         found = (tar.extractfile(member).read(), match.group(1))
+                    module = member.name.rsplit("/", 1)[-1]
+                    if module in wanted and member.isfile() and member.name.endswith("/" + wanted[module]):
+                        modules[module] = tar.extractfile(member).read()
+                    if found and len(modules) == len(wanted):
                         break
         except tarfile.TarError as exc:
             raise ImageError(f"cannot read {debs[0].name} with dpkg-deb --fsys-tarfile: {exc}") from exc
@@ -264,24 +276,34 @@ def _download_kernel(package: str, version: str, workdir: Path) -> tuple[bytes, 
     debs[0].unlink()
     if found is None:
         raise ImageError(f"{debs[0].name} contains no boot/vmlinuz-* {errors}".strip())
-    return found
+    missing = sorted(set(wanted) - set(modules))
+    if missing:
+        raise ImageError(f"{debs[0].name} contains no {', '.join(missing)} (GUEST_MODULES in image.py)")
+    return found[0], found[1], modules
 
 
-def _kernel(root: Path, package: str, version: str, workdir: Path) -> tuple[Path, str]:
-    """The extracted kernel for package=version, downloading it once into kernels/."""
+def _kernel(root: Path, package: str, version: str, workdir: Path) -> tuple[Path, str, dict[str, bytes]]:
+    """The extracted kernel and GUEST_MODULES for package=version, downloading it once into kernels/."""
     kdir = root / "kernels" / f"{package}_{version}"
+    names = [m.rsplit("/", 1)[-1] for m in GUEST_MODULES]
     if not (kdir / "vmlinuz").is_file():
-        data, release = _download_kernel(package, version, workdir)
+        data, release, modules = _download_kernel(package, version, workdir)
         tmp = Path(tempfile.mkdtemp(prefix=".build-kernel-", dir=root))
         (tmp / "vmlinuz").write_bytes(data)
         (tmp / "release").write_text(release + "\n")
+        for module, blob in modules.items():
+            (tmp / module).write_bytes(blob)
         tmp.chmod(0o755)
         kdir.parent.mkdir(exist_ok=True)
         try:
             os.rename(tmp, kdir)
         except OSError:  # already there
             shutil.rmtree(tmp, ignore_errors=True)
-    return kdir / "vmlinuz", (kdir / "release").read_text().strip()
+    elif not all((kdir / module).is_file() for module in names):  # extracted before the modules were wanted
+        modules = _download_kernel(package, version, workdir)[2]
+        for module, blob in modules.items():
+            _write_atomic(kdir / module, blob)
+    return kdir / "vmlinuz", (kdir / "release").read_text().strip(), {m: (kdir / m).read_bytes() for m in names}
 
 
 def _compile_hvguest(source: Path, out: Path) -> None:
@@ -294,14 +316,17 @@ def _compile_hvguest(source: Path, out: Path) -> None:
         raise ImageError(f"{exc}\n(static linking needs libc6-dev: {hint})") from exc
 
 
-def _initramfs(busybox: str, busybox_data: bytes, init_script: bytes, hvguest: bytes) -> bytes:
+def _initramfs(
+    busybox: str, busybox_data: bytes, init_script: bytes, hvguest: bytes, modules: dict[str, bytes] | None = None
+) -> bytes:
     if not _is_static_elf(busybox):
         raise ImageError(
             f"{busybox} is not statically linked (the dynamic 'busybox' package?): "
             + _SETUP_HINT.format(pkg="busybox-static")
         )
     applets = _run([busybox, "--list-full"], "listing busybox applets").stdout.split()
-    dirs = ["bin", "sbin", "usr", "usr/bin", "usr/sbin", "dev", "proc", "sys", "tmp", "etc", "root"]
+    dirs = ["bin", "sbin", "usr", "usr/bin", "usr/sbin", "dev", "proc", "sys", "tmp", "etc", "root", "lib",
+            "lib/modules"]
     entries = [(d, 0o040755, b"", 0) for d in dirs]
     entries[dirs.index("tmp")] = ("tmp", 0o041777, b"", 0)
     entries += [
@@ -311,6 +336,7 @@ def _initramfs(busybox: str, busybox_data: bytes, init_script: bytes, hvguest: b
         ("bin/hvguest", 0o100755, hvguest, 0),
         ("init", 0o100755, init_script, 0),
     ]
+    entries += [(f"lib/modules/{module}", 0o100644, blob, 0) for module, blob in sorted((modules or {}).items())]
     taken = {e[0] for e in entries}
     for path in applets:
         path = path.strip("/")
@@ -360,7 +386,7 @@ def _build(
         if image:  # built meanwhile by another process
             return image
         try:
-            vmlinuz, release = _kernel(root, package, version, work)
+            vmlinuz, release, modules = _kernel(root, package, version, work)
             break
         except ImageError:
             if attempt == 2:
@@ -372,7 +398,8 @@ def _build(
     _compile_hvguest(guest / "hvguest.c", work / "hvguest")
     build = Path(tempfile.mkdtemp(prefix=".build-", dir=root))
     try:
-        (build / "initrd.img").write_bytes(_initramfs(busybox, inputs[2], inputs[1], (work / "hvguest").read_bytes()))
+        initrd = _initramfs(busybox, inputs[2], inputs[1], (work / "hvguest").read_bytes(), modules)
+        (build / "initrd.img").write_bytes(initrd)
         try:
             os.link(vmlinuz, build / "vmlinuz")
         except OSError:

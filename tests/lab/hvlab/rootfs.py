@@ -41,13 +41,16 @@ PACKAGES = (
     "libvirt-daemon-driver-secret",  # the drain keeps its capacity ledger in libvirt secrets
     "libvirt-clients",
     "qemu-system-x86",
+    "ovmf",  # UEFI guests (OVMF firmware and its NVRAM template)
+    "swtpm",  # emulated TPMs
+    "swtpm-tools",  # swtpm_setup, which libvirt runs to create a TPM's state
     "python3-libvirt",
     "python3-jsonschema",
     "openssh-server",
     "iproute2",
 )
 # Bump when the way the root is assembled changes (it is part of the cache key).
-ROOT_FORMAT = "2"
+ROOT_FORMAT = "3"
 GENERATIONS = {1: "Debian 12 (the machine's own libvirt and QEMU)", 2: f"Debian 13 {SUITE} root (libvirt 11, QEMU 10)"}
 
 

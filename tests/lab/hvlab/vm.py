@@ -5,6 +5,11 @@ Guests run under TCG (`<domain type='qemu'>`; KVM here is nested and hangs Linux
 cached lab kernel + initramfs directly, and write their serial console to LAB_ROOT/console/NAME.log
 with append='on': the path is the same on every host, so a migrated guest keeps appending to the
 same file and a test can see that its heartbeat counter kept going with the same boot id.
+
+Two optional shapes: `uefi` boots the same kernel through OVMF (QEMU hands it over by fw_cfg) with a
+per-VM NVRAM file made from OVMF's template, `tpm` adds an emulated TPM 2.0 (swtpm, started by libvirt).
+Such a guest keeps a token in an EFI variable and a TPM NV index and prints them after each heartbeat
+(HVLAB-STATE lines, see guest/hvguest.c), so a test can check that the firmware and TPM state moved.
 """
 
 from __future__ import annotations
@@ -17,6 +22,10 @@ from typing import NamedTuple
 METADATA_NS = "https://hvfleet.github.io/drain/xmlns/1"
 METADATA_PREFIX = "hvfleet"
 DISK_KINDS = ("nbd", "local", "none")
+TPM_MODELS = {"none": "", "crb": "tpm-crb", "tis": "tpm-tis"}  # spec value -> libvirt <tpm model>
+# OVMF without Secure Boot or SMM (so the 'pc' machine type boots it); the same paths on Debian 12 and 13.
+OVMF_CODE = "/usr/share/OVMF/OVMF_CODE_4M.fd"
+OVMF_VARS = "/usr/share/OVMF/OVMF_VARS_4M.fd"
 CPU_MODEL = "qemu64"  # TCG-safe and identical on every lab host, so migration checks pass
 _NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
@@ -37,6 +46,8 @@ class VMSpec:
     labels: dict[str, str] = field(default_factory=dict)
     hb_ms: int = 500
     pti: bool = True  # the guests' TCG workaround (image.kernel_cmdline); off only to test whether it is needed
+    uefi: bool = False  # boot through OVMF with an NVRAM file of its own
+    tpm: str = "none"  # an emulated TPM 2.0: "crb" or "tis" (the guest-visible interface)
 
     def __post_init__(self) -> None:
         if not _NAME_RE.fullmatch(self.name or ""):
@@ -47,6 +58,8 @@ class VMSpec:
             raise ValueError("memory must be >= 64 MiB and vcpus >= 1")
         if self.dirty_mb < 0 or self.dirty_rate < 0:
             raise ValueError("dirty_mb and dirty_rate must be >= 0")
+        if self.tpm not in TPM_MODELS:
+            raise ValueError(f"tpm must be one of {', '.join(TPM_MODELS)}, got {self.tpm!r}")
         if self.dirty_mb > self.memory - 48:
             raise ValueError(f"dirty_mb {self.dirty_mb} leaves the guest too little of its {self.memory} MiB")
 
@@ -62,6 +75,11 @@ class VMSpec:
 def local_disk_path(name: str) -> str:
     """Path of a local (non-shared) disk as seen inside a host."""
     return f"/var/lib/libvirt/images/{name}.qcow2"
+
+
+def nvram_path(name: str) -> str:
+    """Path of a UEFI VM's NVRAM file as seen inside a host (libvirt's own default name)."""
+    return f"/var/lib/libvirt/qemu/nvram/{name}_VARS.fd"
 
 
 def domain_xml(
@@ -89,6 +107,9 @@ def domain_xml(
 
     os_ = ET.SubElement(dom, "os")
     ET.SubElement(os_, "type", arch="x86_64", machine="pc").text = "hvm"
+    if spec.uefi:
+        ET.SubElement(os_, "loader", readonly="yes", type="pflash").text = OVMF_CODE
+        ET.SubElement(os_, "nvram", template=OVMF_VARS).text = nvram_path(spec.name)
     ET.SubElement(os_, "kernel").text = kernel
     ET.SubElement(os_, "initrd").text = initrd
     ET.SubElement(os_, "cmdline").text = cmdline
@@ -124,6 +145,9 @@ def domain_xml(
     console = ET.SubElement(dev, "console", type="file")
     ET.SubElement(console, "source", path=console_path, append="on")
     ET.SubElement(console, "target", type="serial", port="0")
+    if spec.tpm != "none":
+        tpm = ET.SubElement(dev, "tpm", model=TPM_MODELS[spec.tpm])
+        ET.SubElement(tpm, "backend", type="emulator", version="2.0")
     ET.SubElement(dev, "memballoon", model="none")
     ET.indent(dom)
     return ET.tostring(dom, encoding="unicode")
@@ -172,3 +196,27 @@ def boot_ids(hb: Heartbeat) -> list[str]:
         if b not in seen:
             seen.append(b)
     return seen
+
+
+# ---------------------------------------------------------------------------------------------
+# State a UEFI / TPM guest keeps (guest/hvguest.c)
+
+STATE_RE = re.compile(
+    r"HVLAB-STATE name=(?P<name>\S+) boot=(?P<boot>\S+) n=(?P<n>\d+) efi=(?P<efi>\S+) tpm=(?P<tpm>\S+)\n"
+)
+
+
+class GuestState(NamedTuple):
+    boot_id: str
+    n: int  # the heartbeat it followed
+    efi: str  # the token in the EFI variable, or none/missing/rc-...
+    tpm: str  # the token in the TPM NV index, or none/rc-...
+
+
+def parse_states(text: str, name: str | None = None) -> list[GuestState]:
+    """Every complete HVLAB-STATE line of this guest in console text, oldest first."""
+    return [
+        GuestState(m.group("boot"), int(m.group("n")), m.group("efi"), m.group("tpm"))
+        for m in STATE_RE.finditer(text)
+        if not name or m.group("name") == name
+    ]

@@ -187,3 +187,39 @@ def test_kernel_resolution_is_reused_until_apt_lists_change(tmp_path, monkeypatc
 def test_cmdline_pti_workaround_can_be_left_out_for_the_check():
     assert "pti=on" in image.kernel_cmdline("vm1").split()
     assert "pti=on" not in image.kernel_cmdline("vm1", pti=False).split()
+
+
+def test_guest_modules_go_into_the_initramfs(monkeypatch):
+    monkeypatch.setattr(image, "_is_static_elf", lambda _path: True)
+    monkeypatch.setattr(image, "_run", lambda *a, **k: type("R", (), {"stdout": "/bin/sh\n/sbin/insmod\n"})())
+    archive = gzip.decompress(image._initramfs("/bin/busybox", b"bb", b"#!/bin/sh\n", b"hv", {"efivarfs.ko": b"ko"}))
+    entries = _parse_newc(archive)
+    assert entries["lib/modules/efivarfs.ko"] == (0o100644, b"ko", 0)
+    assert entries["sbin/insmod"][1] == b"/bin/busybox"
+    assert "lib/modules/efivarfs.ko" not in _parse_newc(gzip.decompress(
+        image._initramfs("/bin/busybox", b"bb", b"#!/bin/sh\n", b"hv")))
+
+
+def test_init_loads_the_module_it_is_given():
+    init = (image.GUEST_DIR / "init").read_text()
+    for module in image.GUEST_MODULES:
+        assert f"insmod /lib/modules/{module.rsplit('/', 1)[-1]}" in init
+    assert "mount -t efivarfs efivarfs /sys/firmware/efi/efivars" in init
+
+
+def test_a_kernel_extracted_without_the_modules_gets_them_once(tmp_path, monkeypatch):
+    kdir = tmp_path / "kernels" / "linux-image-x_1"
+    kdir.mkdir(parents=True)
+    (kdir / "vmlinuz").write_bytes(b"kernel")
+    (kdir / "release").write_text("6.1.0-x\n")
+    downloads = []
+
+    def fake_download(package, version, workdir):
+        downloads.append((package, version))
+        return b"kernel", "6.1.0-x", {"efivarfs.ko": b"module"}
+
+    monkeypatch.setattr(image, "_download_kernel", fake_download)
+    for _round in (1, 2):
+        vmlinuz, release, modules = image._kernel(tmp_path, "linux-image-x", "1", tmp_path)
+        assert (vmlinuz.read_bytes(), release, modules) == (b"kernel", "6.1.0-x", {"efivarfs.ko": b"module"})
+    assert downloads == [("linux-image-x", "1")]

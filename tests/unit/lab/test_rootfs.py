@@ -67,3 +67,9 @@ def test_gen2_binds_target_the_root_and_bring_lab_paths_along(tmp_path, monkeypa
     assert targets[str(tmp_path)] == str(tmp_path)  # LAB_ROOT at the same path inside the root
     assert str(tmp_path / "image-cache") in targets
     assert (Path(targets["/etc/libvirt"]) / "libvirt-11-only.conf").exists()  # config from the root's /etc
+    assert targets["/var/log/swtpm"] == str(tmp_path / "hosts" / "hv9" / "log-swtpm")  # each host's TPM logs
+
+
+def test_gen2_root_has_what_uefi_and_tpm_guests_need():
+    assert {"ovmf", "swtpm", "swtpm-tools"} <= set(rootfs.PACKAGES)
+    assert rootfs.cache_key("trixie", rootfs.PACKAGES, "m") != rootfs.cache_key("trixie", rootfs.PACKAGES[:-1], "m")

@@ -1,8 +1,10 @@
 """Domain XML of lab VMs, heartbeat parsing, and the pure bits of the lab's state handling."""
 
 import os
+import re
 import sys
 import xml.etree.ElementTree as ET
+from pathlib import Path
 
 import pytest
 
@@ -13,12 +15,17 @@ from hvlab.netns import host_addr, host_mac, tbf_args  # noqa: E402
 from hvlab.state import parse_stat  # noqa: E402
 from hvlab.vm import (  # noqa: E402
     METADATA_NS,
+    OVMF_CODE,
+    OVMF_VARS,
+    GuestState,
     VMSpec,
     boot_ids,
     domain_xml,
     labels_from_xml,
     local_disk_path,
+    nvram_path,
     parse_heartbeats,
+    parse_states,
 )
 
 NS = {"h": METADATA_NS}
@@ -84,6 +91,49 @@ def test_bridges_give_one_virtio_nic_each():
     assert VMSpec("web3").bridges == ["labbr0"]
 
 
+def test_default_guest_has_bios_and_no_tpm():
+    root = render(VMSpec("web1"))[1]
+    assert root.find("os/loader") is None and root.find("os/nvram") is None
+    assert root.findall("devices/tpm") == []
+    assert root.find("os").get("firmware") is None
+
+
+def test_uefi_guest_boots_ovmf_with_its_own_nvram_and_the_same_kernel():
+    root = render(VMSpec("efi1", uefi=True))[1]
+    loader, nvram = root.find("os/loader"), root.find("os/nvram")
+    assert (loader.text, loader.get("type"), loader.get("readonly")) == (OVMF_CODE, "pflash", "yes")
+    assert "secboot" not in OVMF_CODE and "_4M" in OVMF_CODE  # no SMM needed: the 'pc' machine type boots it
+    assert nvram.get("template") == OVMF_VARS
+    assert nvram.text == nvram_path("efi1") == "/var/lib/libvirt/qemu/nvram/efi1_VARS.fd"
+    assert root.find("os/type").get("machine") == "pc"
+    assert root.findtext("os/kernel") == "/cache/vmlinuz"  # direct kernel boot, through fw_cfg
+    assert root.findall("devices/tpm") == []
+
+
+@pytest.mark.parametrize("tpm, model", [("crb", "tpm-crb"), ("tis", "tpm-tis")])
+def test_tpm_guest_has_an_emulated_tpm2(tpm, model):
+    root = render(VMSpec("tpm1", tpm=tpm, uefi=tpm == "crb"))[1]
+    (dev,) = root.findall("devices/tpm")
+    assert dev.get("model") == model
+    backend = dev.find("backend")
+    assert (backend.get("type"), backend.get("version")) == ("emulator", "2.0")
+    assert (root.find("os/loader") is not None) == (tpm == "crb")
+
+
+def test_guest_state_lines_parse_only_complete_lines_of_this_guest():
+    token = "5aeb0c23df5447e0852a5938643986d1"
+    text = (
+        f"HVLAB-HB name=e1 boot=b1 n=1 up_ms=1 dirtied_mb=0\n"
+        f"HVLAB-STATE name=e1 boot=b1 n=1 efi={token} tpm={token}\n"
+        f"HVLAB-STATE name=other boot=zz n=9 efi=none tpm=none\n"
+        f"\x1b[01;01HHVLAB-STATE name=e1 boot=b2 n=1 efi={token} tpm=rc-18B\n"
+        f"HVLAB-STATE name=e1 boot=b2 n=2 efi={token} tpm="
+    )
+    assert parse_states(text, "e1") == [GuestState("b1", 1, token, token), GuestState("b2", 1, token, "rc-18B")]
+    assert len(parse_states(text)) == 3
+    assert parse_heartbeats(text, "e1").last_n == 1  # state lines are not heartbeats
+
+
 def test_console_goes_to_shared_file_in_append_mode():
     path = "/var/tmp/hvfleet-lab/console/web1.log"
     root = render(VMSpec("web1"), console=path)[1]
@@ -119,6 +169,8 @@ def test_no_labels_still_gives_an_empty_namespaced_element():
         {"name": "x", "memory": 32},
         {"name": "x", "dirty_mb": -1},
         {"name": "x", "memory": 128, "dirty_mb": 100},
+        {"name": "x", "tpm": "tpm-crb"},
+        {"name": "x", "tpm": "1.2"},
     ],
 )
 def test_bad_specs_are_refused(kwargs):
@@ -129,6 +181,10 @@ def test_bad_specs_are_refused(kwargs):
 def test_spec_round_trips_through_state_dict():
     spec = VMSpec("web1", memory=512, dirty_mb=64, dirty_rate=16, labels={"a": "b"})
     assert VMSpec.from_dict({**spec.to_dict(), "created_on": "hv1"}) == spec
+    spec = VMSpec("efi1", uefi=True, tpm="tis")
+    assert VMSpec.from_dict(spec.to_dict()) == spec
+    old_record = {k: v for k, v in spec.to_dict().items() if k not in ("uefi", "tpm")}  # a state file from before
+    assert VMSpec.from_dict(old_record) == VMSpec("efi1")
 
 
 HB = "HVLAB-HB name={name} boot={boot} n={n} up_ms={ms} dirtied_mb=0"
@@ -192,6 +248,7 @@ def test_daemon_configs_carry_host_identity_and_lab_settings():
         'migrate_tls_x509_cert_dir = "/etc/pki/qemu"',
     ):
         assert line in q
+    assert "swtpm_user" not in q  # swtpm runs as the packages' tss user (the default), see qemu_conf()
 
 
 def test_tbf_burst_scales_with_rate():
@@ -201,3 +258,10 @@ def test_tbf_burst_scales_with_rate():
     assert int(tbf_args(1)[tbf_args(1).index("burst") + 1]) == 32 * 1024
     with pytest.raises(ValueError):
         tbf_args(0)
+
+
+def test_the_guest_prints_the_state_lines_the_lab_parses():
+    source = Path(__file__).parents[2].joinpath("lab", "guest", "hvguest.c").read_text()
+    fmt = re.search(r'"(HVLAB-STATE [^"]+)\\n"', source).group(1)
+    line = fmt.replace("%lu", "%s") % ("e1", "b1", "7", "a" * 32, "rc-18B") + "\n"
+    assert parse_states(line) == [GuestState("b1", 7, "a" * 32, "rc-18B")]
