@@ -174,9 +174,11 @@ def _copy_state(src_conn: Any, dst_conn: Any, shape: Shape, moved: Moved, undo: 
     if shape.nvram and not _shared(src_conn, dst_conn, os.path.dirname(shape.nvram), moved, "NVRAM"):
         files.append((shape.nvram, NVRAM_DIR_PERMS))
     if shape.tpm_dir and not _shared(src_conn, dst_conn, shape.tpm_dir, moved, "TPM state"):
-        listed = _step(lambda: state_files.list_files(src_conn, str(shape.tpm_dir)),
-                       f"list the TPM state of '{shape.name}'")
+        tpm_dir = shape.tpm_dir
+        listed = _step(lambda: state_files.list_files(src_conn, tpm_dir), f"list the TPM state of '{shape.name}'")
         files.extend((path, TPM_DIR_PERMS) for path in listed)
+        if listed and not _step(lambda: state_files.dir_exists(dst_conn, tpm_dir), f"look for {tpm_dir}"):
+            undo.push(f"remove {tpm_dir} on the destination", functools.partial(_remove_dirs, dst_conn, tpm_dir))
     for path, dir_perms in files:
         copy = _step(functools.partial(state_files.read_file, src_conn, path), f"read {path} on the source",
                      FILE_TIMEOUT_S)
@@ -193,6 +195,13 @@ def _copy_state(src_conn: Any, dst_conn: Any, shape: Shape, moved: Moved, undo: 
             moved.tpm_files += 1
     if moved.tpm_files:
         moved.notes.append(f"TPM state ({moved.tpm_files} file(s) in {shape.tpm_dir}) copied, verified")
+
+
+def _remove_dirs(conn: Any, tpm_dir: str) -> None:
+    """The TPM state directory and its per-VM parent, once empty (an empty state directory left behind
+    would make a later first start there skip the TPM's manufacture)."""
+    if state_files.remove_empty_dir(conn, tpm_dir):
+        state_files.remove_empty_dir(conn, os.path.dirname(tpm_dir))
 
 
 def _shared(src_conn: Any, dst_conn: Any, directory: str, moved: Moved, what: str) -> bool:
@@ -249,8 +258,8 @@ def _drop_stale_copies(src_conn: Any, shape: Shape, moved: Moved, src_uri: str) 
     stale = [moved.nvram] if moved.nvram else []
     if moved.tpm_files and shape.tpm_dir:
         try:
-            stale.extend(bounded.call(state_files.list_files, src_conn, shape.tpm_dir, timeout_s=FILE_TIMEOUT_S,
-                                      what="list the TPM state"))
+            stale.extend(bounded.call(state_files.list_files, src_conn, shape.tpm_dir, True,
+                                      timeout_s=FILE_TIMEOUT_S, what="list the TPM state"))
         except Exception as exc:  # pylint: disable=broad-except
             moved.notes.append(f"the stale TPM state in {shape.tpm_dir} on {src_uri} could not be listed ({exc}); "
                                "remove it by hand")
@@ -261,6 +270,11 @@ def _drop_stale_copies(src_conn: Any, shape: Shape, moved: Moved, src_uri: str) 
             removed += 1
         except Exception as exc:  # pylint: disable=broad-except
             moved.notes.append(f"the stale copy {path} on {src_uri} could not be removed ({exc}); remove it by hand")
+    if moved.tpm_files and shape.tpm_dir and removed == len(stale):
+        try:
+            bounded.call(_remove_dirs, src_conn, shape.tpm_dir, timeout_s=FILE_TIMEOUT_S, what="remove the TPM dir")
+        except Exception as exc:  # pylint: disable=broad-except
+            moved.notes.append(f"the empty directory {shape.tpm_dir} on {src_uri} could not be removed ({exc})")
     if removed:
         moved.notes.append(f"the source's stale copies of the NVRAM/TPM state removed from {src_uri} "
                            f"({removed} file(s))")

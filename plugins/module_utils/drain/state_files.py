@@ -164,13 +164,36 @@ def read_file(conn: Any, path: str) -> Optional[FileCopy]:
         return FileCopy(path, _download(conn, vol, path), _perms(vol))
 
 
-def list_files(conn: Any, directory: str) -> list[str]:
-    """The regular files in `directory` (not its lock files), or [] when it does not exist."""
+def list_files(conn: Any, directory: str, hidden: bool = False) -> list[str]:
+    """The regular files in `directory` (with `hidden`, also lock files such as swtpm's .lock), or []
+    when it does not exist."""
     with dir_pool(conn, directory) as pool:
         if pool is None:
             return []
         return sorted(os.path.join(directory, vol.name()) for vol in pool.listAllVolumes(0)
-                      if not vol.name().startswith(".") and int(vol.info()[0]) == VIR_STORAGE_VOL_FILE)
+                      if (hidden or not vol.name().startswith(".")) and int(vol.info()[0]) == VIR_STORAGE_VOL_FILE)
+
+
+def dir_exists(conn: Any, directory: str) -> bool:
+    with dir_pool(conn, directory) as pool:
+        return pool is not None
+
+
+def remove_empty_dir(conn: Any, directory: str) -> bool:
+    """rmdir through libvirt (a pool's delete), only for an empty directory no pool of the host covers;
+    False when it was left (absent, not empty, or the host's own pool)."""
+    if _pool_over(conn, directory) is not None:
+        return False
+    with dir_pool(conn, directory) as pool:
+        if pool is None or pool.listAllVolumes(0):
+            return False
+    pool = conn.storagePoolDefineXML(f"<pool type='dir'><name>{pool_name(directory)}</name><target><path>"
+                                     f"{_esc(directory)}</path></target></pool>", 0)
+    try:
+        pool.delete(0)
+    finally:
+        pool.undefine()
+    return True
 
 
 def write_file(conn: Any, copy: FileCopy, dir_perms: Perms) -> Optional[FileCopy]:

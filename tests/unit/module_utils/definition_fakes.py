@@ -88,6 +88,14 @@ class Host:
         self.pools[pool.pool_name] = pool
         return pool
 
+    def storagePoolDefineXML(self, xml, flags=0):  # noqa: N802
+        root = ET.fromstring(xml)
+        pool = Pool(self, root.findtext("name"), root.findtext("target/path"), transient=False)
+        if any(other.path == pool.path for other in self.pools.values()):
+            raise LibvirtError("operation failed: Storage source conflict")
+        self.pools[pool.pool_name] = pool
+        return pool
+
     def newStream(self, flags=0):  # noqa: N802
         return Stream(self)
 
@@ -255,6 +263,17 @@ class Pool:
 
     def refresh(self, flags=0):
         pass
+
+    def delete(self, flags=0):
+        """rmdir, as libvirt's dir backend does (inactive pools only; fails when not empty)."""
+        assert not self.active
+        if any(p.startswith(self.path + "/") for p in self.host.fs) or any(
+                d.startswith(self.path + "/") for d in self.host.dirs):
+            raise LibvirtError(f"cannot remove pool directory '{self.path}': Directory not empty")
+        self.host.dirs.discard(self.path)
+
+    def undefine(self):
+        del self.host.pools[self.pool_name]
 
     def listAllVolumes(self, flags=0):  # noqa: N802
         assert self.active, "a pool is used only while active"

@@ -106,7 +106,9 @@ def test_the_tpm_state_moves_with_its_owner_and_the_source_keeps_none():
     assert dst.fs[TPM_FILE].data == b"tpm-state" * 100 and dst.fs[TPM_FILE].owner == "103"
     assert f"{TPM_DIR}/.lock" not in dst.fs, "swtpm's lock file is its own"
     assert any(f"mkdir {TPM_DIR} 0700" == line for line in dst.log), "the state directory made private"
-    assert TPM_FILE not in src.fs
+    assert not [p for p in src.fs if "swtpm" in p], "the stale state and swtpm's lock file are gone"
+    assert TPM_DIR not in src.dirs and f"/var/lib/libvirt/swtpm/{UUID}" not in src.dirs
+    assert "/var/lib/libvirt/swtpm" in src.dirs and no_pools_left(src, dst) and src.pools == {}
     assert src.domains == {} and moved.tpm_files == 1
     assert any("TPM state (1 file(s)" in n for n in moved.notes)
 
@@ -261,6 +263,8 @@ def test_a_failure_after_changes_leaves_the_vm_on_the_source_only(host, op, afte
     assert f"injected failure of {op}" in err.message
     assert list(src.domains["vm1"].snapshots) == ["s1", "s2"] and src.domains["vm1"].auto
     assert src.fs[TPM_FILE].data == b"tpm-state" * 100 and not [p for p in dst.fs if "swtpm" in p]
+    assert TPM_DIR not in dst.dirs and f"/var/lib/libvirt/swtpm/{UUID}" not in dst.dirs, "no empty state dir left"
+    assert dst.pools == {}
     if op == "undefineFlags":
         assert "Its managed-save image was already discarded." in err.message, "said, since it cannot be undone"
 
