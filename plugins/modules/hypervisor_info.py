@@ -12,9 +12,9 @@ version_added: 0.1.0
 description:
   - Reads, without changing anything, what a drain needs to know about one hypervisor. That is its capacity (memory
     total, free, available and allocated to running domains, CPUs and allocated vCPUs, NUMA nodes and their CPUs,
-    huge pages per size), CPU model, libvirt and QEMU versions, the machine types its QEMU offers (per domain type, from libvirt's capabilities), migration
-    capabilities (live migration, post-copy), Linux bridges and libvirt networks, and its
-    maintenance (cordon) state.
+    huge pages per size), CPU model, libvirt and QEMU versions, the machine types its QEMU offers (per domain type,
+    from libvirt's capabilities), migration capabilities (live migration, post-copy), Linux bridges and libvirt
+    networks, and its maintenance (cordon) state.
   - For each domain, its state, memory, vCPUs, disks (type, source, whether other hosts can reach them),
     interfaces, labels (from the domain metadata, namespace C(https://hvfleet.github.io/drain/xmlns/1)) and, when
     O(policies) or O(policy_file) is given, the migration policy that applies to it and why.

@@ -109,7 +109,7 @@ def test_pins_a_destination_lacks_are_refused_and_with_adapt_remapped_by_the_des
     refused = prechecks(lab, src, dst, vm, dest_facts=one_cpu)["cpu.pinning"]
     assert refused.status == FAIL
     assert "vcpupin vcpu 0 -> CPUs 1 (lacks 1)" in refused.message and "emulatorpin -> CPUs 1" in refused.message
-    assert "hv2 has CPUs 0 in NUMA nodes 0" in refused.message and "pinning: adapt" in refused.fix
+    assert "hv2 has CPUs 0 in NUMA nodes 0" in refused.message and "choose a destination that has them" in refused.fix
     adapt = prechecks(lab, src, dst, vm, dest_facts=one_cpu, pinning="adapt")["cpu.pinning"]
     assert adapt.status == WARN and "destination XML" in adapt.message
 

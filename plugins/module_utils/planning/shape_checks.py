@@ -23,13 +23,17 @@ from ansible_collections.hvfleet.drain.plugins.module_utils.planning.pinning imp
     REFUSE,
     misfits,
 )
+from ansible_collections.hvfleet.drain.plugins.module_utils.planning.policy_schema import DEFAULT_SETTINGS
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning.precheck import FAIL, PASS, WARN
 
 # (check id, status, message, fix or None)
 Finding = tuple[str, str, str, Optional[str]]
 
+# A fix only names `pinning: adapt` when the policy schema lets a policy set it (with the drain passing the
+# destination XML it makes).
+ADAPT_OFFERED = "pinning" in DEFAULT_SETTINGS
 PIN_FIX = ("change {vm}'s pins to CPUs and nodes every host has (virsh vcpupin / emulatorpin / numatune with "
-           "--live --config), choose a destination that has them")
+           "--live --config)")
 
 
 def pinning_setting(settings: Mapping[str, Any]) -> str:
@@ -59,11 +63,13 @@ def pinning(domain: DomainFacts, dest: HostFacts, settings: Mapping[str, Any]) -
         return [("cpu.pinning", WARN, f"{vm} is pinned to what {name} lacks: {'; '.join(lacking)}; {name} has "
                  f"{topo.describe()}. With pinning: adapt the migration gives libvirt a destination XML with these "
                  f"pins re-mapped onto {name}'s CPUs and nodes (the rest of the VM unchanged).",
-                 f"check that the re-mapped pins suit {vm}, or " + PIN_FIX.format(vm=vm) + ".")]
+                 f"check that the re-mapped pins suit {vm}, or " + PIN_FIX.format(vm=vm) + " before the move.")]
+    choose = ", or choose a destination that has them"
+    if ADAPT_OFFERED:
+        choose = (", choose a destination that has them, or set pinning: adapt in its migration policy to re-map the "
+                  f"pins onto {name}'s CPUs in the destination XML")
     return [("cpu.pinning", FAIL, f"{vm} is pinned to what {name} lacks: {'; '.join(lacking)}; {name} has "
-             f"{topo.describe()}, so libvirt there would refuse the migration.",
-             PIN_FIX.format(vm=vm) + ", or set pinning: adapt in its migration policy to re-map the pins onto "
-             f"{name}'s CPUs in the destination XML.")]
+             f"{topo.describe()}, so libvirt there would refuse the migration.", PIN_FIX.format(vm=vm) + choose + ".")]
 
 
 def hugepages(domain: DomainFacts, dest: HostFacts) -> list[Finding]:

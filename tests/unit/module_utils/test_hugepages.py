@@ -8,6 +8,7 @@ import xml.etree.ElementTree as ET
 import pytest
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning import host_facts as H
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning import hugepages as HP
+from ansible_collections.hvfleet.drain.plugins.module_utils.planning import shape_checks
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning.facts import parse_domain_xml
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning.placement import (
     HostCapacity,
@@ -16,6 +17,7 @@ from ansible_collections.hvfleet.drain.plugins.module_utils.planning.placement i
     plan_placement,
     recheck,
 )
+from ansible_collections.hvfleet.drain.plugins.module_utils.planning.policy_schema import DEFAULT_SETTINGS
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning.precheck import FAIL, PASS, WARN
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning.shape_checks import shape_findings
 from hypothesis import given, settings
@@ -110,11 +112,19 @@ LAB_DST = dataclasses.replace(DST, numa_cells={0: (0, 1)})
 PIN_DOM = parse_domain_xml(PINNED, state="running", persistent=True)
 
 
-def test_pinning_refused_by_default_naming_pins_cpus_and_fix():
+@pytest.mark.parametrize("offered", [False, True])
+def test_pinning_refused_by_default_naming_pins_cpus_and_fix(monkeypatch, offered):
+    """The fix names pinning: adapt only once the policy schema lets a policy set it."""
+    monkeypatch.setattr(shape_checks, "ADAPT_OFFERED", offered)
     [(cid, status, message, fix)] = shape_findings(PIN_DOM, LAB_DST, {})
     assert (cid, status) == ("cpu.pinning", FAIL)
     assert "vcpupin vcpu 0 -> CPUs 5 (lacks 5)" in message and "CPUs 0-1 in NUMA nodes 0" in message
-    assert "pinning: adapt" in fix and "vcpupin" in fix
+    assert "vcpupin" in fix and "choose a destination that has them" in fix
+    assert ("pinning: adapt" in fix) is offered
+
+
+def test_adapt_is_offered_exactly_when_the_policy_schema_has_the_setting():
+    assert shape_checks.ADAPT_OFFERED is ("pinning" in DEFAULT_SETTINGS)
 
 
 def test_pinning_adapt_warns_fit_passes_unknown_warns_bad_setting_fails():

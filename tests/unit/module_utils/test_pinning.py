@@ -20,9 +20,11 @@ LAB_CAPS = """<capabilities><host><uuid>u1</uuid><cpu><arch>x86_64</arch></cpu>
 </host></capabilities>"""
 # ...and a two-socket host: node 0 CPUs 0-3, node 1 CPUs 4-7.
 BIG_CAPS = """<capabilities><host><topology><cells num='2'>
-  <cell id='0'><pages unit='KiB' size='4'>3000000</pages><pages unit='KiB' size='2048'>512</pages><cpus num='4'><cpu id='0'/><cpu id='1'/><cpu id='2'/>
+  <cell id='0'><pages unit='KiB' size='4'>3000000</pages><pages unit='KiB' size='2048'>512</pages>
+    <cpus num='4'><cpu id='0'/><cpu id='1'/><cpu id='2'/>
     <cpu id='3'/></cpus></cell>
-  <cell id='1'><pages unit='KiB' size='4'>3000000</pages><pages unit='KiB' size='2048'>512</pages><cpus num='4'><cpu id='4'/><cpu id='5'/><cpu id='6'/>
+  <cell id='1'><pages unit='KiB' size='4'>3000000</pages><pages unit='KiB' size='2048'>512</pages>
+    <cpus num='4'><cpu id='4'/><cpu id='5'/><cpu id='6'/>
     <cpu id='7'/></cpus></cell></cells></topology></host></capabilities>"""
 
 LAB = PN.topology(ET.fromstring(LAB_CAPS))
@@ -140,3 +142,44 @@ def test_adapted_xml_fits_keeps_what_fit_and_changes_only_pins(xml, dest):
             assert len(ids) <= len(old)  # a missing id becomes one id, never more
     assert _strip_pins(before) == _strip_pins(after)  # nothing but the pin sets changed
     assert PN.adapt_xml(out, dest) is None  # adapting again changes nothing
+
+
+class XmlDom:
+    """A domain's XMLDesc by flags, the flags asked for, and whether it is persistent."""
+
+    def __init__(self, live, inactive=None, persistent=True):
+        self.live, self.inactive, self.persistent, self.asked = live, inactive or live, persistent, []
+
+    def XMLDesc(self, flags):
+        self.asked.append(flags)
+        return self.inactive if flags & PN.VIR_DOMAIN_XML_INACTIVE else self.live
+
+    def isPersistent(self):
+        return self.persistent
+
+
+class CapsConn:
+    def __init__(self, caps):
+        self.caps = caps
+
+    def getCapabilities(self):
+        return self.caps
+
+
+def test_adapted_xmls_reads_the_migratable_live_and_inactive_xml_and_remaps_both():
+    inactive = PINNED.replace("<vcpupin vcpu='0' cpuset='5'/>", "<vcpupin vcpu='0' cpuset='1'/>")
+    dom = XmlDom(PINNED, inactive)
+    live, kept = PN.adapted_xmls(dom, CapsConn(LAB_CAPS))
+    assert dom.asked == [PN.VIR_DOMAIN_XML_MIGRATABLE, PN.VIR_DOMAIN_XML_MIGRATABLE | PN.VIR_DOMAIN_XML_INACTIVE]
+    assert ET.fromstring(live).find("cputune/vcpupin").get("cpuset") == "0"  # CPU 5 -> the lab's first free one
+    assert ET.fromstring(kept).find("cputune/vcpupin").get("cpuset") == "1"  # fitted in the definition: kept
+    assert PN.misfits(PN.domain_pins(ET.fromstring(kept)), LAB) == []
+
+
+def test_adapted_xmls_nothing_when_pins_fit_no_definition_when_transient_refused_without_topology():
+    assert PN.adapted_xmls(XmlDom(PINNED), CapsConn(BIG_CAPS)) == (None, None)
+    transient = XmlDom(PINNED, persistent=False)
+    live, kept = PN.adapted_xmls(transient, CapsConn(LAB_CAPS))
+    assert live is not None and kept is None and transient.asked == [PN.VIR_DOMAIN_XML_MIGRATABLE]
+    with pytest.raises(PN.CpusetError, match="no NUMA topology"):
+        PN.adapted_xmls(XmlDom(PINNED), CapsConn("<capabilities><host/></capabilities>"))
