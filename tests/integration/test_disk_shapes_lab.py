@@ -9,6 +9,7 @@ is on the destination, in a volume the product created there; libvirt was given 
 on the destination fails before anything changes, naming the disk, the path and the pool to define.
 """
 
+import contextlib
 import json
 import os
 import subprocess
@@ -241,3 +242,39 @@ def test_a_copy_that_libvirt_refuses_leaves_no_volume_behind(clean_lab, vms, tmp
         for vm in [n for n in lab.domains().get("hv1", {}) if n.startswith(f"t{os.getpid() % 1000}-")]:
             lab.vm_rm(vm)
         lab.remove_bridge("hv1", bridge)
+
+
+def test_the_offline_copy_moves_a_volume_between_hosts_with_libvirt_streams(clean_lab):
+    """engine/volumes.copy_offline (for a shut-off VM's local disk), over the hosts' TCP connections."""
+    from ansible_collections.hvfleet.drain.plugins.module_utils.common import connection
+    from ansible_collections.hvfleet.drain.plugins.module_utils.engine import volumes
+
+    lab = clean_lab
+    file = f"t{os.getpid() % 1000}-offline.qcow2"
+    path = f"{POOL_DIR}/{file}"
+    src, dst = connection.connect(lab.uri("hv1")), connection.connect(lab.uri("hv3"))
+    try:
+        src.storagePoolLookupByName(labstorage.LOCAL_POOL).createXML(
+            f"<volume><name>{file}</name><capacity unit='MiB'>{DISK_MB}</capacity>"
+            "<target><format type='qcow2'/></target></volume>", 0)
+        assert "wrote 1048576/1048576" in qemu_io(outside(lab, "hv1", path), f"write -P {PATTERN} 0 1M", False)
+        with timed("offline copy of a 64 MiB qcow2 (1 MiB written) hv1 -> hv3"):
+            vol, copied = volumes.copy_offline(src, dst, path, src_name="hv1", dest="hv3", deadline_s=120)
+        assert vol.created and (vol.pool, vol.fmt, vol.capacity) == ("local", "qcow2", DISK_MB * MIB)
+        assert copied == outside(lab, "hv1", path).stat().st_size
+        assert has_pattern(outside(lab, "hv3", path))
+        both = [str(outside(lab, host, path)) for host in ("hv1", "hv3")]
+        res = subprocess.run(["qemu-img", "compare", "-U", *both], capture_output=True, text=True, timeout=60,
+                             check=False)
+        assert res.returncode == 0, res.stdout + res.stderr
+        # a second copy would overwrite: refused, nothing touched
+        with pytest.raises(volumes.VolumeError) as err:
+            volumes.copy_offline(src, dst, path, src_name="hv1", dest="hv3", deadline_s=120)
+        assert "already exists on hv3" in err.value.message
+        print(f"\nLAB-RESULT offline copy: {copied} bytes")
+    finally:
+        for conn, host in ((src, "hv1"), (dst, "hv3")):
+            with contextlib.suppress(Exception):
+                conn.storageVolLookupByPath(path).delete(0)
+            conn.close()
+            assert file not in pool_volumes(lab, host)
