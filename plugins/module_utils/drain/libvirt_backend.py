@@ -160,10 +160,8 @@ class LibvirtBackend(Backend):
         if not vm.active:
             with self._facts_lock:
                 self._definition_settings[vm.name] = dict(settings or {})
-            shape = definition_shape.read_shape(src_conn, vm.name)
-            refused = [CheckResult(r.check, "fail", vm.name, destination.name, r.message, r.fix)
-                       for r in definition_shape.refusals(shape, settings, source.uri)]
-            return refused + _definition_checks(vm, domain, destination, settings)
+            return _refusals(src_conn, vm, source, destination, settings) + _definition_checks(
+                vm, domain, destination, settings)
         res = preflight.run_prechecks(src_conn, dst_conn, domain, src_facts, dst_facts, settings,
                                       migration_address=destination.migration_address,
                                       memory_headroom_mib=self.memory_headroom_mib, cache=cache)
@@ -289,6 +287,16 @@ def _with_rate(vm: VmInfo, rate: Optional[float]) -> VmInfo:
     if rate is None:
         return vm
     return VmInfo(**{**{f: getattr(vm, f) for f in vm.__dataclass_fields__}, "dirty_rate_bps": rate})
+
+
+def _refusals(src_conn: Any, vm: VmInfo, source: Host, destination: Host, settings: dict) -> list[CheckResult]:
+    """What of the shut-off VM its definition move could not carry (definition_shape), as failed checks."""
+    try:
+        shape = definition_shape.read_shape(src_conn, vm.name)
+    except HvfleetError as exc:
+        return [CheckResult("definition.read", "fail", vm.name, destination.name, exc.message, exc.hint)]
+    return [CheckResult(r.check, "fail", vm.name, destination.name, r.message, r.fix)
+            for r in definition_shape.refusals(shape, settings, source.uri)]
 
 
 def _definition_checks(vm: VmInfo, domain: hvfacts.DomainFacts, destination: Host,

@@ -341,6 +341,24 @@ def test_the_backend_refuses_at_plan_time_and_moves_with_the_planned_policy():
     assert moved.managed_save_discarded and defined_on(src, dst) == [DST]
 
 
+def test_the_plan_time_check_is_a_failed_check_naming_the_vm_and_the_fix():
+    from ansible_collections.hvfleet.drain.plugins.module_utils.drain import libvirt_backend
+    from ansible_collections.hvfleet.drain.plugins.module_utils.planning.model import Host as PlanHost
+    from ansible_collections.hvfleet.drain.plugins.module_utils.planning.model import VmInfo
+
+    src, _dst = hosts()
+    src.domains["vm1"].managed_save = True
+    vm = VmInfo(name="vm1", memory_mib=128, vcpus=1, active=False, persistent=True, state="shut off")
+    hv1, hv2 = PlanHost("hv1", SRC), PlanHost("hv2", DST)
+    [check] = libvirt_backend._refusals(src, vm, hv1, hv2, {})
+    assert (check.id, check.status, check.vm, check.destination) == ("definition.managed_save", "fail", "vm1", "hv2")
+    assert "managed_save: discard" in check.fix and src.domains["vm1"].managed_save, "nothing changed"
+    assert libvirt_backend._refusals(src, vm, hv1, hv2, {"managed_save": "discard"}) == []
+    del src.domains["vm1"]
+    [unread] = libvirt_backend._refusals(src, vm, hv1, hv2, {})
+    assert unread.id == "definition.read" and unread.failed and "Could not read 'vm1'" in unread.message
+
+
 # ---- libvirt's test driver: real snapshot redefinition -----------------------------------------
 
 DATA = Path(__file__).parent / "data"
