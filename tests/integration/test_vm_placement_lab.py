@@ -9,6 +9,7 @@ VM pinned to a CPU the source lacks, so no real destination lacks a pinned CPU. 
 are therefore decided against hv2's real facts with its topology narrowed to CPU 0 (as a one-CPU host would
 report it); the re-mapped destination XML is then given to libvirt for real and must be honoured by it.
 Huge pages are real: the lab hosts share this machine's kernel pool, which the fixture reserves and restores.
+The CPU definition a plan compares once for many VMs is checked against real libvirt's answers.
 """
 
 import dataclasses
@@ -24,6 +25,7 @@ libvirt = pytest.importorskip("libvirt")
 from ansible_collections.hvfleet.drain.plugins.module_utils.engine.migration import Migration  # noqa: E402
 from ansible_collections.hvfleet.drain.plugins.module_utils.engine.spec import MigrationSpec  # noqa: E402
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning import pinning as PN  # noqa: E402
+from ansible_collections.hvfleet.drain.plugins.module_utils.planning.check_cache import cpu_definition  # noqa: E402
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning.facts import domain_facts  # noqa: E402
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning.host_facts import host_facts  # noqa: E402
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning.hugepages import free_pages  # noqa: E402
@@ -202,3 +204,24 @@ def test_a_hugepage_vm_is_refused_without_free_pages_and_moves_when_the_destinat
     assert_only_on(lab, vm, "hv2", before)
     assert domain_facts(dst.lookupByName(vm)).hugepages == {2048: 64}  # still backed by huge pages on hv2
     wait_for(lambda: int((HUGEPAGES_2M / "free_hugepages").read_text()) == 72, 30, "hv1's copy to free its pages")
+
+
+@pytest.mark.parametrize("model, features, expected", [
+    ("qemu64", "", {1, 2}),  # TCG offers it: identical or a subset
+    ("Haswell-noTSX", "", {0}),  # not on this machine's TCG
+    ("qemu64", "<feature policy='require' name='avx512f'/>", {0}),
+])
+def test_the_cpu_definition_asked_once_gets_libvirts_answer_for_every_vm_shape(lab, model, features, expected):
+    """The plan compares a CPU definition without the vCPU topology and guest NUMA cells (check_cache.cpu_definition),
+    once for all VMs that share it: real libvirt answers the stripped definition as it answers each VM's own."""
+    conn = lab.connect("hv2")
+    try:
+        answers = set()
+        for shape in ("", "<topology sockets='1' dies='1' cores='2' threads='1'/>"
+                          "<numa><cell id='0' cpus='0-1' memory='262144' unit='KiB'/></numa>"):
+            xml = f"<cpu mode='custom' match='exact'><model fallback='forbid'>{model}</model>{features}{shape}</cpu>"
+            for asked in (xml, cpu_definition(xml)):
+                answers.add(conn.compareHypervisorCPU("/usr/bin/qemu-system-x86_64", "x86_64", "pc", "qemu", asked, 0))
+    finally:
+        conn.close()
+    assert len(answers) == 1 and answers <= expected, answers
