@@ -103,10 +103,9 @@ def move(src_conn: Any, dst_conn: Any, name: str, settings: Optional[dict], src_
         _copy_state(src_conn, dst_conn, shape, moved, undo)
         if defined_here:
             _step(lambda: dst_conn.defineXML(shape.xml), f"define '{name}' on {dst_uri}")
-            undo.push(f"undefine the new definition of '{name}' on {dst_uri}",
-                      lambda: dst_conn.lookupByName(name).undefineFlags(
-                          leftover.KEEP_STATE | leftover.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA))
-        _redefine_snapshots(dst_conn, shape, moved, undo, dst_uri)
+            undo.push(f"undefine the new definition of '{name}' on {dst_uri}",  # with its redefined snapshots
+                      functools.partial(leftover.undefine, dst_conn, name, dst_uri, snapshots_carried=True))
+        _redefine_snapshots(dst_conn, shape, moved, undo if not defined_here else None, dst_uri)
         if shape.autostart:
             _step(lambda: dst_conn.lookupByName(name).setAutostart(1), f"set autostart of '{name}' on {dst_uri}")
             undo.push(f"clear autostart of '{name}' on {dst_uri}", lambda: dst_conn.lookupByName(name).setAutostart(0))
@@ -212,13 +211,15 @@ def _shared(src_conn: Any, dst_conn: Any, directory: str, moved: Moved, what: st
     return shared
 
 
-def _redefine_snapshots(dst_conn: Any, shape: Shape, moved: Moved, undo: _Undo, dst_uri: str) -> None:
+def _redefine_snapshots(dst_conn: Any, shape: Shape, moved: Moved, undo: Optional[_Undo], dst_uri: str) -> None:
+    """`undo`: where to push each snapshot's removal - None when the new definition's undefine takes them."""
     for snap in snapshot_order(shape.snapshots):
         flags = VIR_DOMAIN_SNAPSHOT_CREATE_REDEFINE | (VIR_DOMAIN_SNAPSHOT_CREATE_CURRENT if snap.current else 0)
         _step(functools.partial(_redefine, dst_conn, shape.name, snap.xml, flags),
               f"redefine snapshot '{snap.name}' of '{shape.name}' on {dst_uri}")
-        undo.push(f"remove snapshot '{snap.name}' of '{shape.name}' on {dst_uri}",
-                  functools.partial(_forget, dst_conn, shape.name, snap.name))
+        if undo is not None:
+            undo.push(f"remove snapshot '{snap.name}' of '{shape.name}' on {dst_uri}",
+                      functools.partial(_forget, dst_conn, shape.name, snap.name))
         moved.snapshots += 1
     if moved.snapshots:
         current = [s.name for s in shape.snapshots if s.current]

@@ -157,9 +157,9 @@ class LibvirtBackend(Backend):
         src_facts = self._cached_facts(src_conn, source)
         dst_facts = self._cached_facts(dst_conn, destination)
         domain = vm.facts if vm.facts is not None else hvfacts.domain_facts(src_conn.lookupByName(vm.name))
+        with self._facts_lock:  # a definition move reads them (managed_save), also a cold one's
+            self._definition_settings[vm.name] = dict(settings or {})
         if not vm.active:
-            with self._facts_lock:
-                self._definition_settings[vm.name] = dict(settings or {})
             return _refusals(src_conn, vm, source, destination, settings) + _definition_checks(
                 vm, domain, destination, settings)
         res = preflight.run_prechecks(src_conn, dst_conn, domain, src_facts, dst_facts, settings,

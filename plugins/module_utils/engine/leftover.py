@@ -141,7 +141,7 @@ def _undefine(conn: Any, name: str, extra: int = 0) -> tuple[list[str], Optional
         return [], None
     except Exception as exc:  # pylint: disable=broad-except
         if not _unsupported_flags(exc):
-            return _blockers(dom), str(exc)
+            return _blockers(dom, extra), str(exc)
     # a libvirt without the KEEP flags (before 8.9 for KEEP_TPM; the test driver): a plain undefine
     # refuses NVRAM itself, but might delete a TPM's state - so only when there is none
     kept = _state_kept_by_flags(dom)
@@ -151,7 +151,7 @@ def _undefine(conn: Any, name: str, extra: int = 0) -> tuple[list[str], Optional
         dom.undefineFlags(extra)
         return [], None
     except Exception as exc:  # pylint: disable=broad-except
-        return _blockers(dom), str(exc)
+        return _blockers(dom, extra), str(exc)
 
 
 def _unsupported_flags(exc: Exception) -> bool:
@@ -170,10 +170,13 @@ def _state_kept_by_flags(dom: Any) -> str:
     return " and ".join(found)
 
 
-def _blockers(dom: Any) -> list[str]:
-    """What makes libvirt refuse an undefine that must delete nothing (each looked up best effort)."""
+def _blockers(dom: Any, extra: int = 0) -> list[str]:
+    """What makes libvirt refuse an undefine that must delete nothing (each looked up best effort);
+    snapshots are no obstacle when `extra` drops their metadata."""
     found = []
-    for what, ask in (("snapshot", lambda: dom.snapshotNum(0)), ("checkpoint", lambda: len(dom.listAllCheckpoints(0)))):
+    asks = (("snapshot", lambda: 0 if extra & VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA else dom.snapshotNum(0)),
+            ("checkpoint", lambda: len(dom.listAllCheckpoints(0))))
+    for what, ask in asks:
         try:
             count = int(ask())
         except Exception:  # pylint: disable=broad-except

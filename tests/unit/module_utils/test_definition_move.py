@@ -387,3 +387,70 @@ def test_the_test_driver_carries_a_snapshot_tree_over():
 def test_state_files_pool_names_are_per_directory():
     assert state_files.pool_name("/a") != state_files.pool_name("/b")
     assert state_files.pool_name("/a").startswith("hvfleet-state-")
+
+
+class _Refusing:
+    """A test-driver connection whose domains refuse every undefine."""
+
+    def __init__(self, conn, why):
+        self._conn, self._why = conn, why
+
+    def __getattr__(self, attr):
+        return getattr(self._conn, attr)
+
+    def lookupByName(self, name):  # noqa: N802 - libvirt's name
+        dom, why = self._conn.lookupByName(name), self._why
+
+        class Dom:
+            def __getattr__(self, attr):
+                return getattr(dom, attr)
+
+            def undefineFlags(self, flags=0):  # noqa: N802
+                raise libvirt.libvirtError(why)
+
+        return Dom()
+
+
+@pytest.fixture
+def test_driver():
+    src = libvirt.open(f"test://{DATA / 'testdriver_src.xml'}")
+    dst = libvirt.open(f"test://{DATA / 'testdriver_dst.xml'}")
+    src.lookupByName("db1").destroy()
+    src.lookupByName("db1").snapshotCreateXML("<domainsnapshot><name>a</name></domainsnapshot>", 0)
+    yield src, dst
+    src.close()
+    dst.close()
+
+
+def names(conn):
+    return sorted(d.name() for d in conn.listAllDomains(0))
+
+
+def test_the_test_driver_source_refusing_its_undefine_leaves_it_there_with_its_snapshot(test_driver):
+    src, dst = test_driver
+    with pytest.raises(HvfleetError) as failed:
+        LibvirtBackend().move_definition(_Refusing(src, "cannot undefine: injected"), dst, "db1")
+    assert names(src) == ["db1"] and names(dst) == [], "defined on exactly one host"
+    assert [s.getName() for s in src.lookupByName("db1").listAllSnapshots(0)] == ["a"]
+    text = failed.value.message
+    assert "only, as before" in text and "injected" in text and "snapshot" not in text, "the snapshots were no obstacle"
+    assert "run the drain again" in failed.value.hint and " undefine " not in failed.value.hint
+
+
+def test_the_test_driver_earlier_destination_definition_is_kept(test_driver):
+    src, dst = test_driver
+    src.lookupByName("db1").snapshotLookupByName("a", 0).delete(0)  # the test driver cannot drop metadata only
+    dst.defineXML(src.lookupByName("db1").XMLDesc(0))
+    with pytest.raises(HvfleetError) as failed:
+        LibvirtBackend().move_definition(_Refusing(src, "cannot undefine: injected"), dst, "db1")
+    assert names(src) == ["db1"] and names(dst) == ["db1"] and "already defined there" in failed.value.message
+
+
+def test_the_test_driver_both_hosts_named_when_the_destination_refuses_too(test_driver):
+    src, dst = test_driver
+    with pytest.raises(HvfleetError) as failed:
+        LibvirtBackend().move_definition(_Refusing(src, "refused"), _Refusing(dst, "refused too"), "db1")
+    assert names(src) == ["db1"] and names(dst) == ["db1"]
+    text = failed.value.message
+    assert "undoing the move" in text and "refused too" in text and dst.getURI() in text and src.getURI() in text
+    assert "undefine db1 --snapshots-metadata --keep-nvram --keep-tpm" in failed.value.hint
