@@ -89,7 +89,13 @@ class Forecast:  # pylint: disable=too-many-instance-attributes
     disk_bytes: int = 0  # of the predicted bytes, the disks copied
 
     def as_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The serialised forecast; the post-copy stall and the disk bytes only where they apply."""
+        data = dataclasses.asdict(self)
+        if data["predicted_stall_ms"] is None:
+            del data["predicted_stall_ms"]
+        if not data["disk_bytes"]:
+            del data["disk_bytes"]
+        return data
 
 
 @dataclasses.dataclass(frozen=True)
@@ -144,7 +150,8 @@ def _head(inp: _Inputs) -> str:
     ratio = inp.dirty / inp.bw
     shown = f"{ratio:.2f}" if ratio >= 0.1 or ratio == 0 else f"{ratio:.1g}"
     touched = f", ~{inp.ram * inp.ratio / MIB:.0f} of {inp.ram / MIB:.0f} MiB in use" if inp.ratio < 1 else ""
-    return f"dirty {_mib(inp.dirty)} MiB/s = {shown} x link {_mib(inp.bw)} MiB/s{touched}"
+    floor = " (at least: a sample cannot tell less from 0)" if inp.dirty <= inp.params.dirty_rate_floor_bps else ""
+    return f"dirty {_mib(inp.dirty)} MiB/s{floor} = {shown} x link {_mib(inp.bw)} MiB/s{touched}"
 
 
 def _converged_text(run: PrecopyRun, inp: _Inputs) -> str:
@@ -272,7 +279,8 @@ def forecast(ram_bytes: float, dirty_rate: float, bandwidth: float, *,  # pylint
                             "leave it unset to use the link bandwidth.")
     if deadline_s is None:
         deadline_s = deadline_for(ram_bytes, completion_timeout_per_gib_s, params, disk_bytes=disk_bytes)
-    inp = _Inputs(float(ram_bytes), float(dirty_rate), float(bandwidth), float(postcopy_bandwidth or bandwidth),
+    dirty = max(float(dirty_rate), params.dirty_rate_floor_bps)  # what a sample cannot tell from 0
+    inp = _Inputs(float(ram_bytes), dirty, float(bandwidth), float(postcopy_bandwidth or bandwidth),
                   float(max_downtime_ms), float(max(max_downtime_cap_ms, max_downtime_ms)), float(deadline_s),
                   bool(allow_postcopy), on_timeout, bool(auto_converge), auto_converge_initial,
                   auto_converge_increment, float(transferable_ratio), dirty_working_set, params, float(disk_bytes))

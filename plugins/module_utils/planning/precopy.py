@@ -31,6 +31,11 @@ class ModelParams:  # pylint: disable=too-many-instance-attributes
     # duration - QEMU's own elapsed time = 0.22 s. The same for small and large guests.
     setup_s: float = 0.5
     precopy_switchover_ms: float = 20.0  # device state at the final pause (lab idle VM, unshaped: 12-35 ms)
+    # libvirt's page sampling checks 512 pages per GiB, so one changed sample stands for 2 MiB: a 1 s
+    # reading of 0 means "below ~2 MiB/s", not "nothing". An idle lab guest read 0 yet paused 260-430 ms
+    # at the final switch on a 300 Mbit/s link (~10 MB left: it does dirty memory). Below this the
+    # measured rate is taken as this.
+    dirty_rate_floor_bps: float = 2 * 1024 ** 2
     postcopy_switchover_ms: float = 200.0  # the switch to post-copy itself (libvirt's pause at the switch)
     # After the switch to post-copy the guest's writes fault on pages still on the source, each waiting
     # for the network: the guest sees a stall as long as receiving this many bytes at the migration's

@@ -61,4 +61,13 @@ def test_the_setup_time_is_the_same_for_small_and_large_idle_guests():
     small = F.forecast(256 * MIB, 0, 100 * MIB, transferable_ratio=0.5)
     large = F.forecast(512 * MIB, 0, 100 * MIB, transferable_ratio=0.25)
     assert small.predicted_duration_s == pytest.approx(large.predicted_duration_s)
-    assert small.predicted_duration_s == pytest.approx(P.setup_s + 128 / 100, rel=0.01)
+    floor_mib = P.dirty_rate_floor_bps / MIB
+    assert small.predicted_duration_s == pytest.approx(P.setup_s + 128 / 100 + floor_mib * 1.28 / 100, rel=0.01)
+
+
+def test_a_reading_of_zero_is_taken_as_the_sampling_floor():
+    idle = F.forecast(256 * MIB, 0, 100 * MIB, transferable_ratio=0.5)
+    # 1.28 s pass: 2.56 MiB dirtied, sent in the pause at 100 MiB/s
+    assert idle.predicted_downtime_ms == pytest.approx(P.precopy_switchover_ms + 25.6, abs=0.2)
+    busier = F.forecast(256 * MIB, 8 * MIB, 100 * MIB, transferable_ratio=0.5)
+    assert busier.predicted_downtime_ms > idle.predicted_downtime_ms

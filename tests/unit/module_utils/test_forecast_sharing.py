@@ -178,7 +178,8 @@ def test_drain_plan_forecasts_from_the_memory_in_use(tmp_path):
     drainer, _backend, _events = make(tmp_path, world)
     plan = {p["vm"]: p for p in drainer.drain(plan_only=True).plan}
     touched = 200 - F.DEFAULT_PARAMS.qemu_overhead_mib_kvm
-    assert plan["sparse"]["predicted_bytes"] == pytest.approx(touched * F.MIB, rel=0.01)
-    assert plan["unknown"]["predicted_bytes"] == 1024 * F.MIB
+    # pass 1 sends the memory in use; the final pause what an idle guest dirties meanwhile (the rate floor)
+    assert touched * F.MIB < plan["sparse"]["predicted_bytes"] < 1.05 * touched * F.MIB
+    assert 1024 * F.MIB < plan["unknown"]["predicted_bytes"] < 1.05 * 1024 * F.MIB
     assert plan["sparse"]["predicted_duration_s"] < plan["unknown"]["predicted_duration_s"] / 4
     assert f"~{touched:.0f} of 1024 MiB in use" in plan["sparse"]["mode_reason"]
