@@ -3,6 +3,12 @@
 """What a run reports: per-VM result rows, the summary, the closing message, progress payloads.
 
 Pure functions over the journal entries and the result; the message says only what the result holds.
+
+A VM's forecast in the result is the drain schedule's (planning/drain_forecast.simulate_drain): from
+its predicted start to its predicted end, with the link shared as the schedule shares it - the span
+its move is predicted to take in this drain, which is what its actual duration is compared with.
+The forecast the VM's mode was chosen on (its lane share, alone) is kept as `lane_forecast_s`. The
+goal for both the drain and each VM: within 20 % of the actual, or within 2 s, whichever is larger.
 """
 
 from __future__ import annotations
@@ -27,16 +33,48 @@ def summarize_result(result: Any) -> dict:
     return out
 
 
+GOAL_RATIO = 0.2  # a forecast is within its goal when |predicted - actual| <= max(20 % of actual, 2 s)
+GOAL_ABS_S = 2.0
+
+
+
+def _number(value: Any) -> Optional[float]:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def forecast_error(predicted: Any, actual: Any) -> dict:
+    """How far a forecast was off: seconds, percent of the actual, and whether within the goal (or Nones)."""
+    p, a = _number(predicted), _number(actual)
+    if p is None or a is None:
+        return {"forecast_error_s": None, "forecast_error_pct": None, "forecast_within_goal": None}
+    return {"forecast_error_s": round(p - a, 3),
+            "forecast_error_pct": round(100.0 * (p - a) / a, 1) if a > 0 else None,
+            "forecast_within_goal": abs(p - a) <= max(GOAL_RATIO * abs(a), GOAL_ABS_S)}
+
+
+def predicted_span(entry: dict) -> Optional[float]:
+    """The schedule's predicted duration of this VM's move (end - start), else its own forecast."""
+    start, end = _number(entry.get("predicted_start_s")), _number(entry.get("predicted_end_s"))
+    if start is not None and end is not None and end >= start:
+        return round(end - start, 3)
+    return _number(entry.get("predicted_duration_s"))
+
+
 def vm_result(entry: dict) -> dict:
     """One VM's row of the result, from its journal entry."""
     res = entry.get("result") or {}
+    predicted = predicted_span(entry)
+    stall = (entry.get("forecast") or {}).get("predicted_stall_ms") if isinstance(entry.get("forecast"), dict) else None
     return {"vm": entry["name"], "kind": entry.get("kind"), "source": entry.get("source") or entry.get("origin"),
             "destination": entry.get("destination"), "policy": entry.get("policy"),
             "mode": entry.get("mode"), "mode_used": res.get("mode_used"), "state": entry.get("state"),
             "ok": bool(res.get("ok")), "outcome": res.get("outcome"), "duration_s": res.get("duration_s"),
             "downtime_ms": res.get("downtime_ms"), "bytes_sent": res.get("bytes_sent"),
-            "predicted_duration_s": entry.get("predicted_duration_s"),
-            "predicted_downtime_ms": entry.get("predicted_downtime_ms"), "message": res.get("message"),
+            "predicted_duration_s": predicted, "predicted_start_s": entry.get("predicted_start_s"),
+            "lane_forecast_s": entry.get("predicted_duration_s"),
+            "predicted_downtime_ms": entry.get("predicted_downtime_ms"), "predicted_stall_ms": stall,
+            **(forecast_error(predicted, res.get("duration_s")) if res.get("ok") else forecast_error(None, None)),
+            "message": res.get("message"),
             "recovery": res.get("recovery"), "steps": res.get("steps") or [], "attempts": entry.get("attempts"),
             "started": entry.get("started"), "finished": entry.get("finished")}
 
@@ -49,12 +87,17 @@ def summary(result: DrainResult, not_started: int) -> dict:
 
 
 def actual(result: DrainResult, duration_s: float) -> dict:
+    """The run's actual figures beside its forecast, with the forecast's error (per VM: vm_result)."""
     moved = [r for r in result.vms if r.get("ok")]
     downtimes = [r.get("downtime_ms") or 0 for r in moved if r.get("kind") == Kind.LIVE]
+    forecast_total = (result.forecast or {}).get("total_s")
+    checked = [r for r in result.vms if r.get("forecast_within_goal") is not None]
     return {"total_s": duration_s, "migrations": len([r for r in result.vms if r.get("kind") == Kind.LIVE]),
             "bytes_sent": sum(r.get("bytes_sent") or 0 for r in result.vms),
             "worst_downtime_ms": max(downtimes) if downtimes else None,
-            "forecast_total_s": (result.forecast or {}).get("total_s")}
+            "forecast_total_s": forecast_total,
+            **(forecast_error(forecast_total, duration_s) if forecast_total else forecast_error(None, None)),
+            "vms_within_goal": sum(1 for r in checked if r["forecast_within_goal"]), "vms_checked": len(checked)}
 
 
 def closing_message(result: DrainResult, source: str, *, cancelled: bool, stopped_after: Optional[int],
