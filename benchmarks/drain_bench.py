@@ -28,9 +28,12 @@ dirtying guest sometimes takes a kernel GPF right after a multi-pass pre-copy): 
 Figures per contender: makespan (request to the last VM running on a destination), makespan over
 the physical bound (every guest's RAM once over the link), libvirt downtime and guest pause (max,
 median), bytes sent / RAM, failed VMs, VMs paused >= 1 s, VMs force-paused, guest reboots, and
-for hvfleet its forecast vs its actual migration time. `--runs N` repeats the scenario (the
-contender order rotates) and reports medians. The lab lock (/tmp/hvfleet-lab.lock) is taken per
-run, so do not wrap this script in flock(1).
+for hvfleet its forecast vs its actual migration time, per VM too (the schedule's predicted span, pause
+and post-copy stall against the measured ones). `--runs N` repeats the scenario (the contender order
+rotates) and reports medians. The lab lock (/var/tmp/hvfleet-lab-use.lock) is taken per run, so do
+not wrap this script in flock(1). `--dirty-rate steady` measures the guests' dirty rates the way
+planning/dirty_rate.py proposes (a 3 s sample more for a guest whose decision depends on its rate);
+`product` (the default) as drain/libvirt_backend.py does today (one 1 s sample).
 
     .venv/bin/python benchmarks/drain_bench.py --runs 3 --json docs/drain-bench.json --svg docs/drain-bench.svg
     .venv/bin/python benchmarks/drain_bench.py --merge a.json b.json --json all.json --svg all.svg
@@ -40,6 +43,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
+import datetime
 import fcntl
 import json
 import os
@@ -56,11 +61,13 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / ".collections"), str(REPO / "tests" / "lab"), str(Path(__file__).resolve().parent)]
 
 import drain_report  # noqa: E402
+import forecast_report  # noqa: E402
 import libvirt  # noqa: E402
 from ansible_collections.hvfleet.drain.plugins.module_utils.common import connection  # noqa: E402
 from ansible_collections.hvfleet.drain.plugins.module_utils.drain.drainer import Drainer  # noqa: E402
 from ansible_collections.hvfleet.drain.plugins.module_utils.drain.libvirt_backend import LibvirtBackend  # noqa: E402
 from ansible_collections.hvfleet.drain.plugins.module_utils.drain.model import DrainConfig  # noqa: E402
+from ansible_collections.hvfleet.drain.plugins.module_utils.planning import dirty_rate, facts  # noqa: E402
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning.model import Host  # noqa: E402
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning.placement import PlacementConfig  # noqa: E402
 from heartbeat_gaps import Gaps  # noqa: E402
@@ -69,7 +76,7 @@ from hvlab.vm import HB_RE, boot_ids  # noqa: E402
 
 MIB = 2**20
 GIB = 2**30
-LOCK = "/tmp/hvfleet-lab.lock"
+LOCK = "/var/tmp/hvfleet-lab-use.lock"
 VCPU_OVERCOMMIT = 8.0  # hvfleet's placement on the lab: its 2-CPU hosts may already hold other guests
 SOURCE, DESTS = "hv1", ("hv2", "hv3")
 HB_MS = 50
@@ -283,28 +290,80 @@ def nova_like(lab, guests, scale):
     return records, {}
 
 
-def hvfleet(lab, guests, mbit):
+class SteadyBackend(LibvirtBackend):
+    """LibvirtBackend with planning/dirty_rate.py's steadier measurement wired in (the proposed change)."""
+
+    measuring_s = 0.0
+
+    def list_vms(self, conn, host, measure=True):
+        vms = super().list_vms(conn, host, measure=False)
+        if not measure:
+            return vms
+        t0 = time.monotonic()
+        running = [v for v in vms if v.state == "running"]
+        doms = [conn.lookupByName(v.name) for v in running]
+        first = {k: v for k, v in facts.measure_dirty_rates(doms, self.dirty_rate_seconds).items()
+                 if isinstance(v, float)}
+        infos = {v.name: v for v in vms}
+        link = host.link_bps(1000.0)
+        rates = dirty_rate.steady_rates(
+            doms, first, lambda name, rate: dirty_rate.vm_depends_on_rate(infos[name], rate, [link, link / 2]),
+            facts.measure_dirty_rates, first_s=self.dirty_rate_seconds)
+        self.measuring_s = time.monotonic() - t0
+        self.first_rates = first
+        return [dataclasses.replace(v, dirty_rate_bps=rates.get(v.name)) for v in vms]
+
+
+def _stamp(text):
+    return datetime.datetime.fromisoformat(text) if text else None
+
+
+def per_vm_forecast(result):
+    """{vm: predicted span/start/pause/stall from the plan, actual start/duration} (seconds from the first start)."""
+    plan = {p["vm"]: p for p in result.plan or []}
+    starts = [_stamp(v.get("started")) for v in result.vms if v.get("started")]
+    t0 = min(starts) if starts else None
+    out = {}
+    for vm in result.vms:
+        item = plan.get(vm["vm"], {})
+        start, end = item.get("predicted_start_s"), item.get("predicted_end_s")
+        began = _stamp(vm.get("started"))
+        out[vm["vm"]] = {
+            "predicted_start_s": start, "predicted_span_s": round(end - start, 3) if None not in (start, end) else None,
+            "lane_forecast_s": item.get("predicted_duration_s"),
+            "predicted_pause_ms": item.get("predicted_downtime_ms"),
+            "predicted_stall_ms": (item.get("forecast") or {}).get("predicted_stall_ms"),
+            "dirty_rate_mib_s": None if item.get("dirty_rate_bps") is None else round(item["dirty_rate_bps"] / MIB, 1),
+            "actual_start_s": round((began - t0).total_seconds(), 3) if began and t0 else None}
+    return out
+
+
+def hvfleet(lab, guests, mbit, dirty="product"):
     with tempfile.TemporaryDirectory(prefix="hvfleet-drain-bench-") as state_dir:
         source = Host(name=SOURCE, uri=lab.uri(SOURCE), migration_address=lab.addr(SOURCE), link_mbit=mbit)
         dests = [Host(name=h, uri=lab.uri(h), migration_address=lab.addr(h)) for h in DESTS]
         # the lab's hosts report 2 CPUs and hv2/hv3 may hold other guests (e.g. the README demo's); the
         # other contenders check no capacity, so hvfleet may overcommit vCPUs here too
         config = DrainConfig(reason="benchmark", placement=PlacementConfig(vcpu_overcommit=VCPU_OVERCOMMIT))
-        drainer = Drainer(LibvirtBackend(state_dir=state_dir), source, dests, config, state_dir=state_dir)
+        backend = (SteadyBackend if dirty == "steady" else LibvirtBackend)(state_dir=state_dir)
+        drainer = Drainer(backend, source, dests, config, state_dir=state_dir)
         result = drainer.drain()
+    spans = per_vm_forecast(result)
     records = {}
     for vm in result.vms:
         records[vm["vm"]] = {"destination": vm.get("destination"), "duration_s": vm.get("duration_s"),
                              "mode": vm.get("mode_used") or vm.get("mode"), "downtime_ms": vm.get("downtime_ms"),
                              "bytes_sent": vm.get("bytes_sent"), "suspended": False,
                              "error": None if vm.get("ok") else vm.get("message"),
-                             "predicted_s": vm.get("predicted_duration_s")}
+                             "predicted_s": spans[vm["vm"]]["predicted_span_s"], **spans[vm["vm"]]}
         log(f"    hvfleet {vm['vm']} -> {vm.get('destination')}: {vm.get('outcome')} ({vm.get('mode_used')}), "
             f"{vm.get('duration_s')} s (predicted {vm.get('predicted_duration_s')}), "
             f"downtime {vm.get('downtime_ms')} ms")
     extra = {"forecast_s": (result.forecast or {}).get("total_s"),
              "migration_s": (result.actual or {}).get("total_s"), "state": result.state,
-             "blockers": [b.get("message") for b in result.blockers]}
+             "blockers": [b.get("message") for b in result.blockers], "dirty_rate": dirty,
+             "measuring_s": round(getattr(backend, "measuring_s", 0.0), 2) or None,
+             "first_rates_mib_s": {k: round(v / MIB, 1) for k, v in getattr(backend, "first_rates", {}).items()}}
     log(f"    hvfleet: {result.state}; forecast {extra['forecast_s']} s, migrations took {extra['migration_s']} s")
     return records, extra
 
@@ -333,7 +392,7 @@ def run_contender(lab, name, args, run_no):
             elif name == "nova-like":
                 records, extra = nova_like(lab, guests, args.nova_scale)
             else:
-                records, extra = hvfleet(lab, guests, args.mbit)
+                records, extra = hvfleet(lab, guests, args.mbit, args.dirty_rate)
             t_end = time.monotonic()
         finally:
             lab.unshape(SOURCE)
@@ -349,7 +408,8 @@ def run_contender(lab, name, args, run_no):
                         "where": rec.get("where"), "console": rec.get("console"), "mode": rec.get("mode"),
                         "duration_s": rec.get("duration_s"), "destination": rec.get("destination"),
                         "error": rec.get("error"), "predicted_s": rec.get("predicted_s"),
-                        "max_throttle_pct": rec.get("max_throttle_pct")})
+                        "max_throttle_pct": rec.get("max_throttle_pct"),
+                        **{k: rec.get(k) for k in forecast_report.FORECAST_KEYS}})
         forecast = extra.get("forecast_s")
         run = {"contender": name, "run": run_no, "makespan_s": round(t_end - t0, 2), "link_bps": args.mbit * 1e6 / 8,
                "mbit": args.mbit, "forecast_s": forecast, "migration_s": extra.get("migration_s"),
@@ -359,6 +419,8 @@ def run_contender(lab, name, args, run_no):
             # the forecast covers the migrations; compare it with their actual span, not with set-up time
             run["forecast_basis_s"] = extra["migration_s"]
         row = drain_report.figures(run)
+        if forecast:
+            log(forecast_report.render_forecast(run))
         log(f"  [{name}] makespan {run['makespan_s']:.1f} s = {row['bound_ratio']:.2f} x bound; "
             f"failed {row['failed']}, rebooted {row['rebooted']}, worst guest pause {row['pause_max_ms']} ms")
         return run
@@ -409,6 +471,7 @@ def report(runs, meta, args):
         log(f"wrote {args.svg}")
     if args.markdown:
         log("\n" + drain_report.render_table(rows, markdown=True))
+        log("\n" + forecast_report.forecast_markdown(runs))
 
 
 def main():
@@ -421,7 +484,9 @@ def main():
     parser.add_argument("--json", help="write figures and per-VM records here")
     parser.add_argument("--svg", help="draw makespan and worst pause per contender here")
     parser.add_argument("--markdown", action="store_true", help="also print the table as Markdown")
-    parser.add_argument("--no-lock", action="store_true", help="do not take /tmp/hvfleet-lab.lock per run")
+    parser.add_argument("--no-lock", action="store_true", help=f"do not take {LOCK} per run")
+    parser.add_argument("--dirty-rate", choices=("product", "steady"), default="product",
+                        help="hvfleet's dirty-rate sampling: libvirt_backend's (product) or planning/dirty_rate.py's")
     parser.add_argument("--merge", nargs="+", help="re-report runs from earlier --json files (no lab)")
     args = parser.parse_args()
     if args.merge:
@@ -434,7 +499,8 @@ def main():
     unknown = set(contenders) - set(CONTENDERS)
     if unknown:
         parser.error(f"unknown contenders: {', '.join(sorted(unknown))}")
-    meta = {"machine": machine(), "mbit": args.mbit, "virsh_timeout_s": args.virsh_timeout,
+    meta = {"machine": machine(), "mbit": args.mbit, "dirty_rate": args.dirty_rate,
+            "virsh_timeout_s": args.virsh_timeout,
             "nova_scale": args.nova_scale, "guests": [dict(name=n, kind=k, **kn) for n, k, kn in GUESTS],
             "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     lab = Lab()
