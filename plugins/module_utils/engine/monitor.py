@@ -4,7 +4,9 @@
 
 The escalation ladder decides from progress (remaining memory per iteration, dirty
 rate, bandwidth), so every sample keeps exactly the numbers it needs, in bytes,
-bytes per second and seconds, whatever units libvirt used.
+bytes per second and seconds, whatever units libvirt used. A migration that copies
+disks also reports them (libvirt's disk_total/disk_processed/disk_remaining); its
+progress counts memory and disks together (`moved_bytes`, `total_bytes`).
 """
 
 from __future__ import annotations
@@ -56,6 +58,8 @@ class JobSample:  # pylint: disable=too-many-instance-attributes
     throttle_pct: int = 0
     postcopy_requests: int = 0
     disk_remaining: int = 0
+    disk_total: int = 0
+    disk_processed: int = 0
 
     @property
     def active(self) -> bool:
@@ -68,7 +72,24 @@ class JobSample:  # pylint: disable=too-many-instance-attributes
         While libvirt still prepares the destination the job shows as active at iteration 0 with
         nothing sent: no figures to judge, and nothing for migrateSetMaxDowntime to act on yet.
         """
-        return self.iteration >= 1 or self.data_processed > 0 or self.memory_processed > 0
+        return (self.iteration >= 1 or self.data_processed > 0 or self.memory_processed > 0
+                or self.disk_processed > 0)
+
+    @property
+    def total_bytes(self) -> int:
+        """What the job has to move, memory and copied disks: libvirt's data_total when it gives one
+        (it includes the disks), else memory plus disks."""
+        return self.data_total or (self.memory_total + self.disk_total)
+
+    @property
+    def moved_bytes(self) -> int:
+        """What the job moved so far, memory and copied disks (see total_bytes)."""
+        return self.data_processed or (self.memory_processed + self.disk_processed)
+
+    @property
+    def remaining_bytes(self) -> int:
+        """What is left to move, memory and copied disks (see total_bytes)."""
+        return self.data_remaining if self.data_total else self.memory_remaining + self.disk_remaining
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -106,6 +127,8 @@ def sample_from_stats(stats: Mapping[str, Any], t: float, state: tuple[int, ...]
         throttle_pct=int(stats.get("auto_converge_throttle", 0)),
         postcopy_requests=int(stats.get("memory_postcopy_requests", 0)),
         disk_remaining=int(stats.get("disk_remaining", 0)),
+        disk_total=int(stats.get("disk_total", 0)),
+        disk_processed=int(stats.get("disk_processed", 0)),
     )
 
 

@@ -104,7 +104,7 @@ class Watch(AfterCall):
         now = self.clock()
         loop.job_started = True
         self.control.publish(sample)
-        processed = sample.data_processed + sample.memory_processed
+        processed = sample.data_processed + sample.memory_processed + sample.disk_processed  # disks are progress too
         if processed > loop.processed:
             loop.processed, loop.progress_t = processed, now
         if sample.phase.startswith("postcopy") and not self.postcopy_started:
