@@ -125,6 +125,13 @@ hypervisor:
         - V(null) when libvirt cannot say.
       type: dict
       sample: {"2048": {"total": 512, "free": 128}, "1048576": {"total": 0, "free": 0}}
+    hugepages_free_nodes:
+      description:
+        - Free huge pages by NUMA node, then by page size in KiB. A VM whose memory C(numatune) binds to some nodes
+          needs its free pages on those nodes.
+        - V(null) when libvirt cannot say.
+      type: dict
+      sample: {"0": {"2048": 100, "1048576": 0}, "1": {"2048": 28, "1048576": 0}}
   sample:
     name: hv1
     hostname: hv1
@@ -172,6 +179,11 @@ domains:
       description: Huge pages the domain needs, by page size in KiB; empty when it is not backed by huge pages.
       type: dict
       sample: {"2048": 128}
+    memory_nodes:
+      description: Host NUMA nodes its C(numatune) binds its memory to (not in C(preferred) mode); empty when none.
+      type: list
+      elements: int
+      sample: [1]
     disks:
       description: The domain's disks.
       type: list

@@ -196,7 +196,7 @@ def test_a_hugepage_vm_is_refused_without_free_pages_and_moves_when_the_destinat
 
     hugepages(64 + 64 + 8)  # now hv2 can hold the copy
     found = prechecks(lab, src, dst, vm)["capacity.hugepages"]
-    assert found.status == PASS and "hv2 has 72 x 2048 KiB" in found.message
+    assert found.status == PASS and "72 x 2048 KiB, 0 x 1048576 KiB free on hv2" in found.message
     plan = placement_of(vm_facts, facts(dst, lab, "hv2"))
     assert plan.destinations() == {vm: "hv2"}, plan.unplaced
     with timed("hugepage-backed VM, 128 MiB in 2 MiB pages"):

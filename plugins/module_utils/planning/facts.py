@@ -17,7 +17,7 @@ from typing import Any
 
 from ansible_collections.hvfleet.drain.plugins.module_utils.common import bounded
 from ansible_collections.hvfleet.drain.plugins.module_utils.common.errors import HvfleetError
-from ansible_collections.hvfleet.drain.plugins.module_utils.planning.hugepages import domain_hugepages
+from ansible_collections.hvfleet.drain.plugins.module_utils.planning.hugepages import bound_nodes, domain_hugepages
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning.pinning import CpusetError, Pins, domain_pins
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning.policy import LABEL_NAMESPACE
 
@@ -134,6 +134,7 @@ class DomainFacts:  # pylint: disable=too-many-instance-attributes
     labels: dict[str, str] = dataclasses.field(default_factory=dict)
     pins: Pins = Pins()  # vCPU/emulator/iothread pins to host CPUs, numatune pins to host NUMA nodes
     hugepages: dict[int, int] = dataclasses.field(default_factory=dict)  # {page size KiB: pages}; {} without
+    memory_nodes: tuple[int, ...] = ()  # host NUMA nodes <numatune> binds its memory to; () not bound
 
     @property
     def running(self) -> bool:
@@ -331,6 +332,7 @@ def parse_domain_xml(xml: str, state: str = "unknown", persistent: bool | None =
         labels=labels,
         pins=pins,
         hugepages=domain_hugepages(root),
+        memory_nodes=bound_nodes(root),
     )
 
 

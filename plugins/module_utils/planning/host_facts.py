@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import xml.etree.ElementTree as ET
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -162,6 +162,7 @@ class HostFacts:  # pylint: disable=too-many-instance-attributes
     local: bool = False  # the local parts were read on this host itself
     numa_cells: dict[int, tuple[int, ...]] | None = None  # {NUMA node: its CPU ids}; None when libvirt lists none
     hugepages: dict[int, dict[str, int]] | None = None  # {page size KiB: {total, free}}; None when unknown
+    hugepages_free_nodes: dict[int, dict[int, int]] | None = None  # {NUMA node: {page size KiB: free}}
 
     @property
     def topology(self) -> Topology | None:
@@ -233,9 +234,12 @@ class HostFacts:  # pylint: disable=too-many-instance-attributes
             values["migration_transports"] = tuple(values["migration_transports"] or ())
         if values.get("machine_types") is not None:
             values["machine_types"] = {str(k): tuple(v or ()) for k, v in dict(values["machine_types"]).items()}
-        for key in ("numa_cells", "hugepages"):  # JSON turned the ids into text
+        shapes: dict[str, Callable[[Any], Any]] = {  # JSON turned the ids into text
+            "numa_cells": tuple, "hugepages": dict,
+            "hugepages_free_nodes": lambda v: {int(size): int(n) for size, n in dict(v).items()}}
+        for key, shape in shapes.items():
             if values.get(key) is not None:
-                values[key] = {int(k): (tuple(v) if key == "numa_cells" else dict(v)) for k, v in values[key].items()}
+                values[key] = {int(k): shape(v) for k, v in values[key].items()}
         if "machine_aliases" in values:
             values["machine_aliases"] = dict(values["machine_aliases"] or {})
         if not values.get("name"):
@@ -341,9 +345,11 @@ def _capabilities(conn: Connection) -> dict[str, Any]:
     arch = cpu.findtext("arch") if cpu is not None else None
     machines, aliases = machine_types(root, arch)
     topo = topology(root)
+    pages = hp.host_pages(conn, root)
     return {
         "numa_cells": dict(topo.cells) if topo is not None else None,
-        "hugepages": hp.host_pages(conn, root),
+        "hugepages": pages[0] if pages else None,
+        "hugepages_free_nodes": pages[1] if pages else None,
         "machine_types": machines,
         "machine_aliases": aliases,
         "host_uuid": host.findtext("uuid") if host is not None else None,

@@ -79,26 +79,38 @@ def capabilities_pages(capabilities: ET.Element) -> Pages:
     return total
 
 
-def host_pages(conn: Any, capabilities: ET.Element) -> dict[int, dict[str, int]] | None:
-    """{size KiB: {"total": reserved, "free": free}} of every huge page size the host offers; None when libvirt
-    cannot say (no topology, or virNodeGetFreePages refused)."""
+def host_pages(conn: Any, capabilities: ET.Element) -> tuple[dict[int, dict[str, int]], dict[int, Pages]] | None:
+    """({size KiB: {"total": reserved, "free": free}}, {NUMA node: {size KiB: free}}) of every huge page size the
+    host offers; None when libvirt cannot say (no topology, or virNodeGetFreePages refused)."""
     total = capabilities_pages(capabilities)
-    cells = capabilities.findall("host/topology/cells/cell")
+    cells = sorted(int(cell.get("id") or "0") for cell in capabilities.findall("host/topology/cells/cell"))
     if not cells:
         return None
     sizes = sorted(total) or [DEFAULT_PAGE_KIB]
-    first = min(int(cell.get("id") or "0") for cell in cells)
     try:
-        free = bounded.call(conn.getFreePages, sizes, first, len(cells), 0, timeout_s=PAGES_TIMEOUT_S,
-                            what="getFreePages")
+        free = bounded.call(conn.getFreePages, sizes, cells[0], cells[-1] - cells[0] + 1, 0,
+                            timeout_s=PAGES_TIMEOUT_S, what="getFreePages")
     except Exception:  # pylint: disable=broad-except
         return None
     out: dict[int, dict[str, int]] = {size: {"total": total.get(size, 0), "free": 0} for size in sizes}
-    for per_cell in (free or {}).values():
+    nodes: dict[int, Pages] = {}
+    for cell, per_cell in (free or {}).items():
         for size, count in per_cell.items():
             if int(size) in out:
                 out[int(size)]["free"] += int(count)
-    return out
+                nodes.setdefault(int(cell), {})[int(size)] = int(count)
+    return out, nodes
+
+
+def bound_nodes(domain: ET.Element) -> tuple[int, ...]:
+    """The host NUMA nodes the domain's memory is bound to (<numatune> memory and memnode sets in a mode that
+    restricts: strict, the default, interleave, restrictive; not preferred); () when it is not bound."""
+    nodes: set[int] = set()
+    for element in domain.findall("numatune/memory") + domain.findall("numatune/memnode"):
+        nodeset = element.get("nodeset")
+        if nodeset and element.get("mode", "strict") != "preferred":
+            nodes.update(parse_cpuset(nodeset))
+    return tuple(sorted(nodes))
 
 
 def free_pages(hugepages: Mapping[Any, Mapping[str, int]] | None) -> Pages | None:

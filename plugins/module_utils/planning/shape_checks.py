@@ -21,6 +21,7 @@ from ansible_collections.hvfleet.drain.plugins.module_utils.planning.pinning imp
     ADAPT,
     PINNING_CHOICES,
     REFUSE,
+    format_cpuset,
     misfits,
 )
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning.policy_schema import DEFAULT_SETTINGS
@@ -83,15 +84,21 @@ def hugepages(domain: DomainFacts, dest: HostFacts) -> list[Finding]:
         return [("capacity.hugepages", WARN, f"{vm} is backed by huge pages ({need}); the free huge pages of {name} "
                  "are unknown (libvirt did not answer virNodeGetFreePages).",
                  f"check libvirt on {name}; hvfleet.drain.hypervisor_info lists its hugepages.")]
+    where, nodes, bound = f"on {name}", dest.hugepages_free_nodes or {}, domain.memory_nodes
+    if bound and set(bound) <= set(nodes):  # only the nodes its memory is bound to count
+        free = {size: sum(nodes[n].get(size, 0) for n in bound) for size in free}
+        where = f"on NUMA nodes {format_cpuset(bound)} of {name} (where its numatune binds its memory)"
+    elif bound:
+        where += f" (over all its nodes: it lacks some of nodes {format_cpuset(bound)} the VM is bound to)"
     short = hp.shortfall(domain.hugepages, free)
     if short:
         sizes = sorted(size for size, count in domain.hugepages.items() if count > free.get(size, 0))
-        return [("capacity.hugepages", FAIL, f"{vm} is backed by huge pages and {'; '.join(short)} on {name}; QEMU "
+        return [("capacity.hugepages", FAIL, f"{vm} is backed by huge pages and {'; '.join(short)} {where}; QEMU "
                  "there could not allocate its memory.",
                  f"reserve more huge pages on {name} (/sys/kernel/mm/hugepages/hugepages-{sizes[0]}kB/nr_hugepages, "
                  "or hugepages= on its kernel command line), free some there, or choose a destination with free "
                  "huge pages.")]
-    return [("capacity.hugepages", PASS, f"{vm} needs huge pages {need}; {name} has {hp.describe(free)} free.", None)]
+    return [("capacity.hugepages", PASS, f"{vm} needs huge pages {need}; {hp.describe(free)} free {where}.", None)]
 
 
 def shape_findings(domain: DomainFacts, dest: HostFacts, settings: Mapping[str, Any]) -> list[Finding]:

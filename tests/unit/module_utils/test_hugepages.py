@@ -64,12 +64,12 @@ class PagesConn:
 
 def test_host_pages_from_capabilities_and_free_pages():
     conn = PagesConn({0: {2048: 100, 1048576: 0}, 1: {2048: 412, 1048576: 0}})
-    pages = HP.host_pages(conn, ET.fromstring(BIG_CAPS))
-    assert pages == {2048: {"total": 1024, "free": 512}}
+    pages, nodes = HP.host_pages(conn, ET.fromstring(BIG_CAPS))
+    assert pages == {2048: {"total": 1024, "free": 512}} and nodes == {0: {2048: 100}, 1: {2048: 412}}
     assert conn.asked == [((2048,), 0, 2, 0)]  # the sizes the host reserves, every cell at once
     assert HP.host_pages(PagesConn({}, refuse=True), ET.fromstring(BIG_CAPS)) is None
     assert HP.host_pages(conn, ET.fromstring("<capabilities><host/></capabilities>")) is None
-    lab = HP.host_pages(PagesConn({0: {2048: 64, 1048576: 0}}), ET.fromstring(LAB_CAPS))
+    lab, _nodes = HP.host_pages(PagesConn({0: {2048: 64, 1048576: 0}}), ET.fromstring(LAB_CAPS))
     assert lab == {2048: {"total": 64, "free": 64}, 1048576: {"total": 0, "free": 0}}  # every size offered
     arm = ET.fromstring("<capabilities><host><topology><cells><cell id='0'><pages unit='KiB' size='64'>9</pages>"
                         "<pages unit='KiB' size='524288'>4</pages></cell></cells></topology></host></capabilities>")
@@ -77,10 +77,12 @@ def test_host_pages_from_capabilities_and_free_pages():
 
 
 def test_host_facts_carry_topology_and_pages_through_json():
-    facts = dataclasses.replace(DST, numa_cells={0: (0, 1)}, hugepages={2048: {"total": 64, "free": 10}})
+    facts = dataclasses.replace(DST, numa_cells={0: (0, 1)}, hugepages={2048: {"total": 64, "free": 10}},
+                                hugepages_free_nodes={0: {2048: 10}})
     data = facts.to_dict()
     back = H.HostFacts.from_dict(json.loads(json.dumps(data)))  # what hypervisor_info's result gives back
     assert back.numa_cells == {0: (0, 1)} and back.hugepages == {2048: {"total": 64, "free": 10}}
+    assert back.hugepages_free_nodes == {0: {2048: 10}} and back == facts
     assert back.topology.describe() == "CPUs 0-1 in NUMA nodes 0"
 
 
@@ -92,6 +94,7 @@ def test_hugepages_check_passes_fails_with_counts_and_fix_and_warns_when_unknown
     short = dataclasses.replace(DST, hugepages={2048: {"total": 128, "free": 100}, 1048576: {"total": 0, "free": 0}})
     [(cid, status, message, _fix)] = shape_findings(HP_DOM, enough, {})
     assert (cid, status) == ("capacity.hugepages", PASS) and "128 x 2048 KiB" in message
+    assert "200 x 2048 KiB free on hv2" in message
     [(cid, status, message, fix)] = shape_findings(HP_DOM, short, {})
     assert status == FAIL and "needs 128 huge pages of 2048 KiB, 100 free on hv2" in message
     assert "hugepages-2048kB/nr_hugepages" in fix
@@ -191,3 +194,23 @@ def test_no_plan_puts_more_pages_on_a_host_than_it_has_free(vms, hosts):
             assert used <= free
     for left in plan.unplaced:  # only a lack of pages keeps a VM out here, and the reason says so
         assert all("huge pages" in why for why in left.reasons.values())
+
+
+NUMA_DST = dataclasses.replace(DST, numa_cells={0: (0, 1, 2, 3), 1: (4, 5, 6, 7)},
+                               hugepages={2048: {"total": 1024, "free": 300}},
+                               hugepages_free_nodes={0: {2048: 250}, 1: {2048: 50}})
+
+
+@pytest.mark.parametrize("numatune, status, words", [
+    ("", PASS, "300 x 2048 KiB free on hv2"),  # not bound: any node
+    ("<memory mode='strict' nodeset='1'/>", FAIL, "needs 128 huge pages of 2048 KiB, 50 free on NUMA nodes 1 of hv2"),
+    ("<memory nodeset='0'/>", PASS, "250 x 2048 KiB free on NUMA nodes 0 of hv2"),  # strict is the default mode
+    ("<memory mode='preferred' nodeset='1'/>", PASS, "300 x 2048 KiB free on hv2"),  # preferred binds nothing
+    ("<memory mode='strict' nodeset='1'/><memnode cellid='0' mode='strict' nodeset='0'/>", PASS, "NUMA nodes 0-1"),
+    ("<memory mode='strict' nodeset='3'/>", PASS, "over all its nodes: it lacks some of nodes 3"),
+])
+def test_a_vm_bound_to_numa_nodes_counts_the_free_pages_of_those_nodes(numatune, status, words):
+    xml = dom_xml().replace("<cpu>", f"<numatune>{numatune}</numatune><cpu>")
+    vm = parse_domain_xml(xml)
+    [(_cid, found, message, _fix)] = [f for f in shape_findings(vm, NUMA_DST, {}) if f[0] == "capacity.hugepages"]
+    assert found == status and words in message, message

@@ -13,5 +13,6 @@ def test_hypervisor_info_reports_topology_hugepages_and_domain_shape(tmp_path):
     host = res["hypervisor"]
     assert host["numa_cells"] == {"0": list(range(8)), "1": list(range(8, 16))}
     assert host["hugepages"] == {"2048": {"total": 0, "free": 0}, "1048576": {"total": 0, "free": 0}}
+    assert host["hugepages_free_nodes"] == {}  # the test driver reports no free pages on any node
     [dom] = res["domains"]
-    assert dom["pins"] == {"cpus": [], "nodes": []} and dom["hugepages"] == {}
+    assert dom["pins"] == {"cpus": [], "nodes": []} and dom["hugepages"] == {} and dom["memory_nodes"] == []
