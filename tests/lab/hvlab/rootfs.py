@@ -39,6 +39,7 @@ PACKAGES = (
     "libvirt-daemon",
     "libvirt-daemon-driver-qemu",
     "libvirt-daemon-driver-secret",  # the drain keeps its capacity ledger in libvirt secrets
+    "libvirt-daemon-driver-storage",  # storage pools (local disks; NVRAM and TPM state carried by volume streams)
     "libvirt-clients",
     "qemu-system-x86",
     "ovmf",  # UEFI guests (OVMF firmware and its NVRAM template)
