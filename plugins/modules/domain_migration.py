@@ -27,6 +27,7 @@ author:
   - hvfleet maintainers (@hvfleet)
 requirements:
   - libvirt >= 8.5 on both hypervisors when post-copy may be used (post-copy resume)
+  - jsonschema is not needed (the prerequisite-check code the module shares imports it only if present)
 extends_documentation_fragment:
   - hvfleet.drain.libvirt_connection
 attributes:
@@ -556,6 +557,14 @@ spec:
           the prerequisite checks found, never a shared one. V(null) when no storage is copied.
       type: list
       elements: str
+    dest_xml:
+      description:
+        - The domain XML run on the destination when it differs from the source's (a drain re-mapping CPU pins);
+          always V(null) here, the module migrates the source's definition unchanged.
+      type: str
+    persist_xml:
+      description: The definition kept on the destination when it differs from the source's; always V(null) here.
+      type: str
     completion_timeout_s:
       description: O(completion_timeout).
       type: float
@@ -582,7 +591,7 @@ spec:
      undefine_source: true, bandwidth_mib: null, postcopy_bandwidth_mib: null, max_downtime_ms: 300,
      max_downtime_cap_ms: 2000, auto_converge: false, auto_converge_initial: null, auto_converge_increment: null,
      compression: null, parallel_connections: null, tls: false, tls_destination: null, copy_storage: null,
-     copy_disks: null, completion_timeout_s: null, completion_timeout_per_gib_s: 150, completion_timeout_min_s: 60,
+     copy_disks: null, dest_xml: null, persist_xml: null, completion_timeout_s: null, completion_timeout_per_gib_s: 150, completion_timeout_min_s: 60,
      on_timeout: abort, stall_iterations: 3, stats_interval_s: 1.0, postcopy_recovery_timeout_s: 300}
 plan:
   description: In check mode, what would be done, with the libvirt flags and parameters.
