@@ -23,6 +23,7 @@ from typing import Any, Optional
 from ansible_collections.hvfleet.drain.plugins.module_utils.common.errors import HvfleetError
 
 VIR_STORAGE_POOL_CREATE_WITH_BUILD = 1
+DIR_POOL_TYPES = ("dir", "fs", "netfs")  # pools whose volumes are the files of one directory
 VIR_STORAGE_VOL_FILE = 0
 VIR_ERR_SYSTEM_ERROR = 38
 CHUNK = 256 * 1024
@@ -101,7 +102,7 @@ def _pool_over(conn: Any, directory: str) -> Optional[Any]:
     for pool in conn.listAllStoragePools(0):
         root = ET.fromstring(pool.XMLDesc(0))
         path = root.findtext("target/path")
-        if root.get("type") == "dir" and path and os.path.normpath(path) == wanted:
+        if root.get("type") in DIR_POOL_TYPES and path and os.path.normpath(path) == wanted:
             return pool
     return None
 

@@ -101,10 +101,10 @@ class Host:
 
     # ---- test helpers -----------------------------------------------------------------------------
 
-    def add_pool(self, name, path, active=True):
+    def add_pool(self, name, path, active=True, kind="dir"):
         """The host's own (persistent) pool over `path`."""
         pool = Pool(self, name, path, transient=False)
-        pool.active = active
+        pool.active, pool.kind = active, kind
         self.pools[name] = pool
         return pool
 
@@ -235,12 +235,13 @@ class Pool:
     def __init__(self, host, name, path, transient):
         self.host, self.pool_name, self.path, self.transient = host, name, os.path.normpath(path), transient
         self.active = False
+        self.kind = "dir"
 
     def name(self):
         return self.pool_name
 
     def XMLDesc(self, flags=0):  # noqa: N802
-        return f"<pool type='dir'><name>{self.pool_name}</name><target><path>{self.path}</path></target></pool>"
+        return f"<pool type='{self.kind}'><name>{self.pool_name}</name><target><path>{self.path}</path></target></pool>"
 
     def isActive(self):  # noqa: N802
         return int(self.active)

@@ -140,6 +140,13 @@ def test_an_existing_pool_over_the_directory_is_used_and_left_as_it_was():
     assert set(src.pools) == {"nvram"} and set(dst.pools) == {"nvram"}
 
 
+def test_a_mounted_pool_over_the_directory_counts_as_the_hosts_own():
+    src, dst = hosts()
+    mounted = dst.add_pool("nvram-share", "/var/lib/libvirt/qemu/nvram", active=True, kind="netfs")
+    move(src, dst)
+    assert dst.fs[NVRAM].data == MARKER and mounted.active and set(dst.pools) == {"nvram-share"}
+
+
 def test_snapshots_are_redefined_parent_before_child_and_the_current_one_stays_current():
     src, dst = hosts(nvram=False)
     dom = src.domains["vm1"]
