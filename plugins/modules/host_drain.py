@@ -285,7 +285,9 @@ EXAMPLES = r"""
 RETURN = r"""
 state:
   description:
-    - V(drained), V(failed) (something could not move; the host stays cordoned), V(interrupted) (Ctrl-C or a kill),
+    - V(drained), V(not_empty) (everything else moved, but VMs whose policy says C(on_unmigratable=leave) still run
+      on the host, see RV(left); the host must not be rebooted), V(failed) (something could not move; the host
+      stays cordoned), V(interrupted) (Ctrl-C or a kill),
       V(cancelled) (a O(state=cancelled) request from another run stopped it, see RV(cancel)), V(restored), or
       V(planned) in check mode.
     - With O(state=cancelled), V(cancelled) when a running drain was stopped, else the journal's state (or V(idle)).
@@ -317,7 +319,10 @@ plan:
       description: The VM.
       type: str
     kind:
-      description: V(live) (a running VM migrates) or V(definition) (a shut-off VM's definition moves).
+      description:
+        - V(live) (a running VM migrates), V(definition) (a shut-off VM's definition moves) or V(cold) (a running VM
+          that cannot live-migrate, with C(on_unmigratable=shutdown) in its policy, is shut down by ACPI, its definition
+          moves and it is started on the destination; see C(docs/POLICIES.md)).
       type: str
     source:
       description: The host it leaves.
@@ -335,10 +340,10 @@ plan:
       description: Why that policy.
       type: str
     mode:
-      description: The migration mode, V(precopy), V(postcopy), V(postcopy_after_precopy) or V(definition).
+      description: The migration mode, V(precopy), V(postcopy), V(postcopy_after_precopy), V(definition) or V(cold).
       type: str
     mode_reason:
-      description: Why that mode.
+      description: Why that mode; for V(cold) what stops the live migration and the expected outage.
       type: str
     auto_converge:
       description: Whether vCPU throttling is on.
@@ -396,7 +401,7 @@ vms:
       description: The VM.
       type: str
     kind:
-      description: V(live) or V(definition).
+      description: V(live), V(definition) or V(cold).
       type: str
     source:
       description: The host it left.
@@ -717,6 +722,40 @@ not_started:
   type: list
   elements: str
   sample: [web2, web3]
+left:
+  description:
+    - VMs that cannot live-migrate and that their policy (C(on_unmigratable=leave)) leaves running on the host, which
+      is then not empty (RV(state) V(not_empty), RV(verified_empty) false). Not a failure; the rolling upgrade refuses
+      to reboot such a host.
+  returned: with O(state=drained)
+  type: list
+  elements: dict
+  contains:
+    vm:
+      description: The VM.
+      type: str
+    policy:
+      description: Its migration policy.
+      type: str
+    live_blockers:
+      description: What stops its live migration (a device bound to the host, a shared-memory device); empty for a
+        VM with disks on local storage under C(storage=shared_only).
+      type: list
+      elements: str
+    why:
+      description: Why it stays, in words.
+      type: str
+    fix:
+      description: What to do to empty the host.
+      type: str
+  sample:
+    - vm: gpu1
+      policy: gpu
+      live_blockers: ["host PCI device 0000:3b:00.0"]
+      why: "cannot live-migrate (host PCI device 0000:3b:00.0); on_unmigratable: leave: it keeps running on hv1, which
+        is therefore not empty"
+      fix: "hv1 must not be rebooted while 'gpu1' runs on it: shut 'gpu1' down for the maintenance, or give it a policy
+        with on_unmigratable: shutdown (a cold move with an outage), then drain again."
 recoverable:
   description:
     - VMs that are not provably in exactly one place (running on two hosts, seen on none, a leftover definition that

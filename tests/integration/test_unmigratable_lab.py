@@ -19,6 +19,7 @@ does), with two test-side adaptations, both said where they are made:
   power button (`vm_cold_step` shutdown_requested), the test powers the guest off, as an OS would.
 """
 
+import json
 import threading
 import time
 import xml.etree.ElementTree as ET
@@ -29,6 +30,7 @@ pytestmark = [pytest.mark.lab]
 
 libvirt = pytest.importorskip("libvirt")
 
+import test_rolling_upgrade_lab as ru  # noqa: E402  (same directory; prepend import mode)
 from ansible_collections.hvfleet.drain.plugins.module_utils.drain import journal as jr  # noqa: E402
 from ansible_collections.hvfleet.drain.plugins.module_utils.drain.drainer import Drainer  # noqa: E402
 from ansible_collections.hvfleet.drain.plugins.module_utils.drain.libvirt_backend import LibvirtBackend  # noqa: E402
@@ -138,8 +140,11 @@ def drainer(lab, tmp_path, name, settings, progress=None):
 def new_boot_on(lab, name, host, before):
     """`name` runs on `host` alone, in a boot other than `before`'s, and its heartbeat goes on."""
     assert lab.locate(name) == {host: "running"}, lab.locate(name)
-    hb = wait_for(lambda: (lambda now: now if now.boot_id not in (None, before.boot_id) else None)(
-        lab.heartbeat(name)), 120, f"a new boot of {name} on {host}")
+    def new_boot():
+        now = lab.heartbeat(name)
+        return now if now.boot_id not in (None, before.boot_id) else None
+
+    hb = wait_for(new_boot, 120, f"a new boot of {name} on {host}")
     later = lab.wait_heartbeat_advances(name, beyond=hb.last_n + 1, timeout=60)
     assert later.boot_id == hb.boot_id != before.boot_id
     assert boot_ids(later)[-1] == later.boot_id and before.boot_id in boot_ids(later)
@@ -225,4 +230,26 @@ def test_leave_keeps_it_running_and_the_host_is_not_empty(lab, make_vm, tmp_path
     assert left["vm"] == name and SHMEM in left["why"] and "must not be rebooted" in left["fix"]
     assert "NOT empty" in result.message and name in result.message
     assert result.vms == [] and watch.most == 1
+    assert_only_on(lab, name, "hv1", before)
+
+
+def test_the_rolling_upgrade_refuses_a_host_the_drain_left_a_vm_on(clean_lab, make_vm, tmp_path):
+    """playbooks/rolling_kernel_upgrade.yml on hv1 with a VM its policy leaves there: the drain ends not_empty and
+    the host is neither upgraded nor rebooted; the play fails for it naming the VM and the fix."""
+    lab = clean_lab
+    name, before = unmigratable_vm(lab, make_vm)
+    assert set(lab.domains()["hv1"]) == {name}, f"hv1 must hold only this test's VM: {lab.domains()['hv1']}"
+    policies = [{"name": "odd", "selector": {"domains": [name]}, "settings": {"on_unmigratable": "leave"}}]
+    events = tmp_path / "events.jsonl"
+    pids_before = ru.libvirtd_pids(lab)
+    rc, out, seconds = ru.run_playbook(*ru.common_args(tmp_path, events), "-e",
+                                       json.dumps({"drain_host_policies": policies}), "--limit", "hv1")
+    print(f"LAB-TIMING rolling upgrade refused after a not_empty drain (hv1): {seconds:.1f}s")
+    assert rc != 0
+    assert f"Refusing to upgrade and reboot hv1: its drain left {name} running on it" in out
+    assert SHMEM in out and "on_unmigratable shutdown" in out and "--limit hv1" in out
+    assert "hv1 is NOT empty" in out  # the drain_host role said so first
+    assert ru.events_of(events) == []  # neither the upgrade step nor the reboot ran
+    assert ru.libvirtd_pids(lab)["hv1"] == pids_before["hv1"]
+    assert ru.cordoned(lab, "hv1")  # left out of service
     assert_only_on(lab, name, "hv1", before)

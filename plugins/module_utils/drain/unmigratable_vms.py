@@ -55,4 +55,3 @@ def leave(ctx: RunContext, cand: Any, devices: tuple, result: DrainResult) -> No
     name = cand.vm.name
     result.left.append({"vm": name, "policy": cand.policy, "live_blockers": list(devices),
                         "why": leave_reason(devices, ctx.source.name), "fix": leave_fix(name, ctx.source.name)})
-
