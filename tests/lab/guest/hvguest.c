@@ -12,11 +12,11 @@
  * n starts at 1; boot comes from /proc/sys/kernel/random/boot_id (changes on reboot);
  * dirtied_mb counts every page write, including the first touch of the buffer.
  *
- * Under UEFI (efivarfs mounted by /init) and with a TPM (/dev/tpm0) the guest keeps a token in both: on
- * its first boot it writes the boot id (32 hex digits) into the EFI variable HvlabState-HVLAB_GUID and
- * into the TPM NV index NV_INDEX (owner auth, empty password); a later boot keeps what it finds. After
- * each heartbeat it reads both back, so a test sees what the firmware and the TPM of the host it runs
- * on hold now:
+ * Under UEFI (efivarfs mounted by /init) and with a TPM (/dev/tpm0), each where present, the guest keeps
+ * a token: on its first boot it writes the boot id (32 hex digits) into the EFI variable EFI_VAR and into
+ * the TPM NV index NV_INDEX (owner auth, empty password); a later boot keeps what it finds. After each
+ * heartbeat it reads both back, so a test sees what the firmware and the TPM of the host it runs on hold
+ * now:
  *   HVLAB-STATE name=NAME boot=BOOT_ID n=COUNTER efi=VALUE tpm=VALUE\n
  * VALUE: the 32 hex digits, "none" (no such device), "missing" (not there, could not write), "rc-XXX".
  *
