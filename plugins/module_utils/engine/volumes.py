@@ -103,10 +103,14 @@ def volume_xml(name: str, capacity: int, fmt: str, pool_type: Optional[str]) -> 
 def no_pool(vm: str, target: str, path: str, dest: str) -> tuple[str, str]:
     """(message, fix) when `dest` has no active storage pool at the disk's directory: nowhere to create the
     copy. The preflight (planning/disk_checks.py) says the same at plan time."""
+    return _no_pool(f"{vm}: disk {target} ({path})", path, dest)
+
+
+def _no_pool(what: str, path: str, dest: str) -> tuple[str, str]:
     directory = os.path.dirname(path)
     name = os.path.basename(directory.rstrip("/")) or "images"
     q = shlex.quote
-    return (f"{vm}: disk {target} ({path}) is to be copied to {dest}, but {dest} has no active storage pool at "
+    return (f"{what} is to be copied to {dest}, but {dest} has no active storage pool at "
             f"{directory}: the copy is created only inside a storage pool (or into a file that already exists "
             "there).",
             f"define and start a dir storage pool with target {directory} on {dest} (virsh pool-define-as {q(name)} "
@@ -248,20 +252,17 @@ def copy_offline(src_conn: Any, dst_conn: Any, path: str, *, src_name: str, dest
     overwrites). Every call is bounded and the whole copy ends by `deadline_s` seconds; when it fails the
     streams are aborted and the new volume is deleted again - or VolumeError says it is left."""
     start = clock()
-    try:
-        src_vol = _call(lambda: src_conn.storageVolLookupByPath(path), path, timeout_s)
-    except VolumeError:
-        raise
-    except Exception as exc:  # pylint: disable=broad-except
+    src_vol = _volume_at(src_conn, path, timeout_s)
+    if src_vol is None:
         directory = os.path.dirname(path)
-        raise VolumeError(f"{path} is in no storage pool on {src_name}, so libvirt cannot read it out: {exc}.",
-                          f"define and start a dir storage pool with target {directory} on {src_name}.") from exc
+        raise VolumeError(f"{path} is in no active storage pool on {src_name}, so libvirt cannot read it out.",
+                          f"define and start a dir storage pool with target {directory} on {src_name}.")
     capacity = int(_call(src_vol.info, f"the size of {path}", timeout_s)[1])
     disk = CopiedDisk(os.path.basename(path), path, volume_format(_call(lambda: src_vol.XMLDesc(0), path, timeout_s))
                       or "raw")
     pool = _pool_at(dst_conn, os.path.dirname(path), timeout_s)
     if pool is None:
-        raise VolumeError(*no_pool(f"the copy of {path}", "(offline copy)", path, dest))
+        raise VolumeError(*_no_pool(path, path, dest))
     pool_name = _call(pool.name, "the pool's name", timeout_s)
     _call(lambda: pool.refresh(0), f"a refresh of pool '{pool_name}'", timeout_s)
     try:
@@ -289,6 +290,27 @@ def copy_offline(src_conn: Any, dst_conn: Any, path: str, *, src_name: str, dest
         raise VolumeError(f"Copying {path} from {src_name} to {dest} failed: {getattr(exc, 'message', None) or exc}."
                           f"{kept}", "check both hosts' libvirt daemons and the network, then run again.") from exc
     return vol, copied
+
+
+def _volume_at(conn: Any, path: str, timeout_s: float) -> Any:
+    """The volume at `path`, looked up again after a refresh of the pool at its directory (a dir pool knows
+    only the files there at its last refresh); None when no active pool holds it."""
+    try:
+        return _call(partial(conn.storageVolLookupByPath, path), path, timeout_s)
+    except VolumeError:
+        raise
+    except Exception:  # pylint: disable=broad-except
+        pass
+    pool = _pool_at(conn, os.path.dirname(path), timeout_s)
+    if pool is None:
+        return None
+    _call(partial(pool.refresh, 0), f"a refresh of the pool at {os.path.dirname(path)}", timeout_s)
+    try:
+        return _call(partial(pool.storageVolLookupByName, os.path.basename(path)), path, timeout_s)
+    except VolumeError:
+        raise
+    except Exception:  # pylint: disable=broad-except
+        return None
 
 
 def _stream(src_conn: Any, dst_conn: Any, src_vol: Any, path: str, streams: list[Any], deadline: float,

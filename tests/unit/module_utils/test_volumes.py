@@ -70,6 +70,7 @@ class Pool:
 
     def refresh(self, _flags=0):
         self.refreshed += 1
+        self.host.stale.clear()
 
     def storageVolLookupByName(self, name):  # noqa: N802
         if name not in self.vols:
@@ -118,6 +119,7 @@ class StorageHost(Host):
         super().__init__()
         self.pools, self.log, self.streams = [], [], []
         self.create_error = self.delete_error = self.recv_error = None
+        self.stale = set()  # paths the pool learns of at its next refresh (a file made outside libvirt)
 
     def pool(self, name, target, **kw):
         self.pools.append(Pool(self, name, target, **kw))
@@ -133,7 +135,7 @@ class StorageHost(Host):
         return next(p for p in self.pools if p.pname == name)
 
     def storageVolLookupByPath(self, path):  # noqa: N802
-        for pool in self.pools:
+        for pool in [] if path in self.stale else self.pools:
             for vol in pool.vols.values():
                 if vol.path == path:
                     return vol
@@ -411,4 +413,13 @@ def test_the_offline_copy_never_overwrites_and_needs_pools_on_both_ends():
     assert "already exists on hv2" in err.value.message and dst.streams == []
     with pytest.raises(V.VolumeError) as err:
         offline(StorageHost(), dst)
-    assert "in no storage pool on hv1" in err.value.message and IMAGES in err.value.hint
+    assert "in no active storage pool on hv1" in err.value.message and IMAGES in err.value.hint
+
+
+def test_the_offline_copy_finds_a_source_file_its_pool_learns_of_at_a_refresh():
+    src, dst = StorageHost(), StorageHost()
+    pool = src.pool("local", IMAGES, vols=[("d.qcow2", GIB, "qcow2", b"abc")])
+    dst.pool("local", IMAGES)
+    src.stale.add(f"{IMAGES}/d.qcow2")
+    vol, copied = offline(src, dst)
+    assert copied == 3 and vol.created and pool.refreshed == 1
