@@ -98,6 +98,7 @@ from ansible_collections.hvfleet.drain.plugins.module_utils.planning.model impor
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning.policy_schema import (  # noqa: E402
     DEFAULT_SETTINGS,
 )
+from ansible_collections.hvfleet.drain.plugins.module_utils.planning.precopy import switch_point  # noqa: E402
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning.scheduler import Migration  # noqa: E402
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning.vm_plan import (  # noqa: E402
     lane_bandwidth,
@@ -241,9 +242,12 @@ def precopy_rounds(g: Guest, bw: float, deadline_s: float, limit_ms: Callable[[f
         sent += to_send
         dirtied = min(g.dirty * t, wss)
         if dirtied <= bw * limit_ms(elapsed) / 1000.0:
-            pause = dirtied / bw
-            if elapsed + pause <= deadline_s:
-                return Rounds(True, elapsed + pause, sent + dirtied, dirtied,
+            at, pending = switch_point(to_send, bw, g.dirty, wss, bw * limit_ms(elapsed) / 1000.0,
+                                       params.first_check_s if i == 1 else 0.0)  # QEMU switches mid-pass
+            pause = pending / bw
+            switch = elapsed - t + at
+            if switch + pause <= deadline_s:
+                return Rounds(True, switch + pause, sent - to_send + bw * at + pending, pending,
                               pause * 1000.0 + params.precopy_switchover_ms, i)
             return Rounds(False, deadline_s, sent + bw * (deadline_s - elapsed), dirtied, None, i)
         if i >= params.escalate_after_passes and min(g.dirty * dirtied / bw, wss) == dirtied:
@@ -384,7 +388,7 @@ def hvfleet_drain(guests: Sequence[Guest], link_bps: float, cal: Calibration, *,
     forecast_total = max((s.end_s for s in plan if s.end_s is not None), default=0.0)
     out = []
     for slot in simulate_drain(moves, config.limits(), source.link_bps(), truth, **common):
-        fc, (d, bw) = slot.forecast, chosen[slot.vm]
+        fc, d = slot.forecast, chosen[slot.vm][0]
         if fc is None or fc.mode == REFUSE or slot.end_s is None:
             out.append(Move(slot.vm, slot.start_s, slot.start_s, False, "refused", None, 0.0))
             continue
@@ -392,9 +396,7 @@ def hvfleet_drain(guests: Sequence[Guest], link_bps: float, cal: Calibration, *,
             out.append(Move(slot.vm, slot.start_s, slot.end_s, False, f"{fc.mode} (aborted)", None,
                             float(fc.predicted_bytes or 0)))
             continue
-        pause = fc.predicted_downtime_ms
-        if fc.mode != "precopy":
-            pause = (pause or 0.0) + cal.postcopy_stall_bytes / bw * 1000.0  # A6
+        pause = fc.predicted_downtime_ms  # post-copy: the switch plus the page-fault stall (A6, the forecast's)
         out.append(Move(slot.vm, slot.start_s, slot.end_s, True, str(fc.mode), pause, float(fc.predicted_bytes or 0),
                         auto_converge=bool(d.item.auto_converge)))
     return out, forecast_total

@@ -60,6 +60,9 @@ from ansible_collections.hvfleet.drain.plugins.module_utils.planning.precopy imp
     postcopy_stall_ms,
     simulate_precopy,
 )
+from ansible_collections.hvfleet.drain.plugins.module_utils.planning.precopy import (  # noqa: F401 (re-exported)
+    switch_point as precopy_switch_point,
+)
 
 PRECOPY = Mode.PRECOPY
 POSTCOPY = Mode.POSTCOPY

@@ -31,6 +31,7 @@ class ModelParams:  # pylint: disable=too-many-instance-attributes
     # duration - QEMU's own elapsed time = 0.22 s. The same for small and large guests.
     setup_s: float = 0.5
     precopy_switchover_ms: float = 20.0  # device state at the final pause (lab idle VM, unshaped: 12-35 ms)
+    first_check_s: float = 0.1  # QEMU measures the bandwidth over its first 100 ms before it may switch
     # libvirt's page sampling checks 512 pages per GiB, so one changed sample stands for 2 MiB: a 1 s
     # reading of 0 means "below ~2 MiB/s", not "nothing". An idle lab guest read 0 yet paused 260-430 ms
     # at the final switch on a 300 Mbit/s link (~10 MB left: it does dirty memory). Below this the
@@ -129,6 +130,30 @@ def check_inputs(ram_bytes: float | None, dirty_rate: float | None, bandwidth: f
                             "give the bytes of the disks the migration copies (0 with shared storage).")
 
 
+def switch_point(to_send: float, bandwidth: float, rate: float, wss: float, budget: float,
+                 first_check_s: float = 0.0) -> tuple[float, float]:
+    """(seconds into the pass, bytes pending) when QEMU switches over in a pass that converges.
+
+    QEMU does not finish the pass first: it checks what is pending (unsent + dirtied since the pass
+    began) every ~100 ms and stops the guest as soon as that fits the downtime limit (`budget`
+    bytes). So the pause is close to the limit whenever the pass started above it (lab, 300 Mbit/s,
+    limit 500 ms: idle and moderate guests paused 260-900 ms), and the pass's own remainder when it
+    started below it (after the first bandwidth measurement, `first_check_s`)."""
+    def pending(at: float) -> float:
+        return max(0.0, to_send - bandwidth * at) + min(rate * at, wss)
+
+    end = to_send / bandwidth
+    start = min(first_check_s, end)
+    if pending(start) <= budget:
+        return start, pending(start)
+    if rate < bandwidth and to_send - budget <= (wss / rate if rate > 0 else end) * (bandwidth - rate):
+        at = (to_send - budget) / (bandwidth - rate)  # before the dirtied part reaches the working set
+    else:
+        at = (to_send + wss - budget) / bandwidth
+    at = min(end, max(start, at))
+    return at, min(budget, pending(at))
+
+
 def simulate_precopy(ram_bytes: float, dirty_rate: float, bandwidth: float, deadline_s: float,
                      max_downtime_ms: float, *, escalate_to_ms: float | None = None,
                      transferable_ratio: float = 1.0, dirty_working_set: float | None = None,
@@ -177,9 +202,13 @@ def simulate_precopy(ram_bytes: float, dirty_rate: float, bandwidth: float, dead
         dirtied = min(rate * t, wss)
         limit = limit_ms(i)
         if dirtied <= bandwidth * limit / 1000.0:
-            pause = dirtied / bandwidth
-            if elapsed + pause <= deadline_s:
-                return PrecopyRun(True, i, elapsed + pause, sent + dirtied, dirtied,
+            cross = switch_point(to_send, bandwidth, rate, wss, bandwidth * limit / 1000.0,
+                                 params.first_check_s if i == 1 else 0.0)
+            pending = cross[1]
+            pause = pending / bandwidth
+            at = elapsed - t + cross[0]
+            if at + pause <= deadline_s:
+                return PrecopyRun(True, i, at + pause, sent - to_send + bandwidth * cross[0] + pending, pending,
                                   pause * 1000.0 + params.precopy_switchover_ms, limit, throttle, False)
             sent += bandwidth * (deadline_s - elapsed)
             return PrecopyRun(False, i, deadline_s, sent, dirtied, None, limit, throttle, stalled)

@@ -21,7 +21,9 @@ def test_idle_vm_gets_precopy_in_one_pass():
     assert result.iterations == 1
     # one pass of RAM plus setup, and a pause of a few ms plus the switchover
     assert result.predicted_duration_s == pytest.approx(P.setup_s + 256 / 600, rel=0.02)
-    assert P.precopy_switchover_ms <= result.predicted_downtime_ms < P.precopy_switchover_ms + 5
+    # the whole pass fits the 500 ms limit: QEMU switches after its first 100 ms, with the rest pending
+    pending = 256 - 600 * P.first_check_s + P.dirty_rate_floor_bps / MIB * P.first_check_s
+    assert result.predicted_downtime_ms == pytest.approx(P.precopy_switchover_ms + pending / 600 * 1000, abs=0.5)
     assert result.reason.endswith("-> pre-copy")
 
 
@@ -155,7 +157,7 @@ def test_explicit_postcopy_switches_after_the_first_pass():
 def test_postcopy_after_precopy_on_an_idle_vm_never_switches():
     result = F.forecast(256 * MIB, 0.5 * MIB, 500 * MIB, mode="postcopy_after_precopy")
     assert result.mode == "postcopy_after_precopy"
-    assert result.predicted_downtime_ms < 100
+    assert result.predicted_downtime_ms <= 500 + P.precopy_switchover_ms
     assert "no switch to post-copy expected" in result.reason
 
 
@@ -246,7 +248,7 @@ def test_auto_choices_keep_their_promises(ram, bw, rate, allow, cap, per_gib, ws
 def test_precopy_sends_at_least_what_is_transferable(ram, bw, rate):
     result = F.simulate_precopy(ram, rate, bw, 600.0, 500)
     assume(result.converged)
-    assert result.bytes_sent >= ram
+    assert result.bytes_sent >= ram * (1 - 1e-12)  # float sums
     assert result.pause_ms <= 500 + P.precopy_switchover_ms + 1e-6
 
 

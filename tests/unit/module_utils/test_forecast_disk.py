@@ -66,8 +66,24 @@ def test_the_setup_time_is_the_same_for_small_and_large_idle_guests():
 
 
 def test_a_reading_of_zero_is_taken_as_the_sampling_floor():
+    # 128 MiB at 1000 MiB/s: the pass fits the limit; what is pending after QEMU's first 100 ms goes in the pause
+    zero = F.forecast(256 * MIB, 0, 1000 * MIB, transferable_ratio=0.5)
+    floor = F.forecast(256 * MIB, P.dirty_rate_floor_bps, 1000 * MIB, transferable_ratio=0.5)
+    assert zero == floor
+    assert "a sample cannot tell less from 0" in zero.reason
+
+
+def test_qemu_switches_as_soon_as_what_is_pending_fits_the_limit():
+    # 128 MiB at 100 MiB/s with a 500 ms limit (50 MiB): the switch comes mid-pass with ~50 MiB pending,
+    # so the pause is about the limit, not what a whole pass would have left (lab: 260-900 ms at 500 ms)
     idle = F.forecast(256 * MIB, 0, 100 * MIB, transferable_ratio=0.5)
-    # 1.28 s pass: 2.56 MiB dirtied, sent in the pause at 100 MiB/s
-    assert idle.predicted_downtime_ms == pytest.approx(P.precopy_switchover_ms + 25.6, abs=0.2)
-    busier = F.forecast(256 * MIB, 8 * MIB, 100 * MIB, transferable_ratio=0.5)
-    assert busier.predicted_downtime_ms > idle.predicted_downtime_ms
+    assert idle.iterations == 1
+    assert idle.predicted_downtime_ms == pytest.approx(500 + P.precopy_switchover_ms, abs=1)
+    at, pending = F.precopy_switch_point(128 * MIB, 100 * MIB, 2 * MIB, 128 * MIB, 50 * MIB, 0.1)
+    assert pending == pytest.approx(50 * MIB) and at == pytest.approx(78 / 98, rel=1e-6)
+    # a pass that fits from the first check on
+    at, pending = F.precopy_switch_point(40 * MIB, 100 * MIB, 0, 128 * MIB, 50 * MIB, 0.1)
+    assert (at, pending) == (pytest.approx(0.1), pytest.approx(30 * MIB))
+    # the working set caps what the guest adds
+    at, pending = F.precopy_switch_point(100 * MIB, 100 * MIB, 200 * MIB, 10 * MIB, 50 * MIB)
+    assert at == pytest.approx(0.6) and pending == pytest.approx(50 * MIB)
