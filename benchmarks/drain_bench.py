@@ -430,6 +430,16 @@ def run_contender(lab, name, args, run_no):
         remove_guests(lab, guests)
 
 
+def foreign_domains(lab, prefix="db"):
+    """Domains on the source that are not this benchmark's: the hvfleet contender drains the whole host, so
+    a run waits until other lab users' domains are gone rather than move them."""
+    conn = libvirt.open(lab.uri(SOURCE))
+    try:
+        return sorted(d.name() for d in conn.listAllDomains(0) if not d.name().startswith(prefix))
+    finally:
+        conn.close()
+
+
 @contextlib.contextmanager
 def lab_lock(enabled):
     if not enabled:
@@ -507,11 +517,19 @@ def main():
     runs = []
     for run_no in range(1, args.runs + 1):
         order = contenders[(run_no - 1) % len(contenders):] + contenders[:(run_no - 1) % len(contenders)]
-        with lab_lock(not args.no_lock):
-            lab.up(hosts_count=3)
-            log(f"run {run_no}/{args.runs}: {', '.join(order)}")
-            for name in order:
-                runs.append(run_contender(lab, name, args, run_no))
+        for attempt in range(60):  # the source must hold nothing but this benchmark's guests
+            with lab_lock(not args.no_lock):
+                lab.up(hosts_count=3)
+                others = foreign_domains(lab)
+                if not others:
+                    log(f"run {run_no}/{args.runs}: {', '.join(order)}")
+                    for name in order:
+                        runs.append(run_contender(lab, name, args, run_no))
+                    break
+            log(f"  {SOURCE} holds other domains ({', '.join(others)}); waiting 20 s (attempt {attempt + 1}/60)")
+            time.sleep(20)
+        else:
+            raise SystemExit(f"{SOURCE} kept other domains for 20 min: {', '.join(others)}")
         if args.json:  # after every run, so an interrupted benchmark keeps what it measured
             Path(args.json).write_text(json.dumps({"meta": meta, "runs": runs, "partial": True}, indent=1) + "\n")
     report(runs, meta, args)
