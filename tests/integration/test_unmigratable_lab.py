@@ -140,6 +140,7 @@ def drainer(lab, tmp_path, name, settings, progress=None):
 def new_boot_on(lab, name, host, before):
     """`name` runs on `host` alone, in a boot other than `before`'s, and its heartbeat goes on."""
     assert lab.locate(name) == {host: "running"}, lab.locate(name)
+
     def new_boot():
         now = lab.heartbeat(name)
         return now if now.boot_id not in (None, before.boot_id) else None

@@ -224,7 +224,8 @@ class _Checks:
         self.ctx, self.src_conn, self.dest_conns, self.capacities = ctx, src_conn, dest_conns, capacities
         self.candidates, self.checks = candidates, checks
         stack = _source_stack(ctx, src_conn)
-        self.demands = [_demand(ctx, c.vm, c.settings, reviewed, stack) for c in candidates]
+        self.demands = [_demand(ctx, c.vm, c.settings, reviewed, stack, runs=c.vm.active or c.cold is not None)
+                        for c in candidates]
         caps = {c.name: c for c in capacities}
         self.open = [d.name for d in ctx.destinations if d.name in dest_conns and not d.cordoned_now]
         self.todo = {(i, name) for i, demand in enumerate(self.demands) for name in self.open
@@ -337,12 +338,14 @@ def _source_stack(ctx: RunContext, src_conn: Any) -> tuple[int, int]:
 
 
 def _demand(ctx: RunContext, vm: VmInfo, settings: dict, reviewed: Optional[dict],
-            source_stack: tuple[int, int] = (0, 0)) -> VmDemand:
-    """The VM's placement demand, before its checks (eligible: every host)."""
+            source_stack: tuple[int, int] = (0, 0), runs: Optional[bool] = None) -> VmDemand:
+    """The VM's placement demand, before its checks (eligible: every host). `runs`: it runs on the destination
+    (default: it runs now; a cold move starts it there even when it is shut off now)."""
+    runs = vm.active if runs is None else runs
     pins = tuple(settings.get("destinations", {}).get("pin") or ())
     if reviewed is not None and vm.name in reviewed:
         pins = (reviewed[vm.name]["destination"],)
-    return VmDemand(name=vm.name, memory_mib=vm.memory_mib if vm.active else 0, vcpus=vm.vcpus if vm.active else 0,
+    return VmDemand(name=vm.name, memory_mib=vm.memory_mib if runs else 0, vcpus=vm.vcpus if runs else 0,
                     dirty_rate_bps=vm.dirty_rate_bps or 0.0, anti_affinity=anti_affinity(ctx, vm.labels), pin=pins,
                     avoid=tuple(settings.get("destinations", {}).get("avoid") or ()),
                     order=int(settings.get("drain_order", 0) or 0), source_stack=source_stack)

@@ -32,6 +32,7 @@ from ansible_collections.hvfleet.drain.plugins.module_utils.drain.whereabouts im
     locate,
 )
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning.model import Host
+from ansible_collections.hvfleet.drain.plugins.module_utils.planning.unmigratable import COLD
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning.vm_plan import Blocker, PlanError, PlanItem
 
 ABORT_GRACE_S = 60.0  # after aborting an orphaned job, how long it may take to end
@@ -156,8 +157,8 @@ class Resumer:
         if placement == Placement.POSTCOPY_INTERRUPTED:
             return self._pin_postcopy(name, entry, state, verdict)
         if placement == Placement.DEFINITION_TWICE:
-            if entry.get("kind") == Kind.DEFINITION and entry.get("destination") == verdict.host:
-                return self._pin(name, entry, "finishing the interrupted definition move")
+            if entry.get("kind") in (Kind.DEFINITION, COLD) and entry.get("destination") == verdict.host:
+                return self._pin(name, entry, f"finishing the interrupted {entry.get('kind')} move")
             self._recoverable(name, verdict.reason, f"start it on the host that should keep it, then undefine the "
                               f"other definition (virsh undefine {name} on that host, keeping NVRAM).")
             return False
@@ -187,6 +188,8 @@ class Resumer:
         changed = False
         for host_name in verdict.drop_leftover_on:
             changed |= self._drop_leftover(name, host_name, dest)
+        if entry.get("kind") == COLD and dest is not None:
+            changed |= self._start_cold(name, dest)
         if state == VmState.MOVED and entry.get("destination") == verdict.host:
             return changed
         self._set(name, VmState.MOVED, f"found on {verdict.host} after an interrupted run",
@@ -196,6 +199,24 @@ class Resumer:
         if self.act and entry_now is not None:
             self.result.vms.append(vm_result(entry_now))
         self.out.skip.add(name)
+        return True
+
+    def _start_cold(self, name: str, dest: Host) -> bool:
+        """A cold move interrupted after its definition moved: the VM is shut off on `dest` alone; start it there
+        (it ran before the drain). True when started."""
+        view = self.ctx.backend.observe(self.conns.get(dest.uri), name, dest.uri)
+        if not view.reachable or view.running or view.paused or not view.present:
+            return False
+        if not self.act:
+            self.ctx.note(f"{name}: shut off on {dest.name} after an interrupted cold move; it would be started there")
+            return False
+        try:
+            self.ctx.backend.start(self.conns.get(dest.uri), name)
+        except HvfleetError as exc:
+            self._recoverable(name, f"shut off on {dest.name} (defined there only) after an interrupted cold move; "
+                              f"starting it failed: {exc.message}", exc.hint or f"start '{name}' on {dest.name}.")
+            return False
+        self.ctx.note(f"{name}: started on {dest.name}, finishing the interrupted cold move")
         return True
 
     def _drop_leftover(self, name: str, host_name: str, runs_on: Optional[Host]) -> bool:

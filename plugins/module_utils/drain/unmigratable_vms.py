@@ -12,9 +12,11 @@ from __future__ import annotations
 from typing import Any
 
 from ansible_collections.hvfleet.drain.plugins.module_utils.common.errors import HvfleetError
+from ansible_collections.hvfleet.drain.plugins.module_utils.common.vocabulary import VmState
 from ansible_collections.hvfleet.drain.plugins.module_utils.drain.context import RunContext
 from ansible_collections.hvfleet.drain.plugins.module_utils.drain.model import DrainResult
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning.unmigratable import (
+    COLD,
     OnUnmigratable,
     block_fix,
     leave_fix,
@@ -29,7 +31,10 @@ def sort_unmigratable(ctx: RunContext, src_conn: Any, candidates: dict[str, Any]
     the host (both out of the plan), or marked for a cold move."""
     for name, cand in sorted(candidates.items()):
         if not cand.vm.active:
-            continue  # a shut-off VM's definition moves whatever its devices
+            entry = ctx.journal.vm(name) if ctx.journal is not None else None
+            if entry is not None and entry.get("kind") == COLD and entry.get("state") != VmState.HOME:
+                cand.cold = tuple(entry.get("live_blockers") or ())  # shut down by a cold move that was interrupted:
+            continue  # it moves cold again (and is started); any other shut-off VM's definition moves
         try:
             devices = tuple(ctx.backend.live_blockers(src_conn, cand.vm))
         except HvfleetError as exc:

@@ -226,3 +226,55 @@ def test_a_left_vm_does_not_hide_a_real_failure(tmp_path):
     assert result.failed and result.state == jr.DRAIN_FAILED
     assert [b["vm"] for b in result.blockers] == ["broken"] and [one["vm"] for one in result.left] == ["odd"]
     assert "broken" in result.message and "NOT empty" in result.message
+
+
+# ---- a run killed in the middle of a cold move, resumed -----------------------------------------
+
+
+class Killed(BaseException):
+    """The controller dies at this call (as fault_backend.ProcessKilled)."""
+
+
+def killed_at(backend, method):
+    real = getattr(backend, method)
+
+    def die(*_args, **_kwargs):
+        setattr(backend, method, real)  # once
+        raise Killed(method)
+
+    setattr(backend, method, die)
+
+
+def test_a_run_killed_after_the_shutdown_moves_it_cold_when_resumed(tmp_path):
+    world = fleet(odd=odd())
+    drainer, backend, _events = make(tmp_path, world, policies=policy("shutdown"))
+    killed_at(backend, "move_definition")
+    try:
+        drainer.drain()
+    except Killed:
+        pass
+    assert_defined_once(world, "odd", "hv1", "shutoff")  # shut down, not moved
+    assert journal(tmp_path)["vms"]["odd"]["state"] == jr.MIGRATING
+    result = make(tmp_path, world, backend=backend, policies=policy("shutdown"), orphan_wait_s=0)[0].drain()
+    assert result.state == jr.DRAINED, result.message
+    host = world.where("odd")[0]
+    assert_defined_once(world, "odd", host, "running")
+    assert host != "hv1" and world.hosts[host]["odd"]["boot"] == 2
+    assert next(p for p in result.plan if p["vm"] == "odd")["kind"] == "cold"
+
+
+def test_a_run_killed_before_the_start_starts_it_on_the_destination_when_resumed(tmp_path):
+    world = fleet(odd=odd())
+    drainer, backend, _events = make(tmp_path, world, policies=policy("shutdown"))
+    killed_at(backend, "start")
+    try:
+        drainer.drain()
+    except Killed:
+        pass
+    [host] = world.where("odd")
+    assert host != "hv1" and world.hosts[host]["odd"]["state"] == "shutoff"
+    result = make(tmp_path, world, backend=backend, policies=policy("shutdown"), orphan_wait_s=0)[0].drain()
+    assert result.state == jr.DRAINED, result.message
+    assert_defined_once(world, "odd", host, "running")
+    assert world.hosts[host]["odd"]["boot"] == 2 and backend.starts[-1] == ("odd", host)
+    assert journal(tmp_path)["vms"]["odd"]["state"] == jr.MOVED
