@@ -212,13 +212,15 @@ def test_a_hugepage_vm_is_refused_without_free_pages_and_moves_when_the_destinat
     ("qemu64", "<feature policy='require' name='avx512f'/>", {0}),
 ])
 def test_the_cpu_definition_asked_once_gets_libvirts_answer_for_every_vm_shape(lab, model, features, expected):
-    """The plan compares a CPU definition without the vCPU topology and guest NUMA cells (check_cache.cpu_definition),
-    once for all VMs that share it: real libvirt answers the stripped definition as it answers each VM's own."""
+    """The plan compares a CPU definition without the vCPU topology, guest NUMA cells, cache and address size
+    (check_cache.cpu_definition), once for all VMs that share it: real libvirt answers the stripped definition as
+    it answers each VM's own."""
     conn = lab.connect("hv2")
     try:
         answers = set()
         for shape in ("", "<topology sockets='1' dies='1' cores='2' threads='1'/>"
-                          "<numa><cell id='0' cpus='0-1' memory='262144' unit='KiB'/></numa>"):
+                          "<numa><cell id='0' cpus='0-1' memory='262144' unit='KiB'/></numa>",
+                      "<maxphysaddr mode='emulate' bits='42'/><cache level='3' mode='emulate'/>"):
             xml = f"<cpu mode='custom' match='exact'><model fallback='forbid'>{model}</model>{features}{shape}</cpu>"
             for asked in (xml, cpu_definition(xml)):
                 answers.add(conn.compareHypervisorCPU("/usr/bin/qemu-system-x86_64", "x86_64", "pc", "qemu", asked, 0))
