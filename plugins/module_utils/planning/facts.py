@@ -309,7 +309,7 @@ def parse_domain_xml(xml: str, state: str = "unknown", persistent: bool | None =
     try:
         pins = domain_pins(root)
     except CpusetError as exc:
-        raise FactsError(f"Domain '{root.findtext('name')}' has a pin libvirt would not accept: {exc}.",
+        raise FactsError(f"Domain '{root.findtext('name')}' has a pin libvirt would not accept: {exc.message}.",
                          "pass the output of virDomainGetXMLDesc.") from exc
     return DomainFacts(
         name=(root.findtext("name") or "").strip(),

@@ -22,17 +22,22 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from ansible_collections.hvfleet.drain.plugins.module_utils.common import bounded
+from ansible_collections.hvfleet.drain.plugins.module_utils.common.errors import HvfleetError
 
 REFUSE = "refuse"
 ADAPT = "adapt"
 PINNING_CHOICES = (REFUSE, ADAPT)
 
+CPUSET_HINT = "write ids and ranges as libvirt does: 0-3,^2,8."
+TOPOLOGY_HINT = ("check that libvirt on the destination answers virConnectGetCapabilities with a <topology>, or use "
+                 "pinning: refuse for this VM.")
+
 # A pin: (where in the XML, in words; the host CPUs or NUMA nodes it names).
 Pin = tuple[str, tuple[int, ...]]
 
 
-class CpusetError(ValueError):
-    """A cpuset/nodeset string libvirt would not accept."""
+class CpusetError(HvfleetError):
+    """A cpuset/nodeset libvirt would not accept, or a topology the pins cannot be re-mapped onto."""
 
 
 def parse_cpuset(text: str) -> tuple[int, ...]:
@@ -46,14 +51,14 @@ def parse_cpuset(text: str) -> tuple[int, ...]:
         part = raw.lstrip("^")
         low, dash, high = part.partition("-")
         if not low.isdigit() or (dash and not high.isdigit()):
-            raise CpusetError(f"'{text}' is not a cpuset")
+            raise CpusetError(f"'{text}' is not a cpuset", CPUSET_HINT)
         first, last = int(low), int(high) if dash else int(low)
         if last < first:
-            raise CpusetError(f"'{text}' has a descending range {part}")
+            raise CpusetError(f"'{text}' has a descending range {part}", CPUSET_HINT)
         target.update(range(first, last + 1))
     ids = tuple(sorted(chosen - excluded))
     if not ids:
-        raise CpusetError(f"'{text}' names no CPU")
+        raise CpusetError(f"'{text}' names no CPU", CPUSET_HINT)
     return ids
 
 
@@ -200,7 +205,8 @@ def adapt_xml(domain_xml: str, dest: Topology) -> str | None:
     CPUs and nodes; None when every pin already fits (nothing to adapt). A pin that fits keeps its set; a
     CPU or node the destination lacks is replaced (see _mapping) - the same id everywhere it appears."""
     if not dest.cpus or not dest.nodes:
-        raise CpusetError("the destination's topology lists no CPUs or NUMA nodes")
+        raise CpusetError("The destination's topology lists no CPUs or NUMA nodes to re-map the pins onto.",
+                          TOPOLOGY_HINT)
     _keep_prefixes(domain_xml)
     root = ET.fromstring(domain_xml)
     pins = domain_pins(root)
@@ -226,7 +232,8 @@ def adapted_xmls(dom: Any, dst_conn: Any) -> tuple[str | None, str | None]:
     caps = bounded.call(dst_conn.getCapabilities, timeout_s=XML_TIMEOUT_S, what="getCapabilities")
     topo = topology(ET.fromstring(caps))
     if topo is None:
-        raise CpusetError("the destination's capabilities list no NUMA topology to re-map the pins onto")
+        raise CpusetError("The destination's capabilities list no NUMA topology to re-map the pins onto.",
+                          TOPOLOGY_HINT)
     live = bounded.call(dom.XMLDesc, VIR_DOMAIN_XML_MIGRATABLE, timeout_s=XML_TIMEOUT_S, what="XMLDesc")
     persistent = bounded.call(dom.isPersistent, timeout_s=XML_TIMEOUT_S, what="isPersistent")
     kept = None

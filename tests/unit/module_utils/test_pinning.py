@@ -54,8 +54,9 @@ def test_cpuset_syntax(text, ids):
 
 @pytest.mark.parametrize("text", ["", "a", "3-1", "^1", "1-", "0,^0"])
 def test_bad_cpusets_are_refused(text):
-    with pytest.raises(PN.CpusetError):
+    with pytest.raises(PN.CpusetError) as failed:
         PN.parse_cpuset(text)
+    assert f"'{text}'" in failed.value.message and "0-3,^2,8" in failed.value.hint
 
 
 @given(st.sets(st.integers(0, 300), min_size=1))
