@@ -12,7 +12,7 @@ from __future__ import annotations
 import threading
 from typing import Any, Optional
 
-from ansible_collections.hvfleet.drain.plugins.module_utils.drain import guest_power
+from ansible_collections.hvfleet.drain.plugins.module_utils.drain import guest_power, offline_disks
 from ansible_collections.hvfleet.drain.plugins.module_utils.drain.ledger import LedgerStore, MemoryLedgers
 from ansible_collections.hvfleet.drain.plugins.module_utils.engine import reconcile
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning.check_cache import CheckCache
@@ -72,6 +72,19 @@ class Backend:
     def shutdown(self, conn: Any, name: str) -> None:
         """Ask the guest to shut down (ACPI power button); the caller polls observe() until it is shut off."""
         guest_power.press_power_button(conn, name)
+
+    def copy_disks_offline(self, src_conn: Any, dst_conn: Any, name: str, source: Host, destination: Host,
+                           settings: dict) -> list:
+        """Copy the local disks of the shut-off `name` that a copying storage policy copies (copy_disks' list) to
+        `destination`, at the same paths; the copies (for remove_offline_copies), or HvfleetError with none left."""
+        targets = self.copy_disks(src_conn, dst_conn, name, source, destination, settings)
+        if not targets:
+            return []
+        return offline_disks.copy_local_disks(src_conn, dst_conn, name, targets, source.name, destination.name)
+
+    def remove_offline_copies(self, dst_conn: Any, copies: list) -> list[str]:
+        """Remove copies copy_disks_offline made that are of no use; what could not be removed."""
+        return offline_disks.remove_copies(dst_conn, copies)
 
     def start(self, conn: Any, name: str) -> None:
         """Start the defined, shut-off domain `name` (bounded); HvfleetError naming the reason."""

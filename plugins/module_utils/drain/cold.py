@@ -8,12 +8,15 @@ the way back. The steps, each journalled as a `vm_cold_step` event:
 1. the ACPI power button, then the host is polled until the guest is shut off, up to the policy's
    `shutdown_timeout_s`. A guest still running then is never destroyed: it keeps running where it is and the
    result says so (raise the timeout or shut it down by hand);
-2. the definition moves (Backend.move_definition: defined on exactly one host, whatever fails);
+2. under a copying storage policy (copy_all, copy_incremental) its local disks are copied to the destination
+   (Backend.copy_disks_offline; never a shared disk), then the definition moves (Backend.move_definition:
+   defined on exactly one host, whatever fails);
 3. the domain is started on the destination, and seen running there.
 
 After any failure past step 1 both hosts are looked at first (whereabouts). A VM found shut off and defined on
 one host only is started again where it ran before (a new boot, but in service, and never a second copy);
-anything else is reported with where it is and the fix.
+anything else is reported with where it is and the fix. Disk copies of a VM that stays where it was are
+removed from the destination again.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from ansible_collections.hvfleet.drain.plugins.module_utils.drain.context import
 from ansible_collections.hvfleet.drain.plugins.module_utils.drain.jobs import Job
 from ansible_collections.hvfleet.drain.plugins.module_utils.drain.report import vm_result
 from ansible_collections.hvfleet.drain.plugins.module_utils.drain.whereabouts import Whereabouts, locate
+from ansible_collections.hvfleet.drain.plugins.module_utils.planning.policy_spec import STORAGE
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning.unmigratable import COLD, shutdown_timeout
 
 POLL_S = 1.0  # how often a shutting-down guest is looked at
@@ -38,6 +42,7 @@ class _Move:
         self.ctx, self.job, self.src_conn, self.dst_conn = ctx, job, src_conn, dst_conn
         self.began = ctx.clock()
         self.down_at: Optional[float] = None  # when the power button was pressed: the outage starts
+        self.copies: list = []  # local disks copied to the destination (removed again if it stays)
 
     def step(self, step: str, host: str, message: str) -> None:
         self.ctx.event("vm_cold_step", vm=self.job.vm, host=host, step=step,
@@ -61,6 +66,11 @@ class _Move:
                                "moves), and run again.")
             self.step("shut_off", src, f"shut off after {ctx.clock() - self.down_at:.1f} s")
         try:
+            if STORAGE.get(job.item.settings.get("storage") or "shared_only"):
+                self.copies = ctx.backend.copy_disks_offline(self.src_conn, self.dst_conn, job.vm, job.src, job.dst,
+                                                             job.item.settings)
+                if self.copies:
+                    self.step("disks_copied", dst, f"{len(self.copies)} local disk(s) copied to {dst}")
             ctx.backend.move_definition(self.src_conn, self.dst_conn, job.vm)
             self.step("defined", dst, f"definition moved from {src} to {dst}")
             ctx.backend.start(self.dst_conn, job.vm)
@@ -100,10 +110,22 @@ class _Move:
                                 None), ok=True)
         recovery = f"{error.hint or ''} Where it is: {where.describe()}.".strip()
         if where.active_on == [src]:
-            return _result(Outcome.STAYED, f"'{job.vm}' is running on {src}: {error.message}", recovery)
+            return _result(Outcome.STAYED, f"'{job.vm}' is running on {src}: {error.message}{self._drop_copies()}",
+                           recovery)
         if where.active_on or where.unreachable or len(where.defined_on) != 1:
-            return _result(Outcome.FAILED, f"'{job.vm}' could not be moved cold: {error.message}", recovery)
+            kept = f" Disk copies left on {dst}: {len(self.copies)}." if self.copies else ""
+            return _result(Outcome.FAILED, f"'{job.vm}' could not be moved cold: {error.message}{kept}", recovery)
         return self._start_again(where, error)
+
+    def _drop_copies(self) -> str:
+        """Remove the disk copies on the destination of a VM that stays where it was; words for its result."""
+        if not self.copies:
+            return ""
+        left = self.ctx.backend.remove_offline_copies(self.dst_conn, self.copies)
+        self.copies = []
+        if left:
+            return f" The disk copies on {self.job.dst.name} could not all be removed: {'; '.join(left)}."
+        return f" The disk copies on {self.job.dst.name} were removed."
 
     def _start_again(self, where: Whereabouts, error: HvfleetError) -> dict:
         """Shut off and defined on one host only: put it back on the host it ran on, and start it there."""
@@ -120,7 +142,8 @@ class _Move:
                            f"failed too: {again.message}", f"{again.hint or error.hint} Where it is: {now.describe()}.")
         self.step("restarted_at_source", src, f"started again on {src} after: {error.message}")
         return _result(Outcome.STAYED, f"'{job.vm}' could not be moved to {dst} ({error.message}); it was started "
-                       f"again on {src} (a new boot)", f"{error.hint or ''} Then run again.".strip())
+                       f"again on {src} (a new boot).{self._drop_copies()}", f"{error.hint or ''} Then run again."
+                       .strip())
 
 
 def _result(outcome: Outcome, message: str, recovery: Optional[str]) -> dict:

@@ -54,8 +54,8 @@ and, by KIND:
 * `vm_finished`: `vm`, `destination`, `ok`, `state` (journal state), `outcome`, `mode`, `duration_s`,
   `downtime_ms`, `bytes_sent`, `message`, `recovery` (or null)
 * `vm_cold_step` (a cold move, planning/unmigratable.py): `vm`, `host` (where the step ran), `step`
-  (`shutdown_requested`, `shut_off`, `shutdown_timed_out`, `defined`, `started`, `restarted_at_source`,
-  `failed`), `elapsed_s` (since the move began), `message`
+  (`shutdown_requested`, `shut_off`, `shutdown_timed_out`, `disks_copied`, `defined`, `started`,
+  `restarted_at_source`, `failed`), `elapsed_s` (since the move began), `message`
 * `run_finished`: `state`, `moved`, `failed`, `blocked`, `not_started`, `duration_s`, `forecast_total_s`,
   `message` (and `left`, how many VMs were left on the host, when there are any)
 """

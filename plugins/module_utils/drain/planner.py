@@ -96,10 +96,6 @@ class _Candidate:
     policy_reason: str
     cold: Optional[tuple] = None  # what stops its live migration, when it is to be moved cold
 
-    def check_settings(self) -> dict:
-        """The settings its checks run with: a cold move copies no disk, whatever the policy's storage."""
-        return dict(self.settings, storage="shared_only") if self.cold is not None else self.settings
-
 
 def plan_drain(ctx: RunContext, conns: Connections, result: DrainResult, *, reviewed: Optional[dict] = None,
                pinned: Optional[dict] = None, skip: frozenset = frozenset(),
@@ -134,7 +130,8 @@ def plan_drain(ctx: RunContext, conns: Connections, result: DrainResult, *, revi
         if cand.vm.active and choice == OnUnmigratable.LEAVE and storage_only:
             leave(ctx, cand, (), result)
             continue
-        cold = " A cold move copies no disk: only a VM whose disks are all shared moves cold." if (
+        cold = (" A cold move copies local disks only under storage: copy_all or copy_incremental, into a storage "
+                "pool at the same directory on the destination.") if (
             cand.cold is not None or choice == OnUnmigratable.SHUTDOWN) and storage_only else ""
         result.block(Blocker(unplaced.vm, "unplaced", f"no destination for '{unplaced.vm}': "
                              + "; ".join(unplaced.messages()) + cold, "free capacity, fix the failing checks, or "
@@ -267,7 +264,7 @@ class _Checks:
             out = {}
             for i in work[name]:
                 cand = self.candidates[i]
-                found = self.prechecks(self.src_conn, conn, cand.vm, ctx.source, dest, cand.check_settings())
+                found = self.prechecks(self.src_conn, conn, cand.vm, ctx.source, dest, cand.settings)
                 out[i] = [c for c in found if c.failed and not (cand.cold is not None and c.id in LIVE_ONLY_CHECKS)]
             return out
 

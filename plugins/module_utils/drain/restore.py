@@ -220,9 +220,9 @@ class Restorer:
         demands, matches = [], {}
         for name, (vm, host) in sorted(infos.items()):
             match = matches[name] = select_policy(self.ctx.policies, vm.name, vm.labels, vm.memory_mib)
-            cold = name in self.cold  # a cold move copies no disk and needs none of the live checks
-            settings = dict(match.settings, storage="shared_only") if cold else match.settings
-            found = self.ctx.backend.prechecks(self.conns.get(host.uri), home_conn, vm, host, self.home, settings)
+            cold = name in self.cold  # a cold move needs none of the live checks
+            found = self.ctx.backend.prechecks(self.conns.get(host.uri), home_conn, vm, host, self.home,
+                                               match.settings)
             bad = [c for c in found if c.failed and not (cold and c.id in LIVE_ONLY_CHECKS)]
             runs = vm.active or cold  # a cold-moved VM is started at home even when it is shut off now
             demands.append(VmDemand(

@@ -14,7 +14,8 @@ in device 'ivshmem'") cannot be live-migrated by libvirt at all, to any destinat
 * `leave`: it stays, and the drain reports its host as not empty.
 
 A VM with disks on local storage under `storage: shared_only` cannot live-migrate either; that is found by
-the storage checks per destination. A cold move copies no disk, so it is refused for such a VM.
+the storage checks per destination. A cold move copies local disks only under a copying storage policy
+(drain/offline_disks.py), so under shared_only it is refused for such a VM.
 """
 
 from __future__ import annotations
@@ -93,8 +94,10 @@ def expected_outage(settings: dict) -> Outage:
 
 def cold_reason(devices: tuple[str, ...], destination: str, settings: dict) -> str:
     """The plan's words for a cold move: why, how, and the expected outage."""
+    copies = settings.get("storage") in ("copy_all", "copy_incremental")
     return (f"cannot live-migrate ({'; '.join(devices) or 'local disks'}); on_unmigratable: shutdown: shut down by "
-            f"ACPI, definition moved, started on {destination}; {expected_outage(settings).describe()}")
+            f"ACPI, {'its local disks copied, ' if copies else ''}definition moved, started on {destination}; "
+            f"{expected_outage(settings).describe()}{' + the disk copy' if copies else ''}")
 
 
 def leave_reason(devices: tuple[str, ...], host: str) -> str:

@@ -77,6 +77,9 @@ class FakeBackend(Backend):
         self.fail_move = {}  # vm -> the message its next definition move fails with (nothing moves)
         self.fail_start = {}  # vm -> host -> the message a start of it there fails with
         self.shutdowns = []  # (vm, host): ACPI power button presses
+        self.offline_copies = []  # (vm, from, to): local disks copied for a cold move
+        self.fail_copy = {}  # vm -> the message its offline disk copy fails with (nothing left on the destination)
+        self.removed_copies = []  # (vm disk path, host): copies removed again
         self.starts = []  # (vm, host)
         self._lock = threading.Lock()
 
@@ -203,6 +206,20 @@ class FakeBackend(Backend):
     def live_blockers(self, conn, vm):
         with self.world.lock:
             return tuple(self.world.hosts[conn.host][vm.name].get("devices", ()))
+
+    def copy_disks_offline(self, src_conn, dst_conn, name, source, destination, settings):
+        with self.world.lock:
+            d = self.world.hosts[src_conn.host][name]
+        if not d["local_disk"]:
+            return []
+        if name in self.fail_copy:
+            raise HvfleetError(self.fail_copy.pop(name), "check the destination's pool")
+        self.offline_copies.append((name, src_conn.host, dst_conn.host))
+        return [(f"/var/lib/libvirt/images/{name}.qcow2", dst_conn.host)]
+
+    def remove_offline_copies(self, dst_conn, copies):
+        self.removed_copies.extend(copies)
+        return []
 
     def shutdown(self, conn, name):
         with self.world.lock:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from ansible_collections.hvfleet.drain.plugins.module_utils.drain import journal as jr
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning.unmigratable import live_blockers
 from drain_fakes import FakeClock, fleet, make, vm
@@ -159,15 +160,48 @@ def test_when_it_can_be_started_nowhere_the_result_names_where_it_is_and_the_fix
     assert journal(tmp_path)["vms"]["odd"]["state"] == jr.FAILED
 
 
-def test_a_cold_move_refuses_a_vm_with_a_local_disk(tmp_path):
+def test_a_cold_move_refuses_a_local_disk_under_shared_only(tmp_path):
     world = fleet(odd=odd(local_disk=True))
-    drainer, backend, _events = make(tmp_path, world, policies=policy("shutdown", storage="copy_all"))
+    drainer, backend, _events = make(tmp_path, world, policies=policy("shutdown"))
     result = drainer.drain()
     blocker = next(b for b in result.blockers if b["vm"] == "odd")
     assert blocker["kind"] == "unplaced" and "local storage" in blocker["message"]
-    assert "A cold move copies no disk" in blocker["message"]
+    assert "A cold move copies local disks only under storage: copy_all or copy_incremental" in blocker["message"]
     assert_defined_once(world, "odd", "hv1", "running")
-    assert backend.shutdowns == []
+    assert backend.shutdowns == [] and backend.offline_copies == []
+
+
+def test_a_cold_move_copies_a_local_disk_under_copy_all(tmp_path):
+    world = fleet(odd=odd(local_disk=True))
+    drainer, backend, events = make(tmp_path, world, policies=policy("shutdown", storage="copy_all"))
+    result = drainer.drain()
+    assert result.state == jr.DRAINED, result.message
+    host = world.where("odd")[0]
+    assert_defined_once(world, "odd", host, "running")
+    assert backend.offline_copies == [("odd", "hv1", host)] and backend.removed_copies == []
+    steps = [e["step"] for e in events_of(events, "vm_cold_step", "odd")]
+    assert steps == ["shutdown_requested", "shut_off", "disks_copied", "defined", "started"]
+
+
+def test_a_failed_disk_copy_leaves_it_running_at_the_source(tmp_path):
+    world = fleet(odd=odd(local_disk=True))
+    drainer, backend, _events = make(tmp_path, world, policies=policy("shutdown", storage="copy_all"))
+    backend.fail_copy = {"odd": "no space left on device"}
+    result = drainer.drain()
+    assert result.failed
+    assert_defined_once(world, "odd", "hv1", "running")
+    assert "no space left" in result.vms[0]["message"] and "started again on hv1" in result.vms[0]["message"]
+
+
+def test_the_disk_copies_of_a_vm_that_stays_are_removed(tmp_path):
+    world = fleet(odd=odd(local_disk=True))
+    drainer, backend, _events = make(tmp_path, world, policies=policy("shutdown", storage="copy_all"))
+    backend.fail_move = {"odd": "the destination refused the definition"}
+    result = drainer.drain()
+    assert_defined_once(world, "odd", "hv1", "running")
+    [(vm_name, _src, host)] = backend.offline_copies
+    assert vm_name == "odd" and backend.removed_copies == [("/var/lib/libvirt/images/odd.qcow2", host)]
+    assert f"The disk copies on {host} were removed" in result.vms[0]["message"]
 
 
 def test_restore_brings_a_cold_moved_vm_home_cold_and_starts_it_there(tmp_path):
@@ -249,10 +283,8 @@ def test_a_run_killed_after_the_shutdown_moves_it_cold_when_resumed(tmp_path):
     world = fleet(odd=odd())
     drainer, backend, _events = make(tmp_path, world, policies=policy("shutdown"))
     killed_at(backend, "move_definition")
-    try:
+    with pytest.raises(Killed):
         drainer.drain()
-    except Killed:
-        pass
     assert_defined_once(world, "odd", "hv1", "shutoff")  # shut down, not moved
     assert journal(tmp_path)["vms"]["odd"]["state"] == jr.MIGRATING
     result = make(tmp_path, world, backend=backend, policies=policy("shutdown"), orphan_wait_s=0)[0].drain()
@@ -267,10 +299,8 @@ def test_a_run_killed_before_the_start_starts_it_on_the_destination_when_resumed
     world = fleet(odd=odd())
     drainer, backend, _events = make(tmp_path, world, policies=policy("shutdown"))
     killed_at(backend, "start")
-    try:
+    with pytest.raises(Killed):
         drainer.drain()
-    except Killed:
-        pass
     [host] = world.where("odd")
     assert host != "hv1" and world.hosts[host]["odd"]["state"] == "shutoff"
     result = make(tmp_path, world, backend=backend, policies=policy("shutdown"), orphan_wait_s=0)[0].drain()
