@@ -82,9 +82,10 @@ class Backend:
             return []
         return offline_disks.copy_local_disks(src_conn, dst_conn, name, targets, source.name, destination.name)
 
-    def remove_offline_copies(self, dst_conn: Any, copies: list) -> list[str]:
-        """Remove copies copy_disks_offline made that are of no use; what could not be removed."""
-        return offline_disks.remove_copies(dst_conn, copies)
+    def remove_offline_copies(self, conn: Any, copies: list) -> list[str]:
+        """Remove the files at the paths of copy_disks_offline's copies on the host of `conn` (the destination's
+        when the VM stays where it was, the source's once it runs from the copies); what could not be removed."""
+        return offline_disks.remove_copies(conn, copies)
 
     def start(self, conn: Any, name: str) -> None:
         """Start the defined, shut-off domain `name` (bounded); HvfleetError naming the reason."""

@@ -83,7 +83,7 @@ class _Move:
         self.step("started", dst, f"running on {dst}")
         outage = ctx.clock() - (self.down_at if self.down_at is not None else self.began)
         res = _result(Outcome.MOVED, f"'{job.vm}' shut down on {src}, moved and started on {dst} (a new boot; "
-                      f"outage {outage:.1f} s until started, plus its boot)", None)
+                      f"outage {outage:.1f} s until started, plus its boot){self._drop_originals()}", None)
         res.update(ok=True, downtime_ms=round(outage * 1000, 1))
         return res
 
@@ -116,6 +116,17 @@ class _Move:
             kept = f" Disk copies left on {dst}: {len(self.copies)}." if self.copies else ""
             return _result(Outcome.FAILED, f"'{job.vm}' could not be moved cold: {error.message}{kept}", recovery)
         return self._start_again(where, error)
+
+    def _drop_originals(self) -> str:
+        """It runs on the destination from the copies: the source's disk files are stale duplicates now (like the
+        NVRAM of a moved definition); removed, so that a move back finds no file in the way."""
+        if not self.copies:
+            return ""
+        left = self.ctx.backend.remove_offline_copies(self.src_conn, self.copies)
+        if left:
+            return (f"; its old disk files on {self.job.src.name} could not all be removed ({'; '.join(left)}): "
+                    "remove them before it moves back")
+        return f"; {len(self.copies)} local disk(s) copied, the old files on {self.job.src.name} removed"
 
     def _drop_copies(self) -> str:
         """Remove the disk copies on the destination of a VM that stays where it was; words for its result."""

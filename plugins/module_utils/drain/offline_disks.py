@@ -5,7 +5,8 @@ source's pool into a new volume at the same path on the destination (engine/volu
 
 Only the disks the preflight lists as local and copyable under a copying storage policy are copied (never a
 shared one). A copy never overwrites a file; when one disk fails, the copies made before it are removed again,
-so the destination is left as it was. The source's files are kept: they are the VM's until it runs elsewhere.
+so the destination is left as it was. The source's files stay the VM's until it runs from the copies; then they
+are stale duplicates and drain/cold.py removes them (so a move back finds no file in the way).
 """
 
 from __future__ import annotations
@@ -46,6 +47,6 @@ def copy_local_disks(src_conn: Any, dst_conn: Any, name: str, targets: Sequence[
     return done
 
 
-def remove_copies(dst_conn: Any, copies: Sequence[Any]) -> list[str]:
-    """Remove copies that are of no use (the VM stays where it was); what could not be removed."""
-    return volumes.remove(dst_conn, [c for c in copies if isinstance(c, volumes.Volume)])
+def remove_copies(conn: Any, copies: Sequence[Any]) -> list[str]:
+    """Remove the files at the copies' paths on the host of `conn`; what could not be removed."""
+    return volumes.remove(conn, [c for c in copies if isinstance(c, volumes.Volume)])

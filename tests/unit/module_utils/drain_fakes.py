@@ -217,8 +217,8 @@ class FakeBackend(Backend):
         self.offline_copies.append((name, src_conn.host, dst_conn.host))
         return [(f"/var/lib/libvirt/images/{name}.qcow2", dst_conn.host)]
 
-    def remove_offline_copies(self, dst_conn, copies):
-        self.removed_copies.extend(copies)
+    def remove_offline_copies(self, conn, copies):
+        self.removed_copies.extend((path, conn.host) for path, _copied_to in copies)
         return []
 
     def shutdown(self, conn, name):

@@ -178,7 +178,9 @@ def test_a_cold_move_copies_a_local_disk_under_copy_all(tmp_path):
     assert result.state == jr.DRAINED, result.message
     host = world.where("odd")[0]
     assert_defined_once(world, "odd", host, "running")
-    assert backend.offline_copies == [("odd", "hv1", host)] and backend.removed_copies == []
+    assert backend.offline_copies == [("odd", "hv1", host)]
+    assert backend.removed_copies == [("/var/lib/libvirt/images/odd.qcow2", "hv1")]  # the stale originals
+    assert "the old files on hv1 removed" in result.vms[0]["message"]
     steps = [e["step"] for e in events_of(events, "vm_cold_step", "odd")]
     assert steps == ["shutdown_requested", "shut_off", "disks_copied", "defined", "started"]
 
