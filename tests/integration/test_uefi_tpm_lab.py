@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from hvlab import VMSpec
 from hvlab.hosts import PRIVATE_DIRS
-from hvlab.vm import parse_states
+from hvlab.vm import OVMF_VARS, parse_states
 from lab_helpers import assert_only_on, printed_report, run_playbook, text_of, timed, wait_for
 
 pytestmark = pytest.mark.lab
@@ -221,3 +221,29 @@ def test_offline_move_keeps_nvram_and_tpm_state(clean_lab, state_vm, tmp_path, u
     assert (again.efi, again.tpm) == kept, \
         f"started on {destination}, {vm} found efi={again.efi} tpm={again.tpm}; its first boot wrote {kept}"
     assert lab.locate(vm) == {destination: "running"}
+
+
+def test_a_vm_coming_home_shut_off_gets_its_own_nvram_not_the_copy_left_there(clean_lab, state_vm, tmp_path):
+    """A live move leaves the source's NVRAM file behind (libvirt deletes the definition, not the file). The VM,
+    shut off while away, comes home with the undrain: it must boot with the NVRAM it has now, not with the older
+    file still at home (here: made older than the VM's current one, OVMF's blank template)."""
+    lab = clean_lab
+    home = quietest_host(lab)
+    vm = state_vm(home, True, "crb")
+    first, kept = booted_with_state(lab, vm, True)
+    rc, _out, result = drain(home, tmp_path)
+    away = row_of(rc, result, vm)["destination"]
+    assert lab.locate(vm) == {away: "running"}
+    stale = lab.root / "hosts" / home / "lib-libvirt" / nvram_path_on(lab, away, vm).removeprefix("/var/lib/libvirt/")
+    stale.write_bytes(Path(OVMF_VARS).read_bytes())
+    on_host(lab, away, vm, "destroy")
+
+    rc, lines = run_playbook("undrain-host.yml", "-e", f"target={home}", "-e", f"restore_host_report_dir={tmp_path}")
+    print(f"undrain rc {rc}; {vm} now {lab.locate(vm)}")
+    assert rc == 0, text_of(lines)[-2000:]
+    assert set(lab.locate(vm)) == {home}
+    if lab.locate(vm)[home] == "shutoff":
+        on_host(lab, home, vm, "create")
+    again = state_of_new_boot(lab, vm, {first.boot_id})
+    assert (again.efi, again.tpm) == kept, \
+        f"back on {home}, {vm} found efi={again.efi} tpm={again.tpm}; its first boot wrote {kept}"
