@@ -8,7 +8,9 @@ of the host it runs on hold now (hvlab.vm.parse_states). Lost state shows as ano
 Live: the drain moves the running guest; it is defined on exactly one host, in the same boot, and reads
 its token from the destination's firmware and TPM; the destination's NVRAM file holds the variable, and
 after a power cycle there the guest still finds both. Offline: the guest is shut off, the drain moves its
-definition, and started on the destination it finds both tokens its first boot wrote on the source.
+definition, and started on the destination it finds both tokens its first boot wrote on the source. Both
+for UEFI with a CRB TPM and for a TPM (TIS) behind SeaBIOS. Last, a UEFI VM that comes home shut off with
+the undrain boots with its own NVRAM, not the older file its live move away left at home.
 """
 
 import itertools
