@@ -196,3 +196,72 @@ def check_shapes(lab, where, snap, discard, refuse, auto, efi, nvram, tpm_state,
     assert got is not None and got[MARKER_AT:MARKER_AT + len(MARKER)] == MARKER, "the NVRAM's marker bytes"
     assert hashlib.sha256(got).hexdigest() == hashlib.sha256(nvram_bytes).hexdigest()
     assert host_file(lab, where[efi], tpm_state) == tpm_bytes, "the vTPM state, byte for byte"
+
+
+class _SourceRefusingUndefine:
+    """A real lab connection whose domains refuse the undefine: the last step of a definition move fails
+    after the destination holds the NVRAM, TPM state, definition, snapshot and autostart."""
+
+    def __init__(self, conn):
+        self._conn = conn
+
+    def __getattr__(self, attr):
+        return getattr(self._conn, attr)
+
+    def lookupByName(self, name):  # noqa: N802 - libvirt's name
+        import libvirt
+
+        dom = self._conn.lookupByName(name)
+
+        class Dom:
+            def __getattr__(self, attr):
+                return getattr(dom, attr)
+
+            def undefineFlags(self, flags=0):  # noqa: N802
+                raise libvirt.libvirtError("injected: the source refuses its undefine")
+
+        return Dom()
+
+
+def test_a_move_failing_at_its_last_step_takes_everything_back_on_real_libvirt(lab, offline_vms):
+    from ansible_collections.hvfleet.drain.plugins.module_utils.common.errors import HvfleetError
+    from ansible_collections.hvfleet.drain.plugins.module_utils.drain.libvirt_backend import LibvirtBackend
+
+    src_host = empty_host(lab)
+    dst_host = next(h for h in lab.hosts() if h != src_host)
+    name = f"offl{os.getpid() % 1000}-rollback"
+    offline_vms.append(name)
+    src, dst = lab.connect(src_host), lab.connect(dst_host)
+    try:
+        dom = src.defineXML(domain_xml(name, efi=True))
+        dom.create()
+        dom.destroy()
+        dom.snapshotCreateXML(f"<domainsnapshot><name>s1</name><state>shutoff</state><creationTime>"
+                              f"{int(time.time())}</creationTime><memory snapshot='no'/>{dom.XMLDesc(2)}"
+                              "</domainsnapshot>", SNAPSHOT_REDEFINE | SNAPSHOT_CURRENT)
+        dom.setAutostart(1)
+        nvram, state_dir = f"{NVRAM_DIR}/{name}_VARS.fd", f"/var/lib/libvirt/swtpm/{dom.UUIDString()}"
+        lab.exec(src_host, ["sh", "-c", f"printf '{MARKER.decode()}' | dd of={nvram} bs=1 seek={MARKER_AT} "
+                                        "conv=notrunc"])
+        before = host_file(lab, src_host, nvram), host_file(lab, src_host, f"{state_dir}/tpm2/tpm2-00.permall")
+        with pytest.raises(HvfleetError) as failed:
+            LibvirtBackend().move_definition(_SourceRefusingUndefine(src), dst, name, {})
+        assert "injected" in failed.value.message and "only, as before" in failed.value.message
+        assert defined_on(lab, name) == [src_host], "defined on exactly one host"
+        assert host_file(lab, dst_host, nvram) is None, "the copied NVRAM is removed again"
+        assert lab.exec(dst_host, ["test", "-e", state_dir], check=False).returncode != 0, "and the TPM state dir"
+        after = host_file(lab, src_host, nvram), host_file(lab, src_host, f"{state_dir}/tpm2/tpm2-00.permall")
+        assert after == before and after[0][MARKER_AT:MARKER_AT + len(MARKER)] == MARKER, "the source keeps both"
+        kept = src.lookupByName(name)
+        assert [s.getName() for s in kept.listAllSnapshots(0)] == ["s1"] and kept.autostart() == 1
+        assert "hvfleet-state" not in " ".join(p.name() for c in (src, dst) for p in c.listAllStoragePools(0))
+
+        moved = LibvirtBackend().move_definition(src, dst, name, {})  # the cause gone: it moves whole
+        assert defined_on(lab, name) == [dst_host] and moved.snapshots == 1 and moved.autostart
+        assert host_file(lab, dst_host, nvram) == before[0]
+        assert host_file(lab, dst_host, f"{state_dir}/tpm2/tpm2-00.permall") == before[1]
+        assert host_file(lab, src_host, nvram) is None
+        assert lab.exec(src_host, ["test", "-e", state_dir], check=False).returncode != 0
+    finally:
+        src.close()
+        dst.close()
