@@ -161,7 +161,8 @@ def _converged_text(run: PrecopyRun, inp: _Inputs) -> str:
     limit = f"{run.limit_ms:.0f} ms" + (" (raised to the cap)" if run.limit_ms > inp.downtime_ms else "")
     throttle = f", guest throttled up to {run.throttle_pct}%" if run.throttle_pct else ""
     return (f"pre-copy converges in {run.iterations} pass{'es' if run.iterations != 1 else ''}, "
-            f"{run.elapsed_s:.1f} s <= deadline {inp.deadline:.0f} s, pause {run.pause_ms:.0f} ms <= {limit}{throttle}")
+            f"{run.elapsed_s:.1f} s <= deadline {inp.deadline:.0f} s, pause ~{run.pause_ms:.0f} ms (limit {limit})"
+            f"{throttle}")
 
 
 def _miss_text(run: PrecopyRun, inp: _Inputs, what: str = "pre-copy") -> str:
