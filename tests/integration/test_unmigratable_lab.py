@@ -37,6 +37,7 @@ from ansible_collections.hvfleet.drain.plugins.module_utils.drain.libvirt_backen
 from ansible_collections.hvfleet.drain.plugins.module_utils.drain.model import DrainConfig  # noqa: E402
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning.model import Host  # noqa: E402
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning.placement import PlacementConfig  # noqa: E402
+from hvlab.storage import LOCAL_POOL_DIR  # noqa: E402
 from hvlab.vm import boot_ids  # noqa: E402
 from lab_helpers import assert_only_on, clear_ledgers, ledger_of, timed, wait_for  # noqa: E402
 
@@ -254,3 +255,75 @@ def test_the_rolling_upgrade_refuses_a_host_the_drain_left_a_vm_on(clean_lab, ma
     assert ru.libvirtd_pids(lab)["hv1"] == pids_before["hv1"]
     assert ru.cordoned(lab, "hv1")  # left out of service
     assert_only_on(lab, name, "hv1", before)
+
+
+def local_volumes(lab, path):
+    """The hosts whose libvirt has a volume at `path`."""
+    found = []
+    for host in lab.hosts():
+        conn = lab.connect(host)
+        try:
+            for pool in conn.listAllStoragePools(libvirt.VIR_CONNECT_LIST_STORAGE_POOLS_ACTIVE):
+                pool.refresh(0)
+            conn.storageVolLookupByPath(path)
+            found.append(host)
+        except libvirt.libvirtError:
+            pass
+        finally:
+            conn.close()
+    return found
+
+
+def test_shutdown_copies_a_local_disk_there_and_back(lab, make_vm, tmp_path):
+    """Under storage: copy_all the cold move copies the VM's local disk (a qcow2 in each host's `local` dir pool)
+    while it is shut off; the disk is then on the destination only, and the restore copies it back home."""
+    for host in lab.hosts():
+        lab.ensure_local_pool(host)
+    name, _first = unmigratable_vm(lab, make_vm)
+    path = f"{LOCAL_POOL_DIR}/{name}.qcow2"
+    conn = lab.connect("hv1")
+    try:
+        conn.storagePoolLookupByName("local").createXML(
+            f"<volume><name>{name}.qcow2</name><capacity unit='MiB'>16</capacity>"
+            "<target><format type='qcow2'/></target></volume>", 0)
+        dom = conn.lookupByName(name)
+        root = ET.fromstring(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
+        disk = ET.SubElement(root.find("devices"), "disk", type="file", device="disk")
+        ET.SubElement(disk, "driver", name="qemu", type="qcow2")
+        ET.SubElement(disk, "source", file=path)
+        ET.SubElement(disk, "target", dev="vdb", bus="virtio")
+        dom.destroy()
+        lab.console_path(name).write_bytes(b"")
+        conn.defineXML(ET.tostring(root, encoding="unicode")).create()
+    finally:
+        conn.close()
+    before = lab.wait_heartbeat_advances(name, beyond=1, timeout=120)
+    guest = PlaysTheGuest(lab, name)
+    settings = {"on_unmigratable": "shutdown", "storage": "copy_all"}
+    try:
+        with Watcher(lab, name) as watch, timed("unmigratable shutdown with a local disk: cold move"):
+            result = drainer(lab, tmp_path, name, settings, progress=guest).drain()
+        assert result.state == jr.DRAINED and not result.failed, result.message
+        [row] = result.vms
+        away = row["destination"]
+        assert row["ok"] and "the old files on hv1 removed" in row["message"], row["message"]
+        assert guest.steps() == ["shutdown_requested", "shut_off", "disks_copied", "defined", "started"]
+        assert watch.most == 1 and local_volumes(lab, path) == [away]
+        moved = new_boot_on(lab, name, away, before)
+
+        guest.events.clear()
+        with Watcher(lab, name) as watch, timed("unmigratable shutdown with a local disk: restore"):
+            back = drainer(lab, tmp_path, name, settings, progress=guest).restore()
+        assert back.state == jr.RESTORED and not back.failed, back.message
+        assert guest.steps() == ["shutdown_requested", "shut_off", "disks_copied", "defined", "started"]
+        assert watch.most == 1 and local_volumes(lab, path) == ["hv1"]
+        new_boot_on(lab, name, "hv1", moved)
+    finally:
+        for host in lab.hosts():  # the disk, wherever it is (the VM itself goes with the make_vm fixture)
+            conn = lab.connect(host)
+            try:
+                conn.storageVolLookupByPath(path).delete(0)
+            except libvirt.libvirtError:
+                pass
+            finally:
+                conn.close()
