@@ -161,8 +161,8 @@ def test_snapshots_are_redefined_parent_before_child_and_the_current_one_stays_c
     order = list(new.snapshots)
     assert order.index("base") < order.index("left") < order.index("left2")
     assert new.current == "right" and moved.snapshots == 4
-    assert src.domains == {} and dom.undefine_flags == [UNDEFINE_KEEP_NVRAM | UNDEFINE_KEEP_TPM
-                                                         | UNDEFINE_SNAPSHOTS_METADATA]
+    carried = UNDEFINE_KEEP_NVRAM | UNDEFINE_KEEP_TPM | UNDEFINE_SNAPSHOTS_METADATA
+    assert src.domains == {} and dom.undefine_flags == [carried]
     assert any("4 snapshot(s) carried over as metadata (current: right)" in n for n in moved.notes)
 
 
