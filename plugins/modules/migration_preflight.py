@@ -499,6 +499,15 @@ source:
     local:
       description: Whether the facts were read on the host itself.
       type: bool
+    numa_cells:
+      description: NUMA node to the CPU ids in it (a VM's pins are checked against them); V(null) when unknown.
+      type: dict
+    hugepages:
+      description: Huge page size in KiB to C(total) and C(free) pages; V(null) when unknown.
+      type: dict
+    hugepages_free_nodes:
+      description: NUMA node to free huge pages by page size in KiB; V(null) when unknown.
+      type: dict
     postcopy:
       description: Post-copy support, C(supported) (V(true), V(false) or V(null) when unknown), C(resume), C(reason).
       type: dict
