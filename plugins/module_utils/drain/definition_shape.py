@@ -152,11 +152,12 @@ def local_state(root: ET.Element, disks: dict[str, tuple[str, str]]) -> list[str
     return found
 
 
-def refusals(shape: Shape, settings: Optional[dict], uri: str) -> list[Refusal]:
-    """Why `shape` cannot have its definition moved now, each with the fix (pure)."""
+def refusals(shape: Shape, settings: Optional[dict], uri: str, cold: bool = False) -> list[Refusal]:
+    """Why `shape` cannot have its definition moved now, each with the fix (pure). `cold`: it runs now
+    and is to be shut down first (planned so), so running is no reason."""
     out = []
     vm, host = shlex.quote(shape.name), shlex.quote(uri)
-    if shape.active:
+    if shape.active and not cold:
         out.append(Refusal("definition.active", f"'{shape.name}' was started meanwhile",
                            "run the drain again: it is then migrated live."))
     policy = str((settings or {}).get("managed_save", "refuse"))

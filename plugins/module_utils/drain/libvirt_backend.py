@@ -34,7 +34,7 @@ from ansible_collections.hvfleet.drain.plugins.module_utils.fleet import mainten
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning import facts as hvfacts
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning import host_facts as hvhost
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning import preflight
-from ansible_collections.hvfleet.drain.plugins.module_utils.planning.check_cache import CheckCache
+from ansible_collections.hvfleet.drain.plugins.module_utils.planning.check_cache import SOURCE, CheckCache
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning.model import CheckResult, Host, VmInfo
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning.placement import HostCapacity
 
@@ -160,13 +160,20 @@ class LibvirtBackend(Backend):
         with self._facts_lock:  # a definition move reads them (managed_save), also a cold one's
             self._definition_settings[vm.name] = dict(settings or {})
         if not vm.active:
-            return _refusals(src_conn, vm, source, destination, settings) + _definition_checks(
+            return self.definition_refusals(src_conn, vm, source, destination, settings, cache) + _definition_checks(
                 vm, domain, destination, settings)
         res = preflight.run_prechecks(src_conn, dst_conn, domain, src_facts, dst_facts, settings,
                                       migration_address=destination.migration_address,
                                       memory_headroom_mib=self.memory_headroom_mib, cache=cache)
         return [CheckResult(c.id, c.status, c.vm, destination.name, c.message, c.fix) for c in res.checks
                 if c.id not in ("capacity.memory", "dest.cordoned")]  # placement counts memory cumulatively
+
+    def definition_refusals(self, src_conn: Any, vm: VmInfo, source: Host, destination: Host, settings: dict,
+                            cache: Optional[CheckCache] = None) -> list[CheckResult]:
+        """What a definition move of `vm` could not carry (drain/definition_shape.py), as failed checks: the
+        plan-time check of a shut-off VM, and of a running one that is to be shut down and moved cold.
+        The source is read once per plan (`cache`)."""
+        return _refusals(src_conn, vm, source, destination, settings, cache)
 
     def copy_disks(self, src_conn: Any, dst_conn: Any, name: str, source: Host, destination: Host,
                    settings: dict) -> Optional[list[str]]:
@@ -289,14 +296,18 @@ def _with_rate(vm: VmInfo, rate: Optional[float]) -> VmInfo:
     return VmInfo(**{**{f: getattr(vm, f) for f in vm.__dataclass_fields__}, "dirty_rate_bps": rate})
 
 
-def _refusals(src_conn: Any, vm: VmInfo, source: Host, destination: Host, settings: dict) -> list[CheckResult]:
-    """What of the shut-off VM its definition move could not carry (definition_shape), as failed checks."""
+def _refusals(src_conn: Any, vm: VmInfo, source: Host, destination: Host, settings: dict,
+              cache: Optional[CheckCache] = None) -> list[CheckResult]:
+    """What of the VM its definition move could not carry (definition_shape), as failed checks."""
+    def read() -> definition_shape.Shape:
+        return definition_shape.read_shape(src_conn, vm.name)
+
     try:
-        shape = definition_shape.read_shape(src_conn, vm.name)
+        shape = cache.recall(SOURCE, ("definition_shape", vm.name), read) if cache is not None else read()
     except HvfleetError as exc:
         return [CheckResult("definition.read", "fail", vm.name, destination.name, exc.message, exc.hint)]
     return [CheckResult(r.check, "fail", vm.name, destination.name, r.message, r.fix)
-            for r in definition_shape.refusals(shape, settings, source.uri)]
+            for r in definition_shape.refusals(shape, settings, source.uri, cold=vm.active)]
 
 
 def _definition_checks(vm: VmInfo, domain: hvfacts.DomainFacts, destination: Host,

@@ -350,6 +350,7 @@ def test_the_backend_refuses_at_plan_time_and_moves_with_the_planned_policy():
 
 def test_the_plan_time_check_is_a_failed_check_naming_the_vm_and_the_fix():
     from ansible_collections.hvfleet.drain.plugins.module_utils.drain import libvirt_backend
+    from ansible_collections.hvfleet.drain.plugins.module_utils.planning.check_cache import CheckCache
     from ansible_collections.hvfleet.drain.plugins.module_utils.planning.model import Host as PlanHost
     from ansible_collections.hvfleet.drain.plugins.module_utils.planning.model import VmInfo
 
@@ -361,6 +362,17 @@ def test_the_plan_time_check_is_a_failed_check_naming_the_vm_and_the_fix():
     assert (check.id, check.status, check.vm, check.destination) == ("definition.managed_save", "fail", "vm1", "hv2")
     assert "managed_save: discard" in check.fix and src.domains["vm1"].managed_save, "nothing changed"
     assert libvirt_backend._refusals(src, vm, hv1, hv2, {"managed_save": "discard"}) == []
+    cache = CheckCache()
+    backend = LibvirtBackend()
+    for dest in (hv2, PlanHost("hv3", "qemu+tcp://hv3/system")):
+        [check] = backend.definition_refusals(src, vm, hv1, dest, {}, cache)
+        assert check.destination == dest.name and check.id == "definition.managed_save"
+    assert src.calls["lookupByName"] == 3, "the source is read once per plan, not once per destination"
+    running = VmInfo(name="vm1", memory_mib=128, vcpus=1, active=True, persistent=True)
+    src.domains["vm1"].active, src.domains["vm1"].managed_save = True, False
+    src.domains["vm1"].checkpoints = 1
+    [cold] = backend.definition_refusals(src, running, hv1, hv2, {})  # to be shut down and moved cold
+    assert cold.id == "definition.checkpoints", "running is no reason for a cold move; what it carries is"
     del src.domains["vm1"]
     [unread] = libvirt_backend._refusals(src, vm, hv1, hv2, {})
     assert unread.id == "definition.read" and unread.failed and "Could not read 'vm1'" in unread.message
