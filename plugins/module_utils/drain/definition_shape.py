@@ -182,6 +182,9 @@ def refusals(shape: Shape, settings: Optional[dict], uri: str, cold: bool = Fals
                                f"{shlex.quote(snap.name)}) or move the VM and its files by hand."))
     known = {s.name for s in shape.snapshots}
     orphans = [s.name for s in shape.snapshots if s.parent is not None and s.parent not in known]
+    if not orphans and len(snapshot_order(shape.snapshots)) != len(shape.snapshots):
+        out.append(Refusal("definition.snapshots", f"the snapshots of '{shape.name}' do not form a tree",
+                           f"check them with virsh -c {host} snapshot-list {vm} --tree."))
     if orphans:
         out.append(Refusal("definition.snapshots", f"snapshot(s) {', '.join(orphans)} of '{shape.name}' name a "
                            "parent that is not listed", f"check them with virsh -c {host} snapshot-list {vm} --tree."))

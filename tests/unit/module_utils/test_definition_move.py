@@ -241,6 +241,29 @@ def test_a_vm_started_before_the_move_is_refused():
     assert "started meanwhile" in err.message
 
 
+def test_snapshot_order_and_tree_refusals_are_pure_decisions():
+    from ansible_collections.hvfleet.drain.plugins.module_utils.drain.definition_shape import (
+        Shape,
+        Snapshot,
+        refusals,
+        snapshot_order,
+    )
+
+    def snap(name, parent=None):
+        return Snapshot(name=name, parent=parent, current=False, xml="")
+
+    tree = (snap("c", "b"), snap("b", "a"), snap("z"), snap("a"), snap("b2", "a"))
+    assert [s.name for s in snapshot_order(tree)] == ["a", "b", "c", "b2", "z"]
+    shape = Shape(name="vm1", uuid=UUID, active=False, xml="", snapshots=tree)
+    assert refusals(shape, {}, SRC) == []
+    orphan = Shape(name="vm1", uuid=UUID, active=False, xml="", snapshots=(snap("x", "gone"),))
+    [why] = refusals(orphan, {}, SRC)
+    assert "name a parent that is not listed" in why.message and "snapshot-list vm1 --tree" in why.fix
+    loop = Shape(name="vm1", uuid=UUID, active=False, xml="", snapshots=(snap("p", "q"), snap("q", "p")))
+    [why] = refusals(loop, {}, SRC)
+    assert "do not form a tree" in why.message
+
+
 # ---- each failure point rolls back to one host -------------------------------------------------
 
 
