@@ -129,6 +129,8 @@ class Restorer:
             at = judged_source if verdict.placement == Placement.ON_SOURCE else verdict.host
             if at == self.home.name:
                 self._drop_leftovers(name, verdict.drop_leftover_on)
+                if name in self.cold and not self._running_at_home(name):
+                    return None  # it ran before its cold move: not home until it runs here again
                 if not self.plan_only:
                     self.journal.update_vm(name, VmState.HOME, note="found on its home host")
                     note["changed"] = True
@@ -163,6 +165,23 @@ class Restorer:
         self._recoverable(name, verdict.reason, "find it and bring it back by hand (domain_migration), then run "
                           "again.")
         return None
+
+    def _running_at_home(self, name: str) -> bool:
+        """A VM moved cold, found shut off at home (a cold move that could not start it anywhere): start it."""
+        view = self.ctx.backend.observe(self.conns.get(self.home.uri), name, self.home.uri)
+        if view.running or view.paused:
+            return True
+        if self.plan_only:
+            self.ctx.note(f"{name}: shut off on {self.home.name} after its cold move; it would be started there")
+            return True
+        try:
+            self.ctx.backend.start(self.conns.get(self.home.uri), name)
+        except HvfleetError as exc:
+            self._recoverable(name, f"shut off on {self.home.name} (defined there only) after its cold move; starting "
+                              f"it failed: {exc.message}", exc.hint or f"start '{name}' on {self.home.name}.")
+            return False
+        self.ctx.note(f"{name}: started on {self.home.name}, where it ran before its cold move")
+        return True
 
     def _drop_leftovers(self, name: str, hosts: tuple) -> None:
         for host_name in hosts:

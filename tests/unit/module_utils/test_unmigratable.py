@@ -310,3 +310,16 @@ def test_a_run_killed_before_the_start_starts_it_on_the_destination_when_resumed
     assert_defined_once(world, "odd", host, "running")
     assert world.hosts[host]["odd"]["boot"] == 2 and backend.starts[-1] == ("odd", host)
     assert journal(tmp_path)["vms"]["odd"]["state"] == jr.MOVED
+
+
+def test_restore_starts_a_cold_moved_vm_found_shut_off_at_home(tmp_path):
+    world = fleet(odd=odd())
+    drainer, backend, _events = make(tmp_path, world, policies=policy("shutdown"))
+    backend.fail_start = {"odd": {h: f"cannot start on {h}" for h in ("hv1", "hv2", "hv3")}}
+    assert drainer.drain().failed
+    assert_defined_once(world, "odd", "hv1", "shutoff")  # put back home, but it could not be started there
+    backend.fail_start = {}
+    result = make(tmp_path, world, backend=backend, policies=policy("shutdown"))[0].restore()
+    assert result.state == jr.RESTORED and not result.failed, result.message
+    assert_defined_once(world, "odd", "hv1", "running")
+    assert backend.starts[-1] == ("odd", "hv1")
