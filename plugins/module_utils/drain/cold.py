@@ -25,12 +25,18 @@ from typing import Any, Optional
 
 from ansible_collections.hvfleet.drain.plugins.module_utils.common.errors import HvfleetError
 from ansible_collections.hvfleet.drain.plugins.module_utils.common.vocabulary import Outcome, VmState
+from ansible_collections.hvfleet.drain.plugins.module_utils.drain.claims import Claims
 from ansible_collections.hvfleet.drain.plugins.module_utils.drain.context import Connections, RunContext
 from ansible_collections.hvfleet.drain.plugins.module_utils.drain.jobs import Job
+from ansible_collections.hvfleet.drain.plugins.module_utils.drain.ledger import RENEW_EVERY_S, Verdict
+from ansible_collections.hvfleet.drain.plugins.module_utils.drain.model import DrainResult
+from ansible_collections.hvfleet.drain.plugins.module_utils.drain.planner import anti_affinity
 from ansible_collections.hvfleet.drain.plugins.module_utils.drain.report import vm_result
 from ansible_collections.hvfleet.drain.plugins.module_utils.drain.whereabouts import Whereabouts, locate
+from ansible_collections.hvfleet.drain.plugins.module_utils.planning.placement import VmDemand
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning.policy_spec import STORAGE
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning.unmigratable import COLD, shutdown_timeout
+from ansible_collections.hvfleet.drain.plugins.module_utils.planning.vm_plan import Blocker
 
 POLL_S = 1.0  # how often a shutting-down guest is looked at
 
@@ -38,9 +44,9 @@ POLL_S = 1.0  # how often a shutting-down guest is looked at
 class _Move:
     """One cold move of `job`, on the two connections given."""
 
-    def __init__(self, ctx: RunContext, job: Job, src_conn: Any, dst_conn: Any):
-        self.ctx, self.job, self.src_conn, self.dst_conn = ctx, job, src_conn, dst_conn
-        self.began = ctx.clock()
+    def __init__(self, ctx: RunContext, job: Job, src_conn: Any, dst_conn: Any, claims: Optional[Claims] = None):
+        self.ctx, self.job, self.src_conn, self.dst_conn, self.claims = ctx, job, src_conn, dst_conn, claims
+        self.began = self.renewed = ctx.clock()
         self.down_at: Optional[float] = None  # when the power button was pressed: the outage starts
         self.copies: list = []  # local disks copied to the destination (removed again if it stays)
 
@@ -96,6 +102,9 @@ class _Move:
             left = deadline - self.ctx.clock()
             if left <= 0:
                 return False
+            if self.claims is not None and self.ctx.clock() - self.renewed >= RENEW_EVERY_S:
+                self.renewed = self.ctx.clock()
+                self.claims.renew()  # a long shutdown must not let the destination's claim expire
             self.ctx.sleep(min(POLL_S, left))
 
     def _settle(self, error: HvfleetError) -> dict:
@@ -162,7 +171,41 @@ def _result(outcome: Outcome, message: str, recovery: Optional[str]) -> dict:
             "downtime_ms": None, "bytes_sent": 0, "steps": []}
 
 
-def move_cold(ctx: RunContext, job: Job) -> dict:
+def claim(ctx: RunContext, claims: Claims, job: Job) -> Verdict:
+    """Claim the VM's memory and vCPUs on the destination in the fleet-wide ledger (it will run there), waiting
+    up to claim_wait_s while a slot is busy; the verdict."""
+    demand = VmDemand(job.vm, job.item.memory_mib, job.item.vcpus, anti_affinity=anti_affinity(ctx, job.item.labels))
+    since = ctx.clock()
+    while True:
+        verdict = claims.take(job.vm, job.src, job.dst, demand, job.returning, None)
+        if not verdict.wait:
+            return verdict
+        if ctx.cancelled or ctx.clock() - since >= ctx.config.claim_wait_s:
+            return Verdict(False, f"waited {ctx.clock() - since:.0f} s for {job.dst.name}: {verdict.why}")
+        ctx.sleep(POLL_S)
+
+
+def run_cold(ctx: RunContext, job: Job, result: DrainResult) -> Optional[dict]:
+    """The cold move of `job` under a claim on its destination; None when the destination refused it (the VM was
+    not touched; a blocker says why)."""
+    claims = Claims(ctx)
+    verdict = claim(ctx, claims, job)
+    if not verdict.granted:
+        why = f"{job.dst.name} refused it right before the cold move: {verdict.why}"
+        ctx.note(f"{job.vm}: {why}")
+        if job.returning:
+            ctx.jr.update_vm(job.vm, note=why, restore_error=why)
+        else:
+            ctx.jr.update_vm(job.vm, VmState.BLOCKED, note=why, error=why)
+        result.block(Blocker(job.vm, "destination_changed", why, "run again: the VM is placed with fresh facts."))
+        return None
+    try:
+        return move_cold(ctx, job, claims)
+    finally:
+        claims.release_all()
+
+
+def move_cold(ctx: RunContext, job: Job, claims: Optional[Claims] = None) -> dict:
     """Move `job`'s VM cold (module docstring); journals it and returns its row of the result."""
     item = job.item
     ctx.jr.update_vm(job.vm, VmState.RETURNING if job.returning else VmState.MIGRATING, note=f"cold to {job.dst.name}")
@@ -175,7 +218,7 @@ def move_cold(ctx: RunContext, job: Job) -> dict:
     try:
         src_conn = ctx.backend.connect(job.src.uri)
         dst_conn = ctx.backend.connect(job.dst.uri)
-        res = _Move(ctx, job, src_conn, dst_conn).run()
+        res = _Move(ctx, job, src_conn, dst_conn, claims).run()
     except HvfleetError as exc:
         res = _result(Outcome.FAILED, exc.message, exc.hint)
         if src_conn is not None and dst_conn is not None:  # the power button or the first look failed

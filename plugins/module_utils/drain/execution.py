@@ -18,7 +18,7 @@ from ansible_collections.hvfleet.drain.plugins.module_utils.common.errors import
 from ansible_collections.hvfleet.drain.plugins.module_utils.common.vocabulary import Outcome, Storage, VmState
 from ansible_collections.hvfleet.drain.plugins.module_utils.drain import replace
 from ansible_collections.hvfleet.drain.plugins.module_utils.drain.claims import Claims
-from ansible_collections.hvfleet.drain.plugins.module_utils.drain.cold import move_cold
+from ansible_collections.hvfleet.drain.plugins.module_utils.drain.cold import run_cold
 from ansible_collections.hvfleet.drain.plugins.module_utils.drain.context import Connections, RunContext
 from ansible_collections.hvfleet.drain.plugins.module_utils.drain.jobs import Job, Outcomes
 from ansible_collections.hvfleet.drain.plugins.module_utils.drain.ledger import RENEW_EVERY_S, Verdict
@@ -50,7 +50,9 @@ def execute(ctx: RunContext, jobs: list[Job], result: DrainResult) -> Outcomes:
             out.not_started.append(job.vm)
             continue
         out.attempted += 1
-        item = move_cold(ctx, job) if job.item.cold else move_definition(ctx, job)
+        item = run_cold(ctx, job, result) if job.item.cold else move_definition(ctx, job)
+        if item is None:
+            continue  # the destination refused its claim: not moved, a blocker says why
         result.vms.append(item)
         if not item.get("ok"):
             out.failures += 1

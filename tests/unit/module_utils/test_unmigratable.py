@@ -6,12 +6,13 @@ never runs twice, and the result and the journal say where it is.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
 from ansible_collections.hvfleet.drain.plugins.module_utils.drain import journal as jr
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning.unmigratable import live_blockers
-from drain_fakes import FakeClock, fleet, make, vm
+from drain_fakes import FakeBackend, FakeClock, fleet, make, vm
 
 SHMEM = ("shared-memory device 'hvf' (ivshmem-plain)",)
 
@@ -323,3 +324,50 @@ def test_restore_starts_a_cold_moved_vm_found_shut_off_at_home(tmp_path):
     assert result.state == jr.RESTORED and not result.failed, result.message
     assert_defined_once(world, "odd", "hv1", "running")
     assert backend.starts[-1] == ("odd", "hv1")
+
+
+def test_a_destination_that_filled_up_refuses_the_cold_move_before_the_shutdown(tmp_path):
+    world = fleet(odd=odd())
+
+    class FillsUp(FakeBackend):
+        full = False
+
+        def capacity(self, conn, host, anti_affinity_labels=()):
+            cap = super().capacity(conn, host, anti_affinity_labels)
+            if self.full and conn.host != "hv1":
+                return dataclasses.replace(cap, memory_used_mib=cap.memory_total_mib)
+            return cap
+
+    drainer, backend, events = make(tmp_path, world, backend=FillsUp(world), policies=policy("shutdown"),
+                                    claim_wait_s=0)
+
+    def progress(event):
+        events.append(event)
+        if event["event"] == "run_started":  # planned on free destinations; they fill up before the move
+            backend.full = True
+
+    drainer.ctx.progress = progress
+    result = drainer.drain()
+    assert result.failed
+    blocker = next(b for b in result.blockers if b["vm"] == "odd")
+    assert blocker["kind"] == "destination_changed" and "refused it right before the cold move" in blocker["message"]
+    assert_defined_once(world, "odd", "hv1", "running")
+    assert world.hosts["hv1"]["odd"]["boot"] == 1 and backend.shutdowns == []
+    assert all(not world.ledgers.store(h).read().claims for h in ("hv2", "hv3"))  # no claim left behind
+    assert journal(tmp_path)["vms"]["odd"]["state"] == jr.BLOCKED
+
+
+def test_a_cold_move_holds_a_claim_on_its_destination_while_it_runs(tmp_path):
+    world = fleet(odd=odd())
+    drainer, backend, _events = make(tmp_path, world, policies=policy("shutdown"))
+    seen = []
+    real_start = backend.start
+
+    def start(conn, name):
+        seen.append([c.vm for c in world.ledgers.store(conn.host).read().claims])
+        real_start(conn, name)
+
+    backend.start = start
+    assert drainer.drain().state == jr.DRAINED
+    assert seen == [["odd"]]
+    assert all(not world.ledgers.store(h).read().claims for h in ("hv2", "hv3"))
