@@ -59,7 +59,10 @@ FAMILIES: dict[str, str] = {
     "migration_duration_seconds": "How long the VM's move took in the last run.",
     "migration_downtime_seconds": "The VM's switch-over pause as libvirt reported it (absent after post-copy).",
     "migration_sent_bytes": "Data sent for the VM in the last run.",
-    "migration_forecast_error_ratio": "(actual - predicted) / predicted duration of the VM's move.",
+    "migration_forecast_error_ratio": "(actual - predicted) / predicted duration of the VM's move (predicted: the "
+                                      "drain schedule's span for it).",
+    "migration_predicted_pause_seconds": "The pause the forecast predicted for the VM (post-copy: the switch plus "
+                                         "the page-fault stall after it).",
     "migration_attempts": "How many times the VM's migration was started in this maintenance cycle.",
 }
 
@@ -178,6 +181,7 @@ def _migration_samples(out: dict[str, list[Sample]], rows: list[Mapping[str, Any
                             ("migration_sent_bytes", _number(row.get("bytes_sent"))),
                             ("migration_forecast_error_ratio",
                              _ratio(row.get("duration_s"), row.get("predicted_duration_s"))),
+                            ("migration_predicted_pause_seconds", _seconds_from_ms(row.get("predicted_downtime_ms"))),
                             ("migration_attempts", _number(row.get("attempts")))):
             if value is not None:
                 out[name].append((labels, value))

@@ -68,7 +68,7 @@ def result(**over):
              "predicted_duration_s": 20.0, "attempts": 1},
             {"vm": "db1", "kind": "live", "destination": "hv3", "mode": "postcopy", "mode_used": "postcopy",
              "ok": True, "outcome": "moved", "duration_s": 30.0, "downtime_ms": None, "bytes_sent": 4_000_000_000,
-             "predicted_duration_s": 25.0, "attempts": 2},
+             "predicted_duration_s": 25.0, "predicted_downtime_ms": 1867.0, "attempts": 2},
             {"vm": "cache", "kind": "live", "destination": "hv2", "mode": "precopy", "mode_used": "precopy",
              "ok": False, "outcome": "stayed", "duration_s": 60.0, "downtime_ms": None, "bytes_sent": 210_000_000,
              "predicted_duration_s": None, "attempts": 1},
@@ -127,6 +127,9 @@ def test_per_migration_figures_and_their_labels():
     assert only(parsed["hvfleet_drain_migration_sent_bytes"], vm="db1") == 4_000_000_000
     assert only(parsed["hvfleet_drain_migration_attempts"], vm="db1") == 2
     assert only(parsed["hvfleet_drain_migration_duration_seconds"], vm="cache") == 60.0
+    # the post-copy's predicted pause (switch + stall) is there even though libvirt reports no downtime for it
+    pauses = parsed["hvfleet_drain_migration_predicted_pause_seconds"]
+    assert {lab["vm"]: v for lab, v in pauses} == {"db1": pytest.approx(1.867)}
 
 
 def test_a_failed_interrupted_run_and_an_unknown_state():
