@@ -31,9 +31,15 @@ from ansible_collections.hvfleet.drain.plugins.module_utils.engine.core import (
 )
 from ansible_collections.hvfleet.drain.plugins.module_utils.engine.migration import Migration
 from ansible_collections.hvfleet.drain.plugins.module_utils.fleet import maintenance
+from ansible_collections.hvfleet.drain.plugins.module_utils.planning import (
+    copy_list,
+    hugepages,
+    pinning,
+    preflight,
+    shape_checks,
+)
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning import facts as hvfacts
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning import host_facts as hvhost
-from ansible_collections.hvfleet.drain.plugins.module_utils.planning import preflight
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning.check_cache import SOURCE, CheckCache
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning.model import CheckResult, Host, VmInfo
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning.placement import HostCapacity
@@ -147,7 +153,8 @@ class LibvirtBackend(Backend):
                    if hf.memory_available_mib else 0)
         return HostCapacity(name=host.name, memory_total_mib=hf.memory_total_mib, memory_used_mib=used,
                             vcpus_total=hf.cpus, vcpus_used=hf.vcpus_allocated, cordoned=bool(hf.cordoned),
-                            anti_affinity={k: frozenset(v) for k, v in held.items()}, stack=hf.stack)
+                            anti_affinity={k: frozenset(v) for k, v in held.items()}, stack=hf.stack,
+                            hugepages_free=hugepages.free_pages(hf.hugepages))
 
     # ---- checks -----------------------------------------------------------------------------
 
@@ -185,7 +192,20 @@ class LibvirtBackend(Backend):
                                       self._cached_facts(dst_conn, destination), settings,
                                       migration_address=destination.migration_address,
                                       memory_headroom_mib=self.memory_headroom_mib)
+        refusal = copy_list.storage_refusal(res)  # our words, not libvirt's "Unsafe migration"
+        if refusal is not None:
+            raise refusal
         return list(res.copy_disks)
+
+    def destination_xmls(self, src_conn: Any, dst_conn: Any, name: str,
+                         settings: dict) -> tuple[Optional[str], Optional[str]]:
+        """(destination XML, persistent XML) re-mapping `name`'s pins onto the destination under `pinning: adapt`
+        (planning/pinning.py); (None, None) otherwise or when its pins fit there as they are."""
+        if shape_checks.pinning_setting(settings or {}) != pinning.ADAPT:
+            return None, None
+        return _bounded(lambda: pinning.adapted_xmls(src_conn.lookupByName(name), dst_conn),
+                        f"re-map the pins of '{name}' onto the destination",
+                        "set pinning: refuse for this VM's policy, or pin it to CPUs the destination has.")
 
     # ---- actions ----------------------------------------------------------------------------
 

@@ -2,10 +2,9 @@
 """LibvirtBackend's definition moves and its resume-path actions, against libvirt's in-process test
 driver (two private "hosts" from the XML files in data/; nothing touches a libvirt daemon).
 
-move_definition used a plain undefine() on the source after defining the VM on the destination; libvirt
-refuses that for an inactive domain with snapshots, NVRAM or a managed save, and the VM was left
-defined on two hosts (repro r8_move_definition_undefine.py). drop_leftover_definition and pause are
-what the drain's resume path calls; they follow the engine's rule (engine/leftover.py) and are bounded.
+A shut-off definition moves whole (its shapes and their rollbacks: test_definition_move.py).
+drop_leftover_definition and pause are what the drain's resume path calls; they follow the engine's rule
+(engine/leftover.py) and are bounded.
 """
 
 from __future__ import annotations
@@ -59,64 +58,6 @@ def test_a_shut_off_definition_moves(hosts):
     LibvirtBackend().move_definition(src, dst, "db1")
     assert names(src) == [] and names(dst) == ["db1"]
     assert dst.lookupByName("db1").isPersistent() and not dst.lookupByName("db1").isActive()
-
-
-def test_a_refused_undefine_leaves_the_vm_defined_on_the_source_only(hosts):
-    """r8: a snapshot makes libvirt refuse the source's undefine; the new destination definition goes."""
-    src, dst = hosts
-    src.lookupByName("db1").snapshotCreateXML(SNAPSHOT, 0)
-    with pytest.raises(HvfleetError) as failed:
-        LibvirtBackend().move_definition(src, dst, "db1")
-    assert names(src) == ["db1"] and names(dst) == [], "defined on exactly one host"
-    assert src.lookupByName("db1").snapshotNum(0) == 1, "the snapshot metadata is kept"
-    text = failed.value.message
-    assert "it has 1 snapshot" in text and "defined on" in text and "only, as before" in text, text
-    hint = failed.value.hint
-    assert "snapshot-list" in hint and "run the drain again" in hint, hint
-    assert " undefine " not in hint, "never advise removing what is now the only definition"
-
-
-def test_a_definition_that_was_already_on_the_destination_is_not_removed(hosts):
-    src, dst = hosts
-    dst.defineXML(src.lookupByName("db1").XMLDesc(0))
-    src.lookupByName("db1").snapshotCreateXML(SNAPSHOT, 0)
-    with pytest.raises(HvfleetError) as failed:
-        LibvirtBackend().move_definition(src, dst, "db1")
-    assert names(src) == ["db1"] and names(dst) == ["db1"], "the earlier definition stays"
-    assert "already defined there" in failed.value.message
-
-
-class _Refusing:
-    """A connection whose domains refuse every undefine (libvirt: a domain with NVRAM, say)."""
-
-    def __init__(self, conn):
-        self._conn = conn
-
-    def __getattr__(self, attr):
-        return getattr(self._conn, attr)
-
-    def lookupByName(self, name):  # noqa: N802 - libvirt's name
-        dom = self._conn.lookupByName(name)
-
-        class Dom:
-            def __getattr__(self, attr):
-                return getattr(dom, attr)
-
-            def undefineFlags(self, flags=0):  # noqa: N802
-                raise libvirt.libvirtError("Requested operation is not valid: cannot undefine domain with nvram")
-
-        return Dom()
-
-
-def test_when_the_destination_cannot_be_undefined_either_both_hosts_are_named(hosts):
-    src, dst = hosts
-    src.lookupByName("db1").snapshotCreateXML(SNAPSHOT, 0)
-    with pytest.raises(HvfleetError) as failed:
-        LibvirtBackend().move_definition(src, _Refusing(dst), "db1")
-    assert names(src) == ["db1"] and names(dst) == ["db1"]
-    text = failed.value.message
-    assert "defined on both" in text and "failed too" in text and dst.getURI() in text, text
-    assert "undefine db1 --keep-nvram --keep-tpm" in failed.value.hint
 
 
 # ---- drop_leftover_definition ------------------------------------------------------------------
