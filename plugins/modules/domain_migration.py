@@ -591,7 +591,8 @@ spec:
      undefine_source: true, bandwidth_mib: null, postcopy_bandwidth_mib: null, max_downtime_ms: 300,
      max_downtime_cap_ms: 2000, auto_converge: false, auto_converge_initial: null, auto_converge_increment: null,
      compression: null, parallel_connections: null, tls: false, tls_destination: null, copy_storage: null,
-     copy_disks: null, dest_xml: null, persist_xml: null, completion_timeout_s: null, completion_timeout_per_gib_s: 150, completion_timeout_min_s: 60,
+     copy_disks: null, dest_xml: null, persist_xml: null, completion_timeout_s: null, completion_timeout_per_gib_s: 150,
+     completion_timeout_min_s: 60,
      on_timeout: abort, stall_iterations: 3, stats_interval_s: 1.0, postcopy_recovery_timeout_s: 300}
 plan:
   description: In check mode, what would be done, with the libvirt flags and parameters.

@@ -57,6 +57,9 @@ def parser() -> argparse.ArgumentParser:
     vs.add_argument("--bridge", action="append", default=None, help="bridge for a NIC (repeatable; default labbr0)")
     vs.add_argument("--no-nic", action="store_true")
     vs.add_argument("--label", action="append", type=_label, default=[], help="KEY=VALUE (repeatable)")
+    vs.add_argument("--uefi", action="store_true", help="boot through OVMF with an NVRAM file of its own")
+    vs.add_argument("--tpm", nargs="?", const="crb", default="none", choices=["none", "crb", "tis"],
+                    help="an emulated TPM 2.0 (swtpm): crb (what --tpm alone gives) or tis")
     rm = sub.add_parser("vm-rm")
     rm.add_argument("name")
     hb = sub.add_parser("heartbeat")
@@ -149,6 +152,8 @@ def main(argv: list[str] | None = None) -> int:
                 disk=args.disk,
                 bridges=bridges,
                 labels=dict(args.label),
+                uefi=args.uefi,
+                tpm=args.tpm,
             )
             lab.vm_start(spec, host=args.host)
             print(f"{args.name} started on {args.host}; console: {lab.console_path(args.name)}")

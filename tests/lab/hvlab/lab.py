@@ -259,6 +259,8 @@ class Lab:
             local = hosts.hostdir(self.root, host) / "lib-libvirt" / "images" / f"{name}.qcow2"
             with contextlib.suppress(FileNotFoundError):
                 local.unlink()
+            nvram = hosts.hostdir(self.root, host) / "lib-libvirt" / "qemu" / "nvram" / f"{name}_VARS.fd"
+            nvram.unlink(missing_ok=True)  # a live move leaves the source's NVRAM file behind
             if self._libvirtd_up(host):
                 with self._conn(host) as conn:
                     storage.remove_local_volumes(conn, name)
