@@ -19,6 +19,7 @@ does), with two test-side adaptations, both said where they are made:
   power button (`vm_cold_step` shutdown_requested), the test powers the guest off, as an OS would.
 """
 
+import dataclasses
 import json
 import threading
 import time
@@ -33,6 +34,8 @@ libvirt = pytest.importorskip("libvirt")
 import test_rolling_upgrade_lab as ru  # noqa: E402  (same directory; prepend import mode)
 from ansible_collections.hvfleet.drain.plugins.module_utils.drain import journal as jr  # noqa: E402
 from ansible_collections.hvfleet.drain.plugins.module_utils.drain.drainer import Drainer  # noqa: E402
+from ansible_collections.hvfleet.drain.plugins.module_utils.drain.ledger import Ledger  # noqa: E402
+from ansible_collections.hvfleet.drain.plugins.module_utils.drain.ledger_store import SecretLedgerStore  # noqa: E402
 from ansible_collections.hvfleet.drain.plugins.module_utils.drain.libvirt_backend import LibvirtBackend  # noqa: E402
 from ansible_collections.hvfleet.drain.plugins.module_utils.drain.model import DrainConfig  # noqa: E402
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning.model import Host  # noqa: E402
@@ -47,10 +50,23 @@ SHMEM = "shared-memory device 'hvf' (ivshmem-plain)"
 @pytest.fixture(autouse=True)
 def ledgers_as_found(lab):
     """A drain cordons hv1 in its capacity ledger (kept in the host's libvirtd): a host that had no ledger before
-    the test has none after it."""
-    had = {host for host in lab.hosts() if ledger_of(lab, host) is not None}
+    the test has none after it, and one that had keeps the cordon it had (the lab is shared)."""
+    before = {host: ledger_of(lab, host) for host in lab.hosts()}
     yield
-    clear_ledgers(lab, [host for host in lab.hosts() if host not in had])
+    clear_ledgers(lab, [host for host, ledger in before.items() if ledger is None])
+    for host, ledger in before.items():
+        if ledger is None:
+            continue
+        conn = lab.connect(host)
+        try:
+            store = SecretLedgerStore(conn, host, "unmigratable lab test")
+            with store.locked():
+                now = store.read()
+                old = Ledger.from_json(host, json.dumps(ledger), "the ledger before the test")
+                if now.cordon != old.cordon:
+                    store.write(dataclasses.replace(now, cordon=old.cordon))
+        finally:
+            conn.close()
 
 
 class OnlyTheseVms(LibvirtBackend):
