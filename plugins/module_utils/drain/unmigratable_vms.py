@@ -44,6 +44,14 @@ def sort_unmigratable(ctx: RunContext, src_conn: Any, candidates: dict[str, Any]
         if not devices:
             continue
         choice = on_unmigratable(cand.settings)
+        if choice == OnUnmigratable.SHUTDOWN and not cand.vm.persistent:
+            del candidates[name]  # shut down, a transient domain is gone: nothing would be left to move
+            result.block(Blocker(name, "unmigratable", f"'{name}' cannot live-migrate (it uses {'; '.join(devices)}) "
+                                 "and cannot be moved cold either: it is transient, and a transient domain that shuts "
+                                 "down is gone.", f"define '{name}' persistently on its host (virsh dumpxml, then "
+                                 "virsh define), or shut it down for the maintenance yourself.",
+                                 {"live_blockers": list(devices)}))
+            continue
         if choice == OnUnmigratable.SHUTDOWN:
             cand.cold = devices
             continue

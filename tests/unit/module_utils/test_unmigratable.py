@@ -371,3 +371,14 @@ def test_a_cold_move_holds_a_claim_on_its_destination_while_it_runs(tmp_path):
     assert drainer.drain().state == jr.DRAINED
     assert seen == [["odd"]]
     assert all(not world.ledgers.store(h).read().claims for h in ("hv2", "hv3"))
+
+
+def test_a_transient_vm_is_never_shut_down_for_a_cold_move(tmp_path):
+    world = fleet(odd=odd(persistent=False))
+    drainer, backend, _events = make(tmp_path, world, policies=policy("shutdown"))
+    result = drainer.drain()
+    blocker = next(b for b in result.blockers if b["vm"] == "odd")
+    assert blocker["kind"] == "unmigratable" and "transient" in blocker["message"]
+    assert "define 'odd' persistently" in blocker["fix"]
+    assert_defined_once(world, "odd", "hv1", "running")
+    assert backend.shutdowns == []
