@@ -56,7 +56,7 @@ def live_blockers(xml: str) -> tuple[str, ...]:
         model = shmem.find("model")
         kind = model.get("type") if model is not None else "ivshmem"
         found.append(f"shared-memory device '{shmem.get('name') or '?'}' ({kind})")
-    return tuple(found)
+    return tuple(dict.fromkeys(found))  # once each, should the facts come to name a shmem device too
 
 
 def on_unmigratable(settings: dict) -> OnUnmigratable:
