@@ -47,7 +47,7 @@ from collections.abc import Mapping
 from typing import Any, cast
 
 from ansible_collections.hvfleet.drain.plugins.module_utils.common.vocabulary import ForecastVerdict, Mode, OnTimeout
-from ansible_collections.hvfleet.drain.plugins.module_utils.planning.precopy import (  # noqa: F401 (re-exported)
+from ansible_collections.hvfleet.drain.plugins.module_utils.planning.precopy import (  # noqa: F401 pylint: disable=unused-import
     DEFAULT_PARAMS,
     GIB,
     MIB,
@@ -59,9 +59,6 @@ from ansible_collections.hvfleet.drain.plugins.module_utils.planning.precopy imp
     guest_memory,
     postcopy_stall_ms,
     simulate_precopy,
-)
-from ansible_collections.hvfleet.drain.plugins.module_utils.planning.precopy import (  # noqa: F401 (re-exported)
-    switch_point as precopy_switch_point,
 )
 
 PRECOPY = Mode.PRECOPY

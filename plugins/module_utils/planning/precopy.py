@@ -234,5 +234,3 @@ def simulate_precopy(ram_bytes: float, dirty_rate: float, bandwidth: float, dead
             return PrecopyRun(False, i + 1, deadline_s, sent + bandwidth * span, dirtied, None, limit_ms(i + 1),
                               throttle, stalled)
         to_send = dirtied
-
-

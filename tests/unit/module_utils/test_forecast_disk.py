@@ -79,11 +79,11 @@ def test_qemu_switches_as_soon_as_what_is_pending_fits_the_limit():
     idle = F.forecast(256 * MIB, 0, 100 * MIB, transferable_ratio=0.5)
     assert idle.iterations == 1
     assert idle.predicted_downtime_ms == pytest.approx(500 + P.precopy_switchover_ms, abs=1)
-    at, pending = F.precopy_switch_point(128 * MIB, 100 * MIB, 2 * MIB, 128 * MIB, 50 * MIB, 0.1)
+    at, pending = precopy.switch_point(128 * MIB, 100 * MIB, 2 * MIB, 128 * MIB, 50 * MIB, 0.1)
     assert pending == pytest.approx(50 * MIB) and at == pytest.approx(78 / 98, rel=1e-6)
     # a pass that fits from the first check on
-    at, pending = F.precopy_switch_point(40 * MIB, 100 * MIB, 0, 128 * MIB, 50 * MIB, 0.1)
+    at, pending = precopy.switch_point(40 * MIB, 100 * MIB, 0, 128 * MIB, 50 * MIB, 0.1)
     assert (at, pending) == (pytest.approx(0.1), pytest.approx(30 * MIB))
     # the working set caps what the guest adds
-    at, pending = F.precopy_switch_point(100 * MIB, 100 * MIB, 200 * MIB, 10 * MIB, 50 * MIB)
+    at, pending = precopy.switch_point(100 * MIB, 100 * MIB, 200 * MIB, 10 * MIB, 50 * MIB)
     assert at == pytest.approx(0.6) and pending == pytest.approx(50 * MIB)
