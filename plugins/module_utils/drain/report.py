@@ -20,7 +20,7 @@ from ansible_collections.hvfleet.drain.plugins.module_utils.common.vocabulary im
 from ansible_collections.hvfleet.drain.plugins.module_utils.drain.model import DrainResult
 
 _RESULT_KEYS = ("outcome", "ok", "mode_used", "suspended", "duration_s", "deadline_s", "downtime_ms", "bytes_sent",
-                "ram_bytes", "iterations", "max_dirty_rate_bps", "message", "error", "recovery", "steps")
+                "disk_bytes", "ram_bytes", "iterations", "max_dirty_rate_bps", "message", "error", "recovery", "steps")
 
 
 def summarize_result(result: Any) -> dict:
@@ -64,7 +64,9 @@ def vm_result(entry: dict) -> dict:
     """One VM's row of the result, from its journal entry."""
     res = entry.get("result") or {}
     predicted = predicted_span(entry)
-    stall = (entry.get("forecast") or {}).get("predicted_stall_ms") if isinstance(entry.get("forecast"), dict) else None
+    found = entry.get("forecast")
+    planned: dict = found if isinstance(found, dict) else {}
+    stall = planned.get("predicted_stall_ms")
     return {"vm": entry["name"], "kind": entry.get("kind"), "source": entry.get("source") or entry.get("origin"),
             "destination": entry.get("destination"), "policy": entry.get("policy"),
             "mode": entry.get("mode"), "mode_used": res.get("mode_used"), "state": entry.get("state"),
@@ -73,6 +75,7 @@ def vm_result(entry: dict) -> dict:
             "predicted_duration_s": predicted, "predicted_start_s": entry.get("predicted_start_s"),
             "lane_forecast_s": entry.get("predicted_duration_s"),
             "predicted_downtime_ms": entry.get("predicted_downtime_ms"), "predicted_stall_ms": stall,
+            "predicted_disk_bytes": planned.get("disk_bytes") or 0, "disk_bytes": res.get("disk_bytes"),
             **(forecast_error(predicted, res.get("duration_s")) if res.get("ok") else forecast_error(None, None)),
             "message": res.get("message"),
             "recovery": res.get("recovery"), "steps": res.get("steps") or [], "attempts": entry.get("attempts"),

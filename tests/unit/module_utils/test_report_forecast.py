@@ -54,3 +54,12 @@ def test_the_drain_total_error_and_the_count_of_vms_within_goal():
     assert figures["forecast_total_s"] == 5.7
     assert figures["forecast_error_pct"] == 159.1 and figures["forecast_within_goal"] is False
     assert (figures["vms_within_goal"], figures["vms_checked"]) == (1, 2)
+
+
+def test_copied_disks_are_in_the_row_planned_and_sent():
+    row = report.vm_result(entry(forecast={"disk_bytes": 10 * 2**30},
+                                 result={"ok": True, "duration_s": 100.0, "disk_bytes": 10 * 2**30}))
+    assert row["predicted_disk_bytes"] == 10 * 2**30 and row["disk_bytes"] == 10 * 2**30
+    plain = report.vm_result(entry())
+    assert plain["predicted_disk_bytes"] == 0 and plain["disk_bytes"] is None
+    assert report.summarize_result({"ok": True, "disk_bytes": 5})["disk_bytes"] == 5
