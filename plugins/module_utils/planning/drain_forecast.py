@@ -59,6 +59,11 @@ class ScheduledMigration:
                 "mode": self.forecast.mode if self.forecast else None}
 
 
+def _secs(value: float) -> str:
+    """Seconds as the plan prints them: tenths below 10 s (a small drain's 2.4 s is not "2 s")."""
+    return f"{value:.1f}" if value < 10 else f"{value:.0f}"
+
+
 def forecast_drain(forecasts: Mapping[str, Forecast] | Iterable[Forecast],
                    concurrency: int = 1) -> DrainForecast:
     """Wall time of a drain: list scheduling, in the given order, on `concurrency` lanes.
@@ -92,7 +97,7 @@ def forecast_drain(forecasts: Mapping[str, Forecast] | Iterable[Forecast],
         worst = max(worst, item.predicted_downtime_ms or 0.0)
     total = max(lanes) if moved else 0.0
     summary = (f"{moved} migration{'s' if moved != 1 else ''} on {concurrency} lane{'s' if concurrency != 1 else ''}: "
-               f"{total:.0f} s (serial {serial:.0f} s), {sent / GIB:.1f} GiB, worst pause {worst:.0f} ms")
+               f"{_secs(total)} s (serial {_secs(serial)} s), {sent / GIB:.1f} GiB, worst pause {worst:.0f} ms")
     if blocked:
         summary += f"; blocked: {', '.join(blocked)}"
     return DrainForecast(round(total, 3), round(serial, 3), concurrency, moved, tuple(blocked), sent, worst, summary)
@@ -221,7 +226,7 @@ def forecast_drain_shared(schedule: Iterable[ScheduledMigration], concurrency: i
         sent += fc.predicted_bytes or 0
         worst = max(worst, fc.predicted_downtime_ms or 0.0)
     summary = (f"{moved} migration{'s' if moved != 1 else ''}, at most {concurrency} at once sharing the link: "
-               f"{total:.0f} s (serial {serial:.0f} s), {sent / GIB:.1f} GiB, worst pause {worst:.0f} ms")
+               f"{_secs(total)} s (serial {_secs(serial)} s), {sent / GIB:.1f} GiB, worst pause {worst:.0f} ms")
     if blocked:
         summary += f"; blocked: {', '.join(blocked)}"
     return DrainForecast(round(total, 3), round(serial, 3), concurrency, moved, tuple(blocked), sent, worst, summary)

@@ -183,3 +183,11 @@ def test_drain_plan_forecasts_from_the_memory_in_use(tmp_path):
     assert 1024 * F.MIB < plan["unknown"]["predicted_bytes"] < 1.05 * 1024 * F.MIB
     assert plan["sparse"]["predicted_duration_s"] < plan["unknown"]["predicted_duration_s"] / 4
     assert f"~{touched:.0f} of 1024 MiB in use" in plan["sparse"]["mode_reason"]
+
+
+def test_a_small_drain_is_summarised_in_tenths_of_a_second():
+    fc = F.forecast(256 * F.MIB, 0, 200 * F.MIB, transferable_ratio=0.4)
+    small = D.forecast_drain({"a": fc, "b": fc}, concurrency=2)
+    assert f"{small.total_s:.1f} s (serial {small.serial_s:.1f} s)" in small.summary
+    big = D.forecast_drain({"a": F.forecast(64 * F.GIB, 0, 200 * F.MIB)}, concurrency=1)
+    assert f": {big.total_s:.0f} s (serial" in big.summary
