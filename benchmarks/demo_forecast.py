@@ -5,7 +5,8 @@ the demo's start state), hv1 must hold nothing else (the drain moves everything 
 `playbooks/drain-host.yml -e target=hv1 --check` (the plan) and the drain itself, as `scripts/demo` runs
 them; the figures come from the drain's JSON report in reports/. `--link-mbit N` declares hv1's, hv2's
 and hv3's migration link (`-e hvfleet_link_mbit=N`); without it the drain assumes its default
-(1000 Mbit/s). The demo VMs are left drained on hv2/hv3, as after the demo.
+(1000 Mbit/s). The demo VMs are left drained on hv2/hv3 and hv1 cordoned, as after the demo (bring them
+home with `playbooks/undrain-host.yml -e target=hv1`).
 
     .venv/bin/python benchmarks/demo_forecast.py --runs 3 --link-mbit 2600 --json benchmarks/results/forecast-demo.json
 """
@@ -54,7 +55,7 @@ def one_run(extra):
     plan = sh([PLAYBOOK, "playbooks/drain-host.yml", "-e", "target=hv1", "--check", *extra])
     planned = re.search(r"sharing the\s+link: ([0-9.]+) s", plan.stdout)
     before = set(Path(REPO / "reports").glob("hv1-drain-*.json"))
-    run = sh([PLAYBOOK, "playbooks/drain-host.yml", "-e", "target=hv1", "-e", "drain_host_reason=forecast check",
+    run = sh([PLAYBOOK, "playbooks/drain-host.yml", "-e", "target=hv1", "-e", '{"drain_host_reason": "forecast check"}',
               *extra])
     new = sorted(set(Path(REPO / "reports").glob("hv1-drain-*.json")) - before)
     if run.returncode or not new:
