@@ -60,10 +60,23 @@ class Backend:
         (engine/control.py MigrationControl) carries aborts and bandwidth changes from the drain."""
         raise NotImplementedError
 
-    def move_definition(self, src_conn: Any, dst_conn: Any, name: str) -> None:
+    def move_definition(self, src_conn: Any, dst_conn: Any, name: str, settings: Optional[dict] = None) -> Any:
         """Define the inactive domain on the destination, then undefine it on the source; on failure the
-        domain stays defined on exactly one of them."""
+        domain stays defined on exactly one of them. Returns what the move did besides the definition
+        (an object with `notes`, one sentence each, for the result), or None."""
         raise NotImplementedError
+
+    def definition_refusals(self, src_conn: Any, vm: VmInfo, source: Host, destination: Host, settings: dict,
+                            cache: Optional[CheckCache] = None) -> list[CheckResult]:
+        """What a definition move of `vm` could not carry (snapshots in local files, checkpoints...), as failed
+        checks; [] (this default, for fakes): everything it has moves."""
+        return []
+
+    def destination_xmls(self, src_conn: Any, dst_conn: Any, name: str,
+                         settings: dict) -> tuple[Optional[str], Optional[str]]:
+        """(destination XML, persistent XML) for a VM whose pins must be re-mapped onto `dst_conn`'s host
+        (pinning: adapt); (None, None): it migrates with its own XML (this default, for fakes)."""
+        return None, None
 
     def live_blockers(self, conn: Any, vm: VmInfo) -> tuple[str, ...]:
         """What stops the running `vm` from live-migrating anywhere (planning/unmigratable.py); empty: nothing."""

@@ -77,8 +77,10 @@ class _Move:
                                                              job.item.settings)
                 if self.copies:
                     self.step("disks_copied", dst, f"{len(self.copies)} local disk(s) copied to {dst}")
-            ctx.backend.move_definition(self.src_conn, self.dst_conn, job.vm)
-            self.step("defined", dst, f"definition moved from {src} to {dst}")
+            moved = ctx.backend.move_definition(self.src_conn, self.dst_conn, job.vm)
+            notes = getattr(moved, "notes", None)
+            extra = "; " + "; ".join(notes) if notes else ""
+            self.step("defined", dst, f"definition moved from {src} to {dst}{extra}")
             ctx.backend.start(self.dst_conn, job.vm)
         except HvfleetError as exc:
             return self._settle(exc)

@@ -295,9 +295,11 @@ def move_definition(ctx: RunContext, job: Job) -> dict:
     try:
         src_conn = ctx.backend.connect(job.src.uri)
         dst_conn = ctx.backend.connect(job.dst.uri)
-        ctx.backend.move_definition(src_conn, dst_conn, job.vm)
+        moved = ctx.backend.move_definition(src_conn, dst_conn, job.vm)
+        notes = getattr(moved, "notes", None)
+        extra = "; " + "; ".join(notes) if notes else ""
         res = {"outcome": str(Outcome.MOVED), "ok": True, "mode_used": "definition",
-               "message": f"definition of '{job.vm}' moved from {job.src.name} to {job.dst.name}"}
+               "message": f"definition of '{job.vm}' moved from {job.src.name} to {job.dst.name}{extra}"}
     except HvfleetError as exc:
         res = {"outcome": str(Outcome.FAILED), "ok": False, "mode_used": "definition", "message": exc.message,
                "recovery": exc.hint}
@@ -364,8 +366,10 @@ class Worker(threading.Thread):
             settings = job.item.settings
             disks = ctx.backend.copy_disks(src_conn, dst_conn, job.vm, job.src, job.dst, settings) \
                 if STORAGE.get(settings.get("storage", Storage.SHARED_ONLY)) else None
+            dest_xml, persist_xml = ctx.backend.destination_xmls(src_conn, dst_conn, job.vm, settings)
             spec = spec_for(settings, _RecordedMode(job.item), migrate_uri=job.dst.migrate_uri, bandwidth_mib=share,
-                            persistent=job.item.persistent, copy_disks=disks)
+                            persistent=job.item.persistent, copy_disks=disks, dest_xml=dest_xml,
+                            persist_xml=persist_xml if job.item.persistent else None)
             return summarize_result(self._migrate(src_conn, dst_conn, spec))
         except MigrationFailed as exc:
             return summarize_result(exc.result)

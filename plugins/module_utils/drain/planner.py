@@ -37,6 +37,7 @@ from ansible_collections.hvfleet.drain.plugins.module_utils.drain import claims
 from ansible_collections.hvfleet.drain.plugins.module_utils.drain.context import Connections, RunContext
 from ansible_collections.hvfleet.drain.plugins.module_utils.drain.model import DrainResult
 from ansible_collections.hvfleet.drain.plugins.module_utils.drain.unmigratable_vms import leave, sort_unmigratable
+from ansible_collections.hvfleet.drain.plugins.module_utils.planning import hugepages
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning.check_cache import CheckCache
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning.drain_forecast import (
     forecast_drain_shared,
@@ -229,7 +230,8 @@ class _Checks:
                      if not (checks.prefilter and cannot_take(demand, caps[name], ctx.source.name,
                                                               ctx.config.placement))}
         self.found: dict[tuple[int, str], list[CheckResult]] = {}  # (VM index, destination) -> failed checks
-        self.prechecks = _prechecks_of(ctx.backend, CheckCache() if checks.cache else None)
+        self.cache = CheckCache() if checks.cache else None
+        self.prechecks = _prechecks_of(ctx.backend, self.cache)
 
     def place(self) -> PlacementPlan:
         """The placement in which every VM placed passed its checks on its host (module docstring)."""
@@ -265,6 +267,9 @@ class _Checks:
             for i in work[name]:
                 cand = self.candidates[i]
                 found = self.prechecks(self.src_conn, conn, cand.vm, ctx.source, dest, cand.settings)
+                if cand.cold is not None and cand.vm.active:  # refused before the VM is shut down, not after
+                    found = found + ctx.backend.definition_refusals(self.src_conn, cand.vm, ctx.source, dest,
+                                                                    cand.settings, self.cache)
                 out[i] = [c for c in found if c.failed and not (cand.cold is not None and c.id in LIVE_ONLY_CHECKS)]
             return out
 
@@ -322,6 +327,8 @@ def cannot_take(vm: VmDemand, host: HostCapacity, source: str, config: Placement
         return True
     if vm.memory_mib > host.memory_total_mib - host.memory_used_mib - config.headroom_mib(host):
         return True
+    if vm.hugepages and host.hugepages_free is not None and hugepages.shortfall(vm.hugepages, host.hugepages_free):
+        return True
     return host.vcpus_used + vm.vcpus > config.vcpu_capacity(host)
 
 
@@ -334,6 +341,15 @@ def _source_stack(ctx: RunContext, src_conn: Any) -> tuple[int, int]:
         return (0, 0)
 
 
+def memory_demand(vm: VmInfo, runs: bool) -> tuple[int, dict[int, int]]:
+    """(MiB of ordinary memory, {page size KiB: huge pages}) `vm` takes on a host where it runs: memory it keeps
+    in huge pages comes from the host's page pool, not from its ordinary memory."""
+    if not runs:
+        return 0, {}
+    pages = dict(getattr(vm.facts, "hugepages", None) or {})  # facts None when unread
+    return hugepages.pool_split(pages, vm.memory_mib)[0], pages
+
+
 def _demand(ctx: RunContext, vm: VmInfo, settings: dict, reviewed: Optional[dict],
             source_stack: tuple[int, int] = (0, 0), runs: Optional[bool] = None) -> VmDemand:
     """The VM's placement demand, before its checks (eligible: every host). `runs`: it runs on the destination
@@ -342,7 +358,8 @@ def _demand(ctx: RunContext, vm: VmInfo, settings: dict, reviewed: Optional[dict
     pins = tuple(settings.get("destinations", {}).get("pin") or ())
     if reviewed is not None and vm.name in reviewed:
         pins = (reviewed[vm.name]["destination"],)
-    return VmDemand(name=vm.name, memory_mib=vm.memory_mib if runs else 0, vcpus=vm.vcpus if runs else 0,
+    memory_mib, pages = memory_demand(vm, runs)
+    return VmDemand(name=vm.name, memory_mib=memory_mib, hugepages=pages, vcpus=vm.vcpus if runs else 0,
                     dirty_rate_bps=vm.dirty_rate_bps or 0.0, anti_affinity=anti_affinity(ctx, vm.labels), pin=pins,
                     avoid=tuple(settings.get("destinations", {}).get("avoid") or ()),
                     order=int(settings.get("drain_order", 0) or 0), source_stack=source_stack)

@@ -20,7 +20,7 @@ from ansible_collections.hvfleet.drain.plugins.module_utils.drain import claims,
 from ansible_collections.hvfleet.drain.plugins.module_utils.drain.context import Connections, RunContext
 from ansible_collections.hvfleet.drain.plugins.module_utils.drain.execution import Job, execute
 from ansible_collections.hvfleet.drain.plugins.module_utils.drain.model import DrainResult
-from ansible_collections.hvfleet.drain.plugins.module_utils.drain.planner import anti_affinity
+from ansible_collections.hvfleet.drain.plugins.module_utils.drain.planner import anti_affinity, memory_demand
 from ansible_collections.hvfleet.drain.plugins.module_utils.drain.whereabouts import Judgement, Placement, judge, locate
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning.drain_forecast import forecast_drain
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning.model import Host
@@ -244,8 +244,9 @@ class Restorer:
                                                match.settings)
             bad = [c for c in found if c.failed and not (cold and c.id in LIVE_ONLY_CHECKS)]
             runs = vm.active or cold  # a cold-moved VM is started at home even when it is shut off now
+            memory_mib, pages = memory_demand(vm, runs)
             demands.append(VmDemand(
-                name=name, memory_mib=vm.memory_mib if runs else 0, vcpus=vm.vcpus if runs else 0,
+                name=name, memory_mib=memory_mib, hugepages=pages, vcpus=vm.vcpus if runs else 0,
                 dirty_rate_bps=vm.dirty_rate_bps or 0.0, anti_affinity=anti_affinity(self.ctx, vm.labels),
                 eligible=frozenset() if bad else frozenset([self.home.name]),
                 precheck_failures={self.home.name: "; ".join(c.message for c in bad)} if bad else {},

@@ -103,7 +103,7 @@ class Interface:
 class LocalDevice:
     """A device tied to the host it runs on: it blocks live migration."""
 
-    kind: str  # hostdev, interface-hostdev, serial, parallel, channel, smartcard, filesystem, nvme-disk
+    kind: str  # hostdev, interface-hostdev, serial, parallel, channel, smartcard, filesystem, shmem, nvme-disk
     description: str
 
     def to_dict(self) -> dict[str, Any]:
@@ -269,6 +269,10 @@ def _local_devices(devices: ET.Element, disks: Iterable[Disk], interfaces: Itera
         found.append(LocalDevice("filesystem", f"{share} filesystem share "
                                  f"{source.get('dir') if source is not None else '?'} -> "
                                  f"{target.get('dir') if target is not None else '?'}"))
+    for shmem in devices.findall("shmem"):  # QEMU refuses to migrate ivshmem ("peer mode")
+        model = shmem.find("model")
+        found.append(LocalDevice("shmem", f"shared-memory device '{shmem.get('name') or '?'}' "
+                                 f"({model.get('type') if model is not None else 'ivshmem'})"))
     for disk in disks:
         if disk.type == "nvme":
             found.append(LocalDevice("nvme-disk", f"disk {disk.target} is a host NVMe device"))

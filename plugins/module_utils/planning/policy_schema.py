@@ -251,6 +251,14 @@ SCHEMA: dict[str, Any] = {
                         "move it; discard removes the image (the VM then boots afresh)."
                     ),
                 },
+                "pinning": {
+                    "enum": ["refuse", "adapt"],
+                    "default": "refuse",
+                    "description": (
+                        "A VM pinned to host CPUs or NUMA nodes the destination lacks: refuse that destination, or "
+                        "adapt (re-map the pins onto its CPUs and nodes in the destination XML)."
+                    ),
+                },
             },
         },
     },
