@@ -164,7 +164,8 @@ class Migration(Watch):
             needed = self._copied_volumes(dom)
             made = [v.describe() for v in needed if not v.exists]
             plan.update({
-                "ram_bytes": ram, "deadline_s": self.spec.deadline_s(ram or 0), "spec": self.spec.describe(),
+                "ram_bytes": ram, "deadline_s": self.spec.deadline_s((ram or 0) + sum(v.capacity for v in needed)),
+                "spec": self.spec.describe(),
                 "flags": self.spec.flags(), "params": self.spec.params(),
                 "volumes": [dict(target=v.target, path=v.path, pool=v.pool, format=v.fmt, capacity=v.capacity,
                                  exists=v.exists) for v in needed],
@@ -309,7 +310,9 @@ class Migration(Watch):
     def _run(self, what: str) -> MigrationResult:
         dom = self._ask(lambda: self.src_conn.lookupByName(self.name), "lookup")
         self.result.ram_bytes = self._ram_bytes(dom)
-        self.result.deadline_s = self.spec.deadline_s(self.result.ram_bytes or 0)
+        # the copied disks go over the same link first: their bytes count in the deadline like RAM
+        self.result.deadline_s = self.spec.deadline_s((self.result.ram_bytes or 0)
+                                                      + sum(vol.capacity for vol in self._volumes))
         if what == "resume_postcopy":
             self.step("postcopy_resume", "found an interrupted post-copy from an earlier run; resuming it")
             return self._recover(call_error=None)

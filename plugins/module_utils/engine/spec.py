@@ -276,7 +276,7 @@ class MigrationSpec:  # pylint: disable=too-many-instance-attributes
         return self.postcopy_armed and self.mode in (Mode.POSTCOPY, Mode.POSTCOPY_AFTER_PRECOPY)
 
     def deadline_s(self, ram_bytes: float) -> float:
-        """Completion deadline: explicit, or per GiB of RAM with a floor."""
+        """Completion deadline: explicit, or per GiB moved (RAM, plus the copied disks' size) with a floor."""
         if self.completion_timeout_s is not None:
             return float(self.completion_timeout_s)
         per_ram = self.completion_timeout_per_gib_s * (ram_bytes / GIB)
