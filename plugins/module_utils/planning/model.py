@@ -110,6 +110,7 @@ class VmInfo:  # pylint: disable=too-many-instance-attributes
     postcopy: bool = False  # a leftover of an interrupted post-copy (paused "post-copy failed")
     facts: Any = None  # the facts module's DomainFacts, for the prerequisite checks
     resident_mib: Optional[int] = None  # the QEMU process's resident size: how much guest memory was touched
+    local_disk_bytes: int = 0  # data on its host-local disks (file/block, not shareable): what a copying policy moves
 
     @property
     def kind(self) -> Kind:

@@ -17,7 +17,7 @@ import dataclasses
 from typing import Any, Optional
 
 from ansible_collections.hvfleet.drain.plugins.module_utils.common.errors import HvfleetError
-from ansible_collections.hvfleet.drain.plugins.module_utils.common.vocabulary import Kind, Mode
+from ansible_collections.hvfleet.drain.plugins.module_utils.common.vocabulary import Kind, Mode, Storage
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning.forecast import (
     MIB,
     REFUSE,
@@ -27,7 +27,11 @@ from ansible_collections.hvfleet.drain.plugins.module_utils.planning.forecast im
     guest_memory,
 )
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning.model import Host, VmInfo
-from ansible_collections.hvfleet.drain.plugins.module_utils.planning.policy_spec import effective_mode, spec_for
+from ansible_collections.hvfleet.drain.plugins.module_utils.planning.policy_spec import (
+    STORAGE,
+    effective_mode,
+    spec_for,
+)
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning.unmigratable import (
     COLD,
     cold_reason,
@@ -174,8 +178,10 @@ def forecast_vm(vm: VmInfo, settings: dict, bandwidth_bps: float) -> tuple[Optio
     note = " (dirty rate not measured: assumed 0)" if vm.dirty_rate_bps is None else ""
     ratio, working_set = guest_memory(vm.memory_mib * MIB, (vm.resident_mib or 0) * MIB, vm.domain_type)
     try:
+        copies = STORAGE.get(settings.get("storage") or Storage.SHARED_ONLY)
         return forecast_for_settings(settings, vm.memory_mib * MIB, vm.dirty_rate_bps or 0.0, bandwidth_bps,
-                                     transferable_ratio=ratio, dirty_working_set=working_set), note
+                                     transferable_ratio=ratio, dirty_working_set=working_set,
+                                     disk_bytes=vm.local_disk_bytes if copies else 0), note
     except ForecastError as exc:
         return None, f" (no forecast: {exc.message})"
 
