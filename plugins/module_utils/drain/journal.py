@@ -50,7 +50,7 @@ and, by KIND:
   `predicted_downtime_ms`, `bandwidth_mib` (share of the budget or null)
 * `vm_progress` (every few seconds while a migration runs): `vm`, `destination`, `phase`, `percent`
   (0-100, of the current pass), `eta_s` (or null), `iteration`, `remaining_bytes`, `bandwidth_bps`,
-  `elapsed_s`
+  `elapsed_s`, `disk_total`, `disk_remaining` (the copied disks' bytes, 0 without)
 * `vm_finished`: `vm`, `destination`, `ok`, `state` (journal state), `outcome`, `mode`, `duration_s`,
   `downtime_ms`, `bytes_sent`, `message`, `recovery` (or null)
 * `vm_cold_step` (a cold move, planning/unmigratable.py): `vm`, `host` (where the step ran), `step`

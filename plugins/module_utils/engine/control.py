@@ -29,12 +29,13 @@ from ansible_collections.hvfleet.drain.plugins.module_utils.engine.monitor impor
 
 def progress(sample: JobSample) -> dict[str, Any]:
     """The progress payload of one job sample (what the drain's `vm_progress` events carry)."""
-    total = sample.data_total or sample.memory_total
-    remaining = sample.data_remaining if sample.data_total else sample.memory_remaining
+    total = sample.total_bytes  # memory and the copied disks
+    remaining = sample.remaining_bytes
     percent = round(100.0 * (total - remaining) / total, 1) if total else None
     eta = round(remaining / sample.bandwidth_bps, 1) if sample.bandwidth_bps else None
     return {"phase": sample.phase, "percent": percent, "eta_s": eta, "iteration": sample.iteration,
-            "remaining_bytes": remaining, "bandwidth_bps": sample.bandwidth_bps, "elapsed_s": round(sample.t, 1)}
+            "remaining_bytes": remaining, "bandwidth_bps": sample.bandwidth_bps, "elapsed_s": round(sample.t, 1),
+            "disk_total": sample.disk_total, "disk_remaining": sample.disk_remaining}
 
 
 class MigrationControl:
