@@ -37,7 +37,6 @@ GOAL_RATIO = 0.2  # a forecast is within its goal when |predicted - actual| <= m
 GOAL_ABS_S = 2.0
 
 
-
 def _number(value: Any) -> Optional[float]:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 

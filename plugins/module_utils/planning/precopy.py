@@ -16,6 +16,7 @@ from ansible_collections.hvfleet.drain.plugins.module_utils.common.errors import
 MIB = 1024 ** 2
 GIB = 1024 ** 3
 
+
 class ForecastError(HvfleetError):
     """The inputs of a forecast are impossible (no bandwidth, negative rates, unknown mode)."""
 
