@@ -414,4 +414,16 @@ def test_progress_payload_from_a_job_sample():
     sample = JobSample(t=12.34, phase="precopy", data_total=1000 * MIB, data_remaining=250 * MIB,
                        bandwidth_bps=50 * MIB, iteration=1)
     assert progress(sample) == {"phase": "precopy", "percent": 75.0, "eta_s": 5.0, "iteration": 1,
-                                "remaining_bytes": 250 * MIB, "bandwidth_bps": 50 * MIB, "elapsed_s": 12.3}
+                                "remaining_bytes": 250 * MIB, "bandwidth_bps": 50 * MIB, "elapsed_s": 12.3,
+                                "disk_total": 0, "disk_remaining": 0}
+
+
+def test_progress_counts_the_copied_disks_when_libvirt_gives_no_data_total():
+    from ansible_collections.hvfleet.drain.plugins.module_utils.engine.control import progress
+    from ansible_collections.hvfleet.drain.plugins.module_utils.engine.monitor import JobSample
+
+    sample = JobSample(t=3.0, phase="precopy", memory_total=256 * MIB, memory_remaining=256 * MIB,
+                       disk_total=768 * MIB, disk_remaining=256 * MIB, bandwidth_bps=64 * MIB, iteration=0)
+    got = progress(sample)
+    assert got["percent"] == 50.0 and got["remaining_bytes"] == 512 * MIB and got["eta_s"] == 8.0
+    assert got["disk_total"] == 768 * MIB and got["disk_remaining"] == 256 * MIB
