@@ -37,6 +37,25 @@ SideView = reconcile.SideView
 class AfterCall(MigrationCore):
     """Reconcile, resume, recover: the part of a migration after its libvirt call."""
 
+    source_autostart = False  # the source's definition was marked autostart (read before the start)
+
+    def _carry_autostart(self) -> str:
+        """libvirt does not carry the autostart mark with a migration, and undefining the source drops it:
+        set it on the destination's persistent definition, so the VM still starts with its new host. Returns
+        the text to add to the message when that failed (the migration itself stands)."""
+        if not (self.source_autostart and self.spec.persist_dest):
+            return ""
+        try:
+            bounded.call(lambda: self.dst_conn.lookupByName(self.name).setAutostart(1),
+                         timeout_s=core.ACTION_TIMEOUT_S, what="set autostart")
+        except Exception as exc:  # pylint: disable=broad-except
+            self.step("autostart", "the source marked it autostart", str(exc))
+            self.result.recovery = (f"'{self.name}' is no longer marked autostart: mark it on its new host "
+                                    f"(virsh -c {shlex.quote(self.dest_uri)} autostart {shlex.quote(self.name)}).")
+            return f" Its autostart mark could not be set on {self.dest_uri}: {exc}."
+        self.step("autostart", f"marked autostart on {self.dest_uri}, as it was on {self.source_uri}")
+        return ""
+
     def _postcopy_seen(self) -> None:
         self.postcopy_started = True
         self.result.mode_used = "postcopy"
@@ -84,7 +103,7 @@ class AfterCall(MigrationCore):
 
         self._collect_completed_stats(monitor)
         if verdict.placement in (reconcile.MOVED, reconcile.PAUSED_ON_DESTINATION):
-            note = self._drop_stale_source(src, dst)
+            note = self._drop_stale_source(src, dst) + self._carry_autostart()
             mode = self.result.mode_used
             there = "" if dst.running else f"; it is {dst.label()} there"
             return self._finish(MOVED, True, f"'{self.name}' moved to {self.dest_uri} ({mode}){there}.{note}")
@@ -175,7 +194,7 @@ class AfterCall(MigrationCore):
         self._resume_steps(report.attempts, began)
         self._record_states(report.source, report.destination)
         if report.ok:
-            note = self._drop_stale_source(report.source, report.destination)
+            note = self._drop_stale_source(report.source, report.destination) + self._carry_autostart()
             had_trouble = call_error is not None or bool(report.attempts)
             outcome = POSTCOPY_RECOVERED if had_trouble else MOVED
             self._collect_completed_stats(None)

@@ -16,6 +16,7 @@ or a named state with what to do - however libvirt behaves: at most about comple
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from typing import Any, Optional
 
@@ -317,6 +318,8 @@ class Migration(Watch):
             self.step("postcopy_resume", "found an interrupted post-copy from an earlier run; resuming it")
             return self._recover(call_error=None)
 
+        with contextlib.suppress(Exception):  # unread: nothing to carry (libvirt's default, off)
+            self.source_autostart = bool(bounded.call(dom.autostart, timeout_s=QUERY_TIMEOUT_S, what="autostart"))
         monitor = self._monitor = JobMonitor(dom, clock=self.clock, start=self.start)
         self.result.mode_used = "precopy"
         self._downtime_preset = self._preset_downtime(dom)

@@ -495,3 +495,44 @@ def test_initial_max_downtime_falls_back_to_the_first_sample(hosts):
     assert ("migrateSetMaxDowntime", 300) in dom.calls
     steps = [(s.action, bool(s.error)) for s in result.steps]
     assert steps[:3] == [("set_max_downtime", True), ("start", False), ("set_max_downtime", False)]
+
+
+class AutostartDom(Dom):
+    """A domain whose definition carries libvirt's autostart mark (which a migration does not carry)."""
+
+    def __init__(self, *args, autostart=0, refuse=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.mark, self.refuse = autostart, refuse
+
+    def autostart(self):
+        return self.mark
+
+    def setAutostart(self, value):  # noqa: N802 - libvirt's name
+        if self.refuse is not None:
+            raise self.refuse
+        self.mark = value
+
+
+@pytest.mark.parametrize("marked", [0, 1])
+def test_the_autostart_mark_follows_the_vm(hosts, marked):
+    src_host, dst_host = hosts
+    dom = AutostartDom("vm1", src_host, autostart=marked)
+    dom.samples = [stats(1, 5 * MIB)]
+    dom.on_end = lambda: AutostartDom("vm1", dst_host, state=(rc.RUNNING, rc.RUNNING_MIGRATED)) \
+        and src_host.domains.pop("vm1") and 0
+    result = run(src_host, dst_host, MigrationSpec(**FAST))
+    assert result.outcome == "moved"
+    assert dst_host.domains["vm1"].mark == marked
+    assert ("autostart" in [s.action for s in result.steps]) == bool(marked)
+
+
+def test_an_autostart_mark_that_cannot_be_set_is_named_and_the_move_stands(hosts):
+    src_host, dst_host = hosts
+    dom = AutostartDom("vm1", src_host, autostart=1)
+    dom.samples = [stats(1, 5 * MIB)]
+    dom.on_end = lambda: AutostartDom("vm1", dst_host, state=(rc.RUNNING, rc.RUNNING_MIGRATED),
+                                      refuse=LibvirtFail("operation failed")) and src_host.domains.pop("vm1") and 0
+    result = run(src_host, dst_host, MigrationSpec(**FAST))
+    assert result.outcome == "moved" and result.ok
+    assert "autostart mark could not be set" in result.message
+    assert "virsh -c" in result.recovery and "autostart vm1" in result.recovery
