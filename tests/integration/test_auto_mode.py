@@ -30,7 +30,12 @@ def test_auto_mode_picks_precopy_for_idle_and_postcopy_for_hot(lab, make_vm):
             assert not isinstance(rate, Exception), rate
             settings = policy.select_policy([], vm, {}, 256).settings  # the built-in default: mode auto
             assert settings["mode"] == "auto"
-            fc = forecast.forecast_for_settings(settings, 256 * MIB, rate, LINK_BPS)
+            # as the drain's plan does (vm_plan.forecast_vm): what is sent is the memory in use, from QEMU's
+            # resident size, not the whole RAM
+            rss = src.lookupByName(vm).memoryStats().get("rss", 0) * 1024
+            ratio, working_set = forecast.guest_memory(256 * MIB, rss, "qemu")
+            fc = forecast.forecast_for_settings(settings, 256 * MIB, rate, LINK_BPS, transferable_ratio=ratio,
+                                                dirty_working_set=working_set)
             forecasts[kind] = fc
             spec = spec_for(settings, fc, migrate_uri=f"tcp://{lab.addr('hv2')}")
             try:

@@ -168,6 +168,11 @@ def test_a_drain_copies_only_the_local_data_disk_of_a_vm_whose_system_disk_is_sh
     assert not others, f"hv1 holds other VMs, which this drain would move too: {others}"
     before = booted(lab, name)
     [file] = local.values()
+    conn = lab.connect("hv1")
+    try:  # the autostart mark, which libvirt does not carry with a migration, follows the VM too
+        conn.lookupByName(name).setAutostart(1)
+    finally:
+        conn.close()
     policies = [{"name": "copy-local", "selector": {"domains": [name]}, "settings": {"storage": "copy_all"}}]
     with timed("drain of hv1: NBD system disk + 64 MiB local data disk, copy_all"):
         rc, lines = run_playbook("drain-host.yml", "-e", "target=hv1", "-e", f"drain_host_report_dir={tmp_path}",
@@ -189,8 +194,10 @@ def test_a_drain_copies_only_the_local_data_disk_of_a_vm_whose_system_disk_is_sh
     conn = lab.connect(dest)
     try:
         xml = conn.lookupByName(name).XMLDesc(0)
+        assert conn.lookupByName(name).autostart() == 1, "the autostart mark stayed behind"
     finally:
         conn.close()
+    assert "marked autostart on" in steps["autostart"], steps
     vda = [d for d in ET.fromstring(xml).iterfind("devices/disk") if d.find("target").get("dev") == "vda"][0]
     assert vda.get("type") == "network" and vda.find("source").get("name") == name
     assert name in labstorage.exports(lab.root)

@@ -132,13 +132,14 @@ def test_reconcile_refuses_work_outside_the_window_or_that_does_not_fit_it(clean
     assert "WOULD BE REFUSED if applied now: the work would start outside its maintenance window" in flat(out)
 
     # the host's own window has two seconds left at the time the windows are evaluated at (reconcile_now): the drain
-    # of its guest is forecast to take longer, so it is refused up front. The link is declared at 20 Mbit/s: an idle
-    # guest's ~100 MiB in use would fit two seconds on the lab's unshaped default link
+    # of its guest is forecast to take longer, so it is refused up front. The link is declared at 100 Mbit/s: an idle
+    # guest's ~100 MiB in use would fit two seconds on the lab's unshaped default link, and at 100 Mbit/s its dirty
+    # rate (read as at least 2 MiB/s) still lets pre-copy converge, so the VM is planned, not refused by its forecast
     short = {**DRAINED["hvfleet_maintenance"],
              "window": {"start": "2030-01-01T00:00:00Z", "end": "2030-01-01T00:00:02Z"}}
     rc, out = reconcile(tmp_path, {"hv1": {"hvfleet_maintenance": short}},
                         {**ACTIVE, "hvfleet_maintenance_window": closed_daily},
-                        "-e", "reconcile_now=2030-01-01T00:00:00Z", "-e", "hvfleet_link_mbit=20")
+                        "-e", "reconcile_now=2030-01-01T00:00:00Z", "-e", "hvfleet_link_mbit=100")
     assert rc != 0
     match = re.search(r"Refused: hv1 is declared drained, but the drain forecast \(([0-9.]+) s\) does not fit the "
                       r"2\.0 s left in its maintenance window \(.*?closes 2030-01-01T00:00:02Z\)", flat(out))
