@@ -26,22 +26,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / ".collections"), str(REPO / "tests" / "lab"), str(Path(__file__).resolve().parent)]
 
-import libvirt  # noqa: E402
+from drain_bench import completed_stats  # noqa: E402
 from hvlab import Lab, VMSpec  # noqa: E402
 from migration_bench import engine_move  # noqa: E402
 
 MIB = 2**20
-COMPLETED = libvirt.VIR_DOMAIN_JOB_STATS_COMPLETED | libvirt.VIR_DOMAIN_JOB_STATS_KEEP_COMPLETED
-
-
-def completed(lab, host, name):
-    conn = libvirt.open(lab.uri(host))
-    try:
-        return conn.lookupByName(name).jobStats(COMPLETED) or {}
-    except libvirt.libvirtError:
-        return {}
-    finally:
-        conn.close()
 
 
 def fit(rows):
@@ -78,7 +67,7 @@ def main():
                 for i in range(args.runs * 2):
                     src, dst = hosts[i % 2], hosts[(i + 1) % 2]
                     wall, res = engine_move(lab, name, src, dst)
-                    st = completed(lab, dst, name)
+                    st = completed_stats(lab, dst, name)
                     rate = args.mbit * 1e6 / 8 if args.mbit else float(st.get("memory_bps") or 0) or 1e12
                     row = {"ram_mib": size, "mbit": args.mbit, "wall_s": round(wall, 3),
                            "duration_s": res.duration_s, "bytes_sent": res.bytes_sent or st.get("data_processed"),
