@@ -21,6 +21,7 @@ removed from the destination again.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Optional
 
 from ansible_collections.hvfleet.drain.plugins.module_utils.common.errors import HvfleetError
@@ -258,3 +259,20 @@ def _finish(ctx: RunContext, job: Job, res: dict) -> dict:
               outcome=res["outcome"], mode=COLD, duration_s=res.get("duration_s"), downtime_ms=res.get("downtime_ms"),
               bytes_sent=0, message=res["message"], recovery=res.get("recovery"))
     return row
+
+
+def start_shut_off(ctx: RunContext, conn: Any, name: str, host: str, after: str, started: str, act: bool,
+                   recoverable: Callable[[str, str, str], None]) -> Optional[bool]:
+    """Start `name`, shut off on `host` alone `after` a cold move (restore and resume find it so); `act` False: only
+    say it would be. True once started, False when the start failed (`recoverable` is told), None when not acting."""
+    if not act:
+        ctx.note(f"{name}: shut off on {host} {after}; it would be started there")
+        return None
+    try:
+        ctx.backend.start(conn, name)
+    except HvfleetError as exc:
+        recoverable(name, f"shut off on {host} (defined there only) {after}; starting it failed: {exc.message}",
+                    exc.hint or f"start '{name}' on {host}.")
+        return False
+    ctx.note(f"{name}: started on {host}, {started}")
+    return True

@@ -17,6 +17,7 @@ from typing import Optional
 from ansible_collections.hvfleet.drain.plugins.module_utils.common.errors import HvfleetError
 from ansible_collections.hvfleet.drain.plugins.module_utils.common.vocabulary import Action, CycleState, Mode, VmState
 from ansible_collections.hvfleet.drain.plugins.module_utils.drain import claims, report
+from ansible_collections.hvfleet.drain.plugins.module_utils.drain.cold import start_shut_off
 from ansible_collections.hvfleet.drain.plugins.module_utils.drain.context import Connections, RunContext
 from ansible_collections.hvfleet.drain.plugins.module_utils.drain.execution import Job, execute
 from ansible_collections.hvfleet.drain.plugins.module_utils.drain.model import DrainResult
@@ -171,17 +172,9 @@ class Restorer:
         view = self.ctx.backend.observe(self.conns.get(self.home.uri), name, self.home.uri)
         if view.running or view.paused:
             return True
-        if self.plan_only:
-            self.ctx.note(f"{name}: shut off on {self.home.name} after its cold move; it would be started there")
-            return True
-        try:
-            self.ctx.backend.start(self.conns.get(self.home.uri), name)
-        except HvfleetError as exc:
-            self._recoverable(name, f"shut off on {self.home.name} (defined there only) after its cold move; starting "
-                              f"it failed: {exc.message}", exc.hint or f"start '{name}' on {self.home.name}.")
-            return False
-        self.ctx.note(f"{name}: started on {self.home.name}, where it ran before its cold move")
-        return True
+        started = start_shut_off(self.ctx, self.conns.get(self.home.uri), name, self.home.name, "after its cold move",
+                                 "where it ran before its cold move", not self.plan_only, self._recoverable)
+        return started is not False  # planned only: it counts as home, as it will be
 
     def _drop_leftovers(self, name: str, hosts: tuple) -> None:
         for host_name in hosts:

@@ -20,6 +20,7 @@ from typing import Optional
 
 from ansible_collections.hvfleet.drain.plugins.module_utils.common.errors import HvfleetError
 from ansible_collections.hvfleet.drain.plugins.module_utils.common.vocabulary import Kind, Mode, VmState
+from ansible_collections.hvfleet.drain.plugins.module_utils.drain.cold import start_shut_off
 from ansible_collections.hvfleet.drain.plugins.module_utils.drain.context import Connections, RunContext
 from ansible_collections.hvfleet.drain.plugins.module_utils.drain.model import DrainResult
 from ansible_collections.hvfleet.drain.plugins.module_utils.drain.report import vm_result
@@ -207,17 +208,8 @@ class Resumer:
         view = self.ctx.backend.observe(self.conns.get(dest.uri), name, dest.uri)
         if not view.reachable or view.running or view.paused or not view.present:
             return False
-        if not self.act:
-            self.ctx.note(f"{name}: shut off on {dest.name} after an interrupted cold move; it would be started there")
-            return False
-        try:
-            self.ctx.backend.start(self.conns.get(dest.uri), name)
-        except HvfleetError as exc:
-            self._recoverable(name, f"shut off on {dest.name} (defined there only) after an interrupted cold move; "
-                              f"starting it failed: {exc.message}", exc.hint or f"start '{name}' on {dest.name}.")
-            return False
-        self.ctx.note(f"{name}: started on {dest.name}, finishing the interrupted cold move")
-        return True
+        return start_shut_off(self.ctx, self.conns.get(dest.uri), name, dest.name, "after an interrupted cold move",
+                              "finishing the interrupted cold move", self.act, self._recoverable) is True
 
     def _drop_leftover(self, name: str, host_name: str, runs_on: Optional[Host]) -> bool:
         holder = self.ctx.host(host_name)
