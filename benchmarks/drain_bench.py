@@ -31,9 +31,9 @@ median), bytes sent / RAM, failed VMs, VMs paused >= 1 s, VMs force-paused, gues
 for hvfleet its forecast vs its actual migration time, per VM too (the schedule's predicted span, pause
 and post-copy stall against the measured ones). `--runs N` repeats the scenario (the contender order
 rotates) and reports medians. The lab lock (/var/tmp/hvfleet-lab-use.lock) is taken per run, so do
-not wrap this script in flock(1). `--dirty-rate steady` measures the guests' dirty rates the way
-planning/dirty_rate.py proposes (a 3 s sample more for a guest whose decision depends on its rate);
-`product` (the default) as drain/libvirt_backend.py does today (one 1 s sample).
+not wrap this script in flock(1). hvfleet measures the guests' dirty rates as the drain does
+(drain/libvirt_backend.py: a 1 s sample of all, then 3 s more of each guest whose forecast depends on its
+reading, planning/dirty_rate.py); `--dirty-rate one-sample` leaves out the second sample, for comparison.
 
     .venv/bin/python benchmarks/drain_bench.py --runs 3 --json docs/drain-bench.json --svg docs/drain-bench.svg
     .venv/bin/python benchmarks/drain_bench.py --merge a.json b.json --json all.json --svg all.svg
@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import datetime
 import fcntl
 import json
@@ -67,7 +66,6 @@ from ansible_collections.hvfleet.drain.plugins.module_utils.common import connec
 from ansible_collections.hvfleet.drain.plugins.module_utils.drain.drainer import Drainer  # noqa: E402
 from ansible_collections.hvfleet.drain.plugins.module_utils.drain.libvirt_backend import LibvirtBackend  # noqa: E402
 from ansible_collections.hvfleet.drain.plugins.module_utils.drain.model import DrainConfig  # noqa: E402
-from ansible_collections.hvfleet.drain.plugins.module_utils.planning import dirty_rate, facts  # noqa: E402
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning.model import Host  # noqa: E402
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning.placement import PlacementConfig  # noqa: E402
 from heartbeat_gaps import Gaps  # noqa: E402
@@ -290,30 +288,6 @@ def nova_like(lab, guests, scale):
     return records, {}
 
 
-class SteadyBackend(LibvirtBackend):
-    """LibvirtBackend with planning/dirty_rate.py's steadier measurement wired in (the proposed change)."""
-
-    measuring_s = 0.0
-
-    def list_vms(self, conn, host, measure=True):
-        vms = super().list_vms(conn, host, measure=False)
-        if not measure:
-            return vms
-        t0 = time.monotonic()
-        running = [v for v in vms if v.state == "running"]
-        doms = [conn.lookupByName(v.name) for v in running]
-        first = {k: v for k, v in facts.measure_dirty_rates(doms, self.dirty_rate_seconds).items()
-                 if isinstance(v, float)}
-        infos = {v.name: v for v in vms}
-        link = host.link_bps(1000.0)
-        rates = dirty_rate.steady_rates(
-            doms, first, lambda name, rate: dirty_rate.vm_depends_on_rate(infos[name], rate, [link, link / 2]),
-            facts.measure_dirty_rates, first_s=self.dirty_rate_seconds)
-        self.measuring_s = time.monotonic() - t0
-        self.first_rates = first
-        return [dataclasses.replace(v, dirty_rate_bps=rates.get(v.name)) for v in vms]
-
-
 def _stamp(text):
     return datetime.datetime.fromisoformat(text) if text else None
 
@@ -345,7 +319,7 @@ def hvfleet(lab, guests, mbit, dirty="product"):
         # the lab's hosts report 2 CPUs and hv2/hv3 may hold other guests (e.g. the README demo's); the
         # other contenders check no capacity, so hvfleet may overcommit vCPUs here too
         config = DrainConfig(reason="benchmark", placement=PlacementConfig(vcpu_overcommit=VCPU_OVERCOMMIT))
-        backend = (SteadyBackend if dirty == "steady" else LibvirtBackend)(state_dir=state_dir)
+        backend = LibvirtBackend(state_dir=state_dir, **({"dirty_rate_resample_s": 0} if dirty == "one-sample" else {}))
         drainer = Drainer(backend, source, dests, config, state_dir=state_dir)
         result = drainer.drain()
     spans = per_vm_forecast(result)
@@ -362,8 +336,10 @@ def hvfleet(lab, guests, mbit, dirty="product"):
     extra = {"forecast_s": (result.forecast or {}).get("total_s"),
              "migration_s": (result.actual or {}).get("total_s"), "state": result.state,
              "blockers": [b.get("message") for b in result.blockers], "dirty_rate": dirty,
-             "measuring_s": round(getattr(backend, "measuring_s", 0.0), 2) or None,
-             "first_rates_mib_s": {k: round(v / MIB, 1) for k, v in getattr(backend, "first_rates", {}).items()}}
+             "measuring_s": round(backend.measuring_s, 2) or None,
+             "first_rates_mib_s": {k: round(v / MIB, 1) for k, v in backend.first_rates.items()},
+             "range_s": (result.forecast or {}).get("range_s"),
+             "dirty_rate_error_pct": (result.forecast or {}).get("dirty_rate_error_pct")}
     log(f"    hvfleet: {result.state}; forecast {extra['forecast_s']} s, migrations took {extra['migration_s']} s")
     return records, extra
 
@@ -495,8 +471,8 @@ def main():
     parser.add_argument("--svg", help="draw makespan and worst pause per contender here")
     parser.add_argument("--markdown", action="store_true", help="also print the table as Markdown")
     parser.add_argument("--no-lock", action="store_true", help=f"do not take {LOCK} per run")
-    parser.add_argument("--dirty-rate", choices=("product", "steady"), default="product",
-                        help="hvfleet's dirty-rate sampling: libvirt_backend's (product) or planning/dirty_rate.py's")
+    parser.add_argument("--dirty-rate", choices=("product", "one-sample"), default="product",
+                        help="hvfleet's dirty-rate sampling: the drain's (product) or one 1 s sample per guest")
     parser.add_argument("--merge", nargs="+", help="re-report runs from earlier --json files (no lab)")
     args = parser.parse_args()
     if args.merge:

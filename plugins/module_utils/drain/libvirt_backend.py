@@ -11,8 +11,10 @@ libvirt and never logged, journalled or returned.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import shlex
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, Optional
 
@@ -33,6 +35,7 @@ from ansible_collections.hvfleet.drain.plugins.module_utils.engine.migration imp
 from ansible_collections.hvfleet.drain.plugins.module_utils.fleet import maintenance
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning import (
     copy_list,
+    dirty_rate,
     hugepages,
     pinning,
     preflight,
@@ -57,13 +60,16 @@ class LibvirtBackend(Backend):
 
     def __init__(self, connect_timeout_s: float = 30.0, state_dir: str = maintenance.DEFAULT_DIR,
                  memory_headroom_mib: int = 0, dirty_rate_seconds: float = 1, username: Optional[str] = None,
-                 password: Optional[str] = None) -> None:
+                 password: Optional[str] = None, dirty_rate_resample_s: float = dirty_rate.LONG_SAMPLE_S) -> None:
         self.connect_timeout_s = connect_timeout_s
         self.username = username
         self.password = password
         self.state_dir = state_dir
         self.memory_headroom_mib = memory_headroom_mib
         self.dirty_rate_seconds = dirty_rate_seconds
+        self.dirty_rate_resample_s = dirty_rate_resample_s
+        self.measuring_s = 0.0  # what the last measurement cost at drain start (for the record)
+        self.first_rates: dict[str, float] = {}  # the last first-sample readings, before any re-sample
         self._facts: dict[str, hvhost.HostFacts] = {}
         self._definition_settings: dict[str, dict] = {}
         self._facts_lock = threading.Lock()
@@ -103,24 +109,42 @@ class LibvirtBackend(Backend):
                 resident_mib=_resident_mib(dom) if active else None,
                 local_disk_bytes=_local_disk_bytes(dom, info) if active else 0)))
         if measure:
-            rates = self._dirty_rates([dom for dom, vm in found if vm.state == "running"])
-            found = [(dom, _with_rate(vm, rates.get(vm.name))) for dom, vm in found]
+            running = [dom for dom, vm in found if vm.state == "running"]
+            readings = self._dirty_rates(running, {vm.name: vm for _dom, vm in found}, host)
+            found = [(dom, _with_reading(vm, readings.get(vm.name))) for dom, vm in found]
         return [vm for _dom, vm in found]
 
-    def _dirty_rates(self, doms: list[Any]) -> dict[str, float]:
-        """Measure all running domains at once (each takes about `dirty_rate_seconds`)."""
+    def _dirty_rates(self, doms: list[Any], vms: dict[str, VmInfo], host: Host) -> dict[str, dirty_rate.Reading]:
+        """All running domains sampled at once for `dirty_rate_seconds`; then those whose forecast depends on
+        that reading sampled again, at once, for `dirty_rate_resample_s` (planning/dirty_rate.py says why)."""
+        began = time.monotonic()
+        first = self._sample(doms, self.dirty_rate_seconds)
+        link = host.link_bps()
+
+        def depends(name: str, rate: float) -> bool:
+            return dirty_rate.vm_depends_on_rate(vms[name], rate, (link, link / 2))
+
+        readings = dirty_rate.steady_rates(doms, first, depends, self._sample, first_s=self.dirty_rate_seconds,
+                                           long_s=self.dirty_rate_resample_s)
+        self.measuring_s = time.monotonic() - began
+        self.first_rates = dict(first)
+        return readings
+
+    def _sample(self, doms: list[Any], seconds: float) -> dict[str, float]:
+        """One sample of each domain, all at once; bounded: a domain whose libvirt call hangs has no reading."""
         rates: dict[str, float] = {}
 
         def one(dom: Any) -> None:
             with contextlib.suppress(Exception):
-                rates[dom.name()] = hvfacts.measure_dirty_rate(dom, seconds=self.dirty_rate_seconds)
+                rates[dom.name()] = hvfacts.measure_dirty_rate(dom, seconds=seconds)
 
         threads = [threading.Thread(target=one, args=(dom,), daemon=True) for dom in doms]
         for t in threads:
             t.start()
+        deadline = time.monotonic() + seconds + 15
         for t in threads:
-            t.join(self.dirty_rate_seconds + 15)
-        return rates
+            t.join(max(0.0, deadline - time.monotonic()))
+        return dict(rates)
 
     def host_facts(self, conn: Any, host: Host) -> hvhost.HostFacts:
         local = hvhost.is_local_uri(host.uri)
@@ -327,10 +351,10 @@ def _local_disk_bytes(dom: Any, info: hvfacts.DomainFacts) -> int:
     return total
 
 
-def _with_rate(vm: VmInfo, rate: Optional[float]) -> VmInfo:
-    if rate is None:
+def _with_reading(vm: VmInfo, reading: Optional[dirty_rate.Reading]) -> VmInfo:
+    if reading is None:
         return vm
-    return VmInfo(**{**{f: getattr(vm, f) for f in vm.__dataclass_fields__}, "dirty_rate_bps": rate})
+    return dataclasses.replace(vm, dirty_rate_bps=reading.rate_bps, dirty_rate_sampled_s=reading.seconds)
 
 
 def _refusals(src_conn: Any, vm: VmInfo, source: Host, destination: Host, settings: dict,

@@ -33,7 +33,7 @@ from fnmatch import fnmatchcase
 from typing import Any, Optional
 
 from ansible_collections.hvfleet.drain.plugins.module_utils.common.errors import HvfleetError
-from ansible_collections.hvfleet.drain.plugins.module_utils.drain import claims
+from ansible_collections.hvfleet.drain.plugins.module_utils.drain import claims, forecast_range
 from ansible_collections.hvfleet.drain.plugins.module_utils.drain.context import Connections, RunContext
 from ansible_collections.hvfleet.drain.plugins.module_utils.drain.model import DrainResult
 from ansible_collections.hvfleet.drain.plugins.module_utils.drain.unmigratable_vms import leave, sort_unmigratable
@@ -41,7 +41,6 @@ from ansible_collections.hvfleet.drain.plugins.module_utils.planning import huge
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning.check_cache import CheckCache
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning.drain_forecast import (
     forecast_drain_shared,
-    simulate_drain,
 )
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning.forecast import REFUSE, Forecast
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning.model import CheckResult, VmInfo
@@ -153,25 +152,26 @@ def plan_drain(ctx: RunContext, conns: Connections, result: DrainResult, *, revi
         decided[cand.vm.name] = plan_vm(cand.vm, cand.settings, cand.policy, cand.policy_reason, ctx.source, dest,
                                         placement_reason=assignment.reason, bandwidth_bps=bandwidth)
 
-    def replan(name: str, bandwidth: float) -> VmDecision:
+    def replan(name: str, bandwidth: float, side: int = forecast_range.MEASURED) -> VmDecision:
         cand = candidates[name]
         dest = ctx.known_host(decided[name].destination)
-        return plan_vm(cand.vm, cand.settings, cand.policy, cand.policy_reason, ctx.source, dest,
-                       placement_reason=reasons[name], bandwidth_bps=bandwidth)
+        return plan_vm(forecast_range.at_side(cand.vm, side), cand.settings, cand.policy, cand.policy_reason,
+                       ctx.source, dest, placement_reason=reasons[name], bandwidth_bps=bandwidth)
 
     reasons = {a.vm: a.reason for a in placement.assignments}
-    plan, schedule = _simulate(ctx, decided, list(pinned.values()), replan, result)
+    plan, schedule, spread = _simulate(ctx, decided, list(pinned.values()), replan, result)
     if reviewed is not None:
         _compare_with_review(ctx, reviewed, plan, candidates, result)
     order = {m.vm: i for i, m in enumerate(Scheduler([schedule_move(p) for p in plan],
                                                      ctx.config.limits()).queue)} if plan else {}
     plan.sort(key=lambda p: order.get(p.vm, 0))
     result.plan = [p.to_dict() for p in plan]
-    result.forecast = _forecast(schedule, lanes)
+    result.forecast = _forecast(schedule, lanes, spread)
     result.forecast["blocked"] = sorted({b["vm"] for b in result.blockers if b.get("vm")})
     result.forecast["outages"] = [{"vm": p.vm, "mode": p.mode, "up_to_s": p.predicted_duration_s, "plus": "boot"}
                                   for p in plan if p.cold]
     result.forecast["left"] = [one["vm"] for one in result.left]
+    result.forecast["dirty_rate_error_pct"] = forecast_range.errors_pct({n: c.vm for n, c in candidates.items()})
     result.moves = [{"vm": p.vm, "from": p.source, "to": p.destination} for p in plan]
     return plan
 
@@ -369,32 +369,19 @@ def anti_affinity(ctx: RunContext, labels: dict) -> dict:
     return {k: labels[k] for k in ctx.config.anti_affinity_labels if k in (labels or {})}
 
 
-def _simulate(ctx: RunContext, decided: dict, pinned: list, replan: Any, result: DrainResult) -> tuple[list, list]:
+def _simulate(ctx: RunContext, decided: dict, pinned: list, replan: Any,
+              result: DrainResult) -> tuple[list, list, Optional[list]]:
     """The drain forecast over the live moves (the scheduler's order and limits, the source link shared by
     what runs); each VM's mode is decided again on the bandwidth it gets when it starts. A VM the forecast
     refused at its lane share may still go with more of the link; VMs still refused become blockers."""
     final: dict[str, VmDecision] = dict(decided)
-
-    def predict(name: str, bandwidth: float) -> Optional[Forecast]:
-        if name not in decided:
-            return None  # resumed from the journal: its recorded mode stands, no forecast
-        again = replan(name, bandwidth)
-        first = decided[name].item
-        if again.item is not None:  # the scheduler keeps ranking by the lane share (unknown: refused there)
-            again = dataclasses.replace(again, item=again.item.replace(rank_s=first.rank_s if first else None))
-        final[name] = again
-        if again.item is None:
-            return again.forecast or Forecast(REFUSE, False, "blocked", None, None, None, 0, False)
-        return again.forecast
-
+    predict = _at(decided, replan, forecast_range.MEASURED, final)
     simulated = [n for n, d in decided.items() if (d.item is not None and d.item.live) or d.refused_by_forecast]
     moves = [schedule_move(p) for p in pinned if p.live] + [
         schedule_move(decided[n].item) if decided[n].item is not None
         else Move(n, ctx.source.name, decided[n].destination, None, decided[n].order) for n in simulated]
-    default = ctx.config.default_link_mbit
-    schedule = simulate_drain(moves, ctx.config.limits(), ctx.source.link_bps(default), predict,
-                              destination_bps={d.name: d.link_bps(default) for d in ctx.destinations},
-                              budget_bps=ctx.config.budget_bps) if moves else []
+    schedule = forecast_range.run_schedule(ctx, moves, predict)
+    spread = forecast_range.total_range(ctx, moves, lambda side: _at(decided, replan, side)) if moves else None
     when = {s.vm: s for s in schedule}
     plan = list(pinned)
     for name in sorted(decided):
@@ -408,13 +395,33 @@ def _simulate(ctx: RunContext, decided: dict, pinned: list, replan: Any, result:
         if slot is not None and slot.end_s is not None and decision.forecast is not None:
             item = item.replace(predicted_start_s=round(slot.start_s, 3), predicted_end_s=round(slot.end_s, 3))
         plan.append(item)
-    return plan, schedule
+    return plan, schedule, spread
 
 
-def _forecast(schedule: list, lanes: int) -> dict:
+def _at(decided: dict, replan: Any, side: int, record: Optional[dict] = None) -> Any:
+    """predict(vm, bandwidth) for simulate_drain: each VM's mode decided again on the bandwidth it gets when it
+    starts, its dirty rate at `side` of its reading; the new decisions go into `record` when given."""
+    def predict(name: str, bandwidth: float) -> Optional[Forecast]:
+        if name not in decided:
+            return None  # resumed from the journal: its recorded mode stands, no forecast
+        again = replan(name, bandwidth, side)
+        first = decided[name].item
+        if again.item is not None:  # the scheduler keeps ranking by the lane share (unknown: refused there)
+            again = dataclasses.replace(again, item=again.item.replace(rank_s=first.rank_s if first else None))
+        if record is not None:
+            record[name] = again
+        if again.item is None:
+            return again.forecast or Forecast(REFUSE, False, "blocked", None, None, None, 0, False)
+        return again.forecast
+    return predict
+
+
+def _forecast(schedule: list, lanes: int, spread: Optional[list]) -> dict:
     if any(s.forecast is not None for s in schedule):
         forecast = forecast_drain_shared(schedule, concurrency=lanes).as_dict()
         forecast["schedule"] = [s.as_dict() for s in schedule]
+        forecast["range_s"] = spread
+        forecast["summary"] += forecast_range.note(spread)
         return forecast
     return {"total_s": 0.0, "serial_s": 0.0, "concurrency": lanes, "migrations": 0, "blocked": [],
             "predicted_bytes": 0, "worst_downtime_ms": 0.0, "summary": "no live migration to forecast"}

@@ -20,8 +20,9 @@ it killed the guest's QEMU on the lab.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, Optional
+from typing import Any, NamedTuple, Optional
 
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning.forecast import (
     MIB,
@@ -33,11 +34,32 @@ from ansible_collections.hvfleet.drain.plugins.module_utils.planning.forecast im
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning.model import VmInfo
 
 LONG_SAMPLE_S = 3.0
+SAMPLED_PAGES_PER_GIB = 512  # QEMU's calc-dirty-rate default; libvirt does not set another
 SCALES = (0.5, 2.0)  # how far off one short sample can be (lab: 2-20 MiB/s for a guest writing 8)
 TOLERANCE = 0.2  # the forecast's goal: within 20 % of the actual duration
 
 Decision = tuple[str, bool, bool]
+
+
+class Reading(NamedTuple):
+    """A guest's dirty rate and how many seconds of sampling it rests on (its precision)."""
+
+    rate_bps: float
+    seconds: float
+
 Measure = Callable[[list[Any], float], Mapping[str, Any]]  # planning.facts.measure_dirty_rates' shape
+
+
+def relative_error(reading: Reading) -> float:
+    """One standard deviation of a page-sampled reading, as a fraction of it.
+
+    QEMU hashes `SAMPLED_PAGES_PER_GIB` pages and counts those that changed, each standing for 2 MiB:
+    a count, good to about its square root whatever the guest's size. So a reading resting on n
+    changed pages is known to 1/sqrt(n): a guest writing 8 MiB/s changes ~4 sample pages a second
+    (lab: 2-20 MiB/s over 1 s, 5.2-10 MiB/s over 4 s), one writing 800 MiB/s ~400.
+    """
+    pages = max(0.0, reading.rate_bps) * max(0.0, reading.seconds) * SAMPLED_PAGES_PER_GIB / 1024 ** 3
+    return 1.0 / math.sqrt(max(1.0, pages))
 
 
 def decision(fc: Optional[Forecast]) -> Optional[Decision]:
@@ -92,20 +114,20 @@ def to_resample(first: Mapping[str, float], depends: Callable[[str, float], bool
 
 def steady_rates(doms: Sequence[Any], first: Mapping[str, float], depends: Callable[[str, float], bool],
                  measure: Measure, *, first_s: float = 1.0, long_s: float = LONG_SAMPLE_S,
-                 name_of: Callable[[Any], str] = lambda dom: str(dom.name())) -> dict[str, float]:
+                 name_of: Callable[[Any], str] = lambda dom: str(dom.name())) -> dict[str, Reading]:
     """`first` (name -> bytes/s, from a `first_s` sample), with each guest whose decision depends on
     the rate sampled again for `long_s` (all at once, through `measure`) and combined. A guest whose
     second sample fails keeps its first reading."""
-    rates = dict(first)
-    again = set(to_resample(first, depends))
+    readings = {name: Reading(rate, first_s) for name, rate in first.items()}
+    again = set(to_resample(first, depends)) if long_s > 0 else set()
     chosen = [dom for dom in doms if name_of(dom) in again]
     if not chosen:
-        return rates
+        return readings
     longer = measure(chosen, long_s)
     for name in again:
         value = longer.get(name)
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             both = combined([(first[name], first_s), (float(value), long_s)])
             if both is not None:
-                rates[name] = both
-    return rates
+                readings[name] = Reading(both, first_s + long_s)
+    return readings

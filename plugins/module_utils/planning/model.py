@@ -107,6 +107,7 @@ class VmInfo:  # pylint: disable=too-many-instance-attributes
     state: str = "running"
     labels: dict = dataclasses.field(default_factory=dict)
     dirty_rate_bps: Optional[float] = None
+    dirty_rate_sampled_s: Optional[float] = None  # the seconds of page sampling the rate rests on (its precision)
     postcopy: bool = False  # a leftover of an interrupted post-copy (paused "post-copy failed")
     facts: Any = None  # the facts module's DomainFacts, for the prerequisite checks
     resident_mib: Optional[int] = None  # the QEMU process's resident size: how much guest memory was touched

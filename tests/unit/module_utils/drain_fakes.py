@@ -18,12 +18,14 @@ from ansible_collections.hvfleet.drain.plugins.module_utils.planning.placement i
 
 
 def vm(memory=512, vcpus=1, active=True, persistent=True, labels=None, dirty=1024 * 1024, local_disk=False,
-       state=None, resident=None, devices=(), acpi=True):
+       state=None, resident=None, devices=(), acpi=True, sampled=None):
     """A fake VM; `devices`: what stops its live migration (planning/unmigratable.py); `acpi`: whether the guest
-    shuts down at the ACPI power button. `boot` counts its boots (a cold move starts a new one)."""
+    shuts down at the ACPI power button. `boot` counts its boots (a cold move starts a new one). `sampled`: the
+    seconds of page sampling its dirty rate rests on (None: given, not measured)."""
     return {"memory": memory, "vcpus": vcpus, "active": active, "persistent": persistent, "labels": labels or {},
             "dirty": dirty, "local_disk": local_disk, "state": state or ("running" if active else "shutoff"),
-            "job": False, "postcopy": None, "resident": resident, "devices": tuple(devices), "acpi": acpi, "boot": 1}
+            "job": False, "postcopy": None, "resident": resident, "devices": tuple(devices), "acpi": acpi, "boot": 1,
+            "sampled": sampled}
 
 
 class World:
@@ -107,7 +109,8 @@ class FakeBackend(Backend):
             out.append(VmInfo(name, d["memory"], d["vcpus"], d["active"], d["persistent"], d["state"],
                               dict(d["labels"]), d["dirty"] if measure and d["active"] else None,
                               postcopy=d.get("postcopy") == "source", facts=d,
-                              resident_mib=d.get("resident") if d["active"] else None))
+                              resident_mib=d.get("resident") if d["active"] else None,
+                              dirty_rate_sampled_s=d.get("sampled") if measure and d["active"] else None))
         return out
 
     def capacity(self, conn, host, anti_affinity_labels=()):

@@ -77,18 +77,38 @@ def test_steady_rates_resamples_only_the_open_guests_and_combines():
 
     rates = D.steady_rates(doms, first, lambda name, rate: name == "warm", measure)
     assert asked == [(["warm"], D.LONG_SAMPLE_S)]
-    assert rates == {"idle": 1.0, "warm": pytest.approx((20.0 + 8.0 * 3) / 4), "hot": 100.0}
+    assert rates == {"idle": D.Reading(1.0, 1.0), "warm": D.Reading(pytest.approx((20.0 + 8.0 * 3) / 4), 4.0),
+                     "hot": D.Reading(100.0, 1.0)}
 
 
 def test_steady_rates_costs_nothing_when_no_decision_is_open():
     def measure(chosen, seconds):
         raise AssertionError("no second sample expected")
 
-    assert D.steady_rates([Dom("a")], {"a": 5.0}, lambda name, rate: False, measure) == {"a": 5.0}
+    assert D.steady_rates([Dom("a")], {"a": 5.0}, lambda name, rate: False, measure) == {"a": D.Reading(5.0, 1.0)}
 
 
 def test_a_failed_second_sample_keeps_the_first_reading():
     def measure(chosen, seconds):
         return {"warm": FactsError("gone", "check that the domain still runs.")}
 
-    assert D.steady_rates([Dom("warm")], {"warm": 20.0}, lambda name, rate: True, measure) == {"warm": 20.0}
+    assert D.steady_rates([Dom("warm")], {"warm": 20.0}, lambda name, rate: True, measure) == {
+        "warm": D.Reading(20.0, 1.0)}
+
+
+def test_no_second_sample_when_its_length_is_zero():
+    def measure(chosen, seconds):
+        raise AssertionError("no second sample expected")
+
+    assert D.steady_rates([Dom("warm")], {"warm": 20.0}, lambda name, rate: True, measure, long_s=0) == {
+        "warm": D.Reading(20.0, 1.0)}
+
+
+@pytest.mark.parametrize("mib_s, seconds, expected", [
+    (8, 1, 0.5),  # 4 changed sample pages: known to half
+    (8, 4, 0.25),  # 16 pages
+    (800, 1, 0.05),  # 400 pages: a fast writer is read precisely in a second
+    (0, 4, 1.0),  # nothing changed: below one page, no better than the page itself
+])
+def test_a_reading_is_as_precise_as_the_sample_pages_it_counted(mib_s, seconds, expected):
+    assert D.relative_error(D.Reading(mib_s * 1024 ** 2, seconds)) == pytest.approx(expected)
