@@ -9,6 +9,11 @@ its predicted start to its predicted end, with the link shared as the schedule s
 its move is predicted to take in this drain, which is what its actual duration is compared with.
 The forecast the VM's mode was chosen on (its lane share, alone) is kept as `lane_forecast_s`. The
 goal for both the drain and each VM: within 20 % of the actual, or within 2 s, whichever is larger.
+A cold move has no forecast to check: its `predicted_duration_s` is an upper bound of its outage.
+
+A drain can end `not_empty`: VMs whose policy says on_unmigratable: leave still run on the host
+(`result.left`). The summary counts them and the closing message names them with their fix, because
+such a host must not be taken for drained and rebooted.
 """
 
 from __future__ import annotations
@@ -59,6 +64,14 @@ def predicted_span(entry: dict) -> Optional[float]:
     return _number(entry.get("predicted_duration_s"))
 
 
+def _checked_error(entry: dict, predicted: Optional[float], res: dict) -> dict:
+    """The forecast error of a move that went through and had a forecast: a failed move's duration says
+    nothing about the forecast, and a cold move's figure is only an upper bound of its outage."""
+    if not res.get("ok") or entry.get("kind") == Kind.COLD:
+        return forecast_error(None, None)
+    return forecast_error(predicted, res.get("duration_s"))
+
+
 def vm_result(entry: dict) -> dict:
     """One VM's row of the result, from its journal entry."""
     res = entry.get("result") or {}
@@ -72,20 +85,23 @@ def vm_result(entry: dict) -> dict:
             "ok": bool(res.get("ok")), "outcome": res.get("outcome"), "duration_s": res.get("duration_s"),
             "downtime_ms": res.get("downtime_ms"), "bytes_sent": res.get("bytes_sent"),
             "predicted_duration_s": predicted, "predicted_start_s": entry.get("predicted_start_s"),
+            "predicted_end_s": entry.get("predicted_end_s"),
             "lane_forecast_s": entry.get("predicted_duration_s"),
             "predicted_downtime_ms": entry.get("predicted_downtime_ms"), "predicted_stall_ms": stall,
             "predicted_disk_bytes": planned.get("disk_bytes") or 0, "disk_bytes": res.get("disk_bytes"),
-            **(forecast_error(predicted, res.get("duration_s")) if res.get("ok") else forecast_error(None, None)),
+            **_checked_error(entry, predicted, res),
             "message": res.get("message"),
             "recovery": res.get("recovery"), "steps": res.get("steps") or [], "attempts": entry.get("attempts"),
             "started": entry.get("started"), "finished": entry.get("finished")}
 
 
 def summary(result: DrainResult, not_started: int) -> dict:
+    """The run's counts; `left` counts the VMs the policy left running on the host, so a host that is not
+    empty never reads as one whose VMs all moved."""
     failed = [r for r in result.vms if not r.get("ok")]
     moved = [r for r in result.vms if r.get("ok")]
     return {"moved": len(moved), "failed": len(failed), "blocked": len(result.blockers), "not_started": not_started,
-            "definitions_moved": sum(1 for r in moved if r.get("kind") == Kind.DEFINITION)}
+            "left": len(result.left), "definitions_moved": sum(1 for r in moved if r.get("kind") == Kind.DEFINITION)}
 
 
 def actual(result: DrainResult, duration_s: float) -> dict:
@@ -102,23 +118,30 @@ def actual(result: DrainResult, duration_s: float) -> dict:
             "vms_within_goal": sum(1 for r in checked if r["forecast_within_goal"]), "vms_checked": len(checked)}
 
 
-def closing_message(result: DrainResult, source: str, *, cancelled: bool, stopped_after: Optional[int],
-                    max_failures: int, window_closed: bool) -> str:
+def _head(result: DrainResult, source: str) -> str:
+    """The counts first, `left` among them when the policy left VMs on the host."""
     s = result.summary
     head = (f"{result.action} of {source}: {s['moved']} moved, {s['failed']} failed, {s['blocked']} blocked, "
             f"{s['not_started']} not started")
-    if result.state == CycleState.DRAINED:
-        return f"{head}; {source} is empty and stays cordoned."
-    if result.state == CycleState.RESTORED:
-        return f"restore of {source}: {s['moved']} VM(s) back home; {source} is uncordoned."
-    parts = [head]
-    if cancelled:
-        parts.append("interrupted: no new migration was started; run again to resume from the journal")
-    if stopped_after is not None:
-        parts.append(f"stopped starting migrations after {stopped_after} failure(s) (max_failures {max_failures})")
-    if window_closed:
-        parts.append("the maintenance window closed: running migrations finished, no new one was started "
-                     f"(not started: {', '.join(result.not_started) or 'none'})")
+    return head + (f", {len(result.left)} left on {source}" if result.left else "")
+
+
+def left_lines(result: DrainResult, source: str) -> list[str]:
+    """Why the host is not empty, VM by VM with its fix: a reader must not take it for drained and reboot it."""
+    if not result.left:
+        return []
+    names = ", ".join(str(one.get("vm")) for one in result.left)
+    lines = [f"{source} is NOT empty: {len(result.left)} VM(s) left running on it by policy (on_unmigratable: "
+             f"leave): {names}; a rolling upgrade will refuse to upgrade and reboot {source}; do not reboot "
+             f"{source} while they run"]
+    lines.extend(f"{one.get('vm')}: {one.get('why') or 'left by its policy'}; fix: {one.get('fix') or '-'}"
+                 for one in result.left)
+    return lines
+
+
+def _trouble(result: DrainResult) -> list[str]:
+    """Each VM that failed, each blocker and each VM not in exactly one place, with what to do about it."""
+    parts = []
     for r in result.vms:
         if not r.get("ok"):
             where = f" Recovery: {r['recovery']}" if r.get("recovery") else ""
@@ -127,6 +150,30 @@ def closing_message(result: DrainResult, source: str, *, cancelled: bool, stoppe
         parts.append(f"{b['vm']}: {b['message']}" if b.get("vm") else b["message"])
     for r in result.recoverable:
         parts.append(f"{r['vm']} needs attention: {r['where']}; {r['fix']}")
+    return parts
+
+
+def closing_message(result: DrainResult, source: str, *, cancelled: bool, stopped_after: Optional[int],
+                    max_failures: int, window_closed: bool) -> str:
+    """The run in one message: only what the result holds, the state's consequence last."""
+    s = result.summary
+    head = _head(result, source)
+    if result.state == CycleState.DRAINED:
+        return f"{head}; {source} is empty and stays cordoned."
+    if result.state == CycleState.RESTORED:
+        return f"restore of {source}: {s['moved']} VM(s) back home; {source} is uncordoned."
+    if result.state == CycleState.NOT_EMPTY:
+        return "; ".join([head, *left_lines(result, source), f"{source} stays cordoned"])
+    parts = [head]
+    if cancelled:
+        parts.append("interrupted: no new migration was started; run again to resume from the journal")
+    if stopped_after is not None:
+        parts.append(f"stopped starting migrations after {stopped_after} failure(s) (max_failures {max_failures})")
+    if window_closed:
+        parts.append("the maintenance window closed: running migrations finished, no new one was started "
+                     f"(not started: {', '.join(result.not_started) or 'none'})")
+    parts.extend(_trouble(result))
+    parts.extend(left_lines(result, source))
     if result.action == "drain":
         parts.append(f"{source} stays cordoned; every VM not listed as moved or as needing attention is still on it")
     else:

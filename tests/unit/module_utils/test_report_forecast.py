@@ -63,3 +63,15 @@ def test_copied_disks_are_in_the_row_planned_and_sent():
     plain = report.vm_result(entry())
     assert plain["predicted_disk_bytes"] == 0 and plain["disk_bytes"] is None
     assert report.summarize_result({"ok": True, "disk_bytes": 5})["disk_bytes"] == 5
+
+
+def test_a_cold_move_has_no_forecast_error_its_figure_is_an_outage_bound():
+    row = report.vm_result(entry(kind="cold", mode="cold", predicted_start_s=None, predicted_end_s=None,
+                                 predicted_duration_s=40.0, result={"ok": True, "duration_s": 18.0}))
+    assert row["predicted_duration_s"] == 40.0
+    assert row["forecast_error_s"] is None and row["forecast_within_goal"] is None
+
+
+def test_the_row_carries_the_slot_so_the_report_draws_it_where_the_schedule_put_it():
+    row = report.vm_result(entry(predicted_start_s=3.0, predicted_end_s=23.0))
+    assert (row["predicted_start_s"], row["predicted_end_s"], row["predicted_duration_s"]) == (3.0, 23.0, 20.0)
