@@ -1,6 +1,8 @@
 """Fixtures for tests on the lab: one lab per session, brought up on first use, torn down at the end.
 
-`lab` calls `up` before every test that asks for it: a healthy lab is reused in well under a second,
+The session takes the lab's use lock (hvlab/use_lock.py) before its first lab test and keeps it to the
+end, through the lab's teardown, so a benchmark or another session never uses the lab at the same
+time. `lab` calls `up` before every test that asks for it: a healthy lab is reused in well under a second,
 and a lab that a previous test took down (the smoke test does) is rebuilt. VMs a test creates with
 `make_vm` are removed wherever they ended up.
 """
@@ -17,10 +19,16 @@ HOSTS = 3
 if os.geteuid() != 0:
     raise pytest.UsageError("the lab integration tests need root (namespaces, libvirtd): run scripts/test as root")
 
-from hvlab import Lab, VMSpec  # noqa: E402  (tests/conftest.py puts tests/lab on sys.path)
+from hvlab import Lab, VMSpec, use_lock  # noqa: E402  (tests/conftest.py puts tests/lab on sys.path)
 from lab_helpers import reset_hosts  # noqa: E402
 
-_used = {"lab": False}
+_used = {"lab": False, "lock": None}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def lab_use_lock():
+    """Held until the process ends (not closed at teardown: the lab is taken down after the fixtures)."""
+    _used["lock"] = use_lock.acquire()
 
 
 @pytest.fixture
