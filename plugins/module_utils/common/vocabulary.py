@@ -47,6 +47,9 @@ class Kind(Word):
 
     LIVE = "live"  # running or paused: a live migration
     DEFINITION = "definition"  # shut off and persistent: its definition moves
+    # cannot live-migrate and its policy says on_unmigratable: shutdown: shut down, its definition moved, started
+    # there. Also the plan's `mode` and the result's `mode_used` of such a move: no migration mode applies to it.
+    COLD = "cold"
 
 
 class OnTimeout(Word):
@@ -107,6 +110,9 @@ class CycleState(Word):
 
     DRAINING = "draining"
     DRAINED = "drained"
+    # everything that could move moved; VMs whose policy says on_unmigratable: leave still run on the host.
+    # Not a failure, but the host must not be rebooted: a state of its own so no reader takes it for `drained`.
+    NOT_EMPTY = "not_empty"
     FAILED = "failed"
     INTERRUPTED = "interrupted"
     RESTORING = "restoring"
