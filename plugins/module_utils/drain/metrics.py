@@ -29,10 +29,13 @@ from typing import Any, Optional, Union
 from ansible_collections.hvfleet.drain.plugins.module_utils.common.vocabulary import CycleState
 
 PREFIX = "hvfleet_drain_"
-# what the `state` of host_drain's result can be after a run: the cycle states a run ends in, plus the module's own
-RUN_STATES: tuple[str, ...] = (str(CycleState.DRAINED), str(CycleState.FAILED), str(CycleState.INTERRUPTED),
-                               str(CycleState.RESTORED), "cancelled", "planned")
-VM_COUNTS: tuple[str, ...] = ("moved", "failed", "blocked", "not_started")
+# what the `state` of host_drain's result can be after a run: the cycle states a run ends in, plus the module's own.
+# Each gets a sample (0 or 1) in every file, so an alert on one of them never sees the series vanish; not_empty
+# (VMs left by on_unmigratable: leave) is its own state: not a failure, yet the host must not be rebooted.
+RUN_STATES: tuple[str, ...] = (str(CycleState.DRAINED), str(CycleState.NOT_EMPTY), str(CycleState.FAILED),
+                               str(CycleState.INTERRUPTED), str(CycleState.RESTORED), "cancelled", "planned")
+# the counts of the result's `summary` written as last_run_vms{outcome}; `left`: still on the host by policy
+VM_COUNTS: tuple[str, ...] = ("moved", "failed", "blocked", "not_started", "left")
 DEFAULT_MAX_MIGRATIONS = 500
 TEXTFILE_MODE = 0o644  # node_exporter runs as its own user and must read the file
 
@@ -45,19 +48,26 @@ Sample = tuple[dict[str, str], Number]
 # name (without the prefix) -> help text; the order is the order in the file
 FAMILIES: dict[str, str] = {
     "last_run_timestamp_seconds": "When the last run of this action on this host ended (Unix time).",
-    "last_run_state": "1 for the state the last run ended in, 0 for the others (label outcome).",
-    "last_run_failed": "1 when the last run failed (the host is not drained, or not restored), else 0.",
+    "last_run_state": "1 for the state the last run ended in, 0 for the others (label outcome; not_empty: "
+                      "drained but for VMs left on the host by policy, which must not be rebooted).",
+    "last_run_failed": "1 when the last run failed (a VM that was to move did not, or not every VM is back), "
+                       "else 0; a not_empty drain is not a failure.",
     "last_run_duration_seconds": "Wall time of the last run's migrations.",
     "last_run_forecast_seconds": "The drain forecast's wall time for the last run.",
     "last_run_forecast_error_ratio": "(actual - forecast) / forecast of the last run's wall time.",
     "last_run_sent_bytes": "Data sent by all migrations of the last run.",
     "last_run_worst_downtime_seconds": "The longest switch-over pause libvirt reported in the last run.",
-    "last_run_vms": "VMs of the last run by outcome: moved, failed, blocked, not_started.",
-    "last_run_verified_empty": "1 when the drained host had no domain left at the end, else 0.",
+    "last_run_vms": "VMs of the last run by outcome: moved, failed, blocked, not_started, left (running on the "
+                    "host by policy, on_unmigratable: leave).",
+    "last_run_verified_empty": "1 when the drained host had no domain left at the end, else 0 (also when VMs "
+                               "were left on it by policy).",
     "last_run_migrations_omitted": "Per-migration rows of the last run left out of this file (max_migrations).",
-    "migration_ok": "1 when the VM moved in the last run, else 0.",
+    "migration_ok": "1 when the VM moved in the last run, else 0 (label mode: precopy, postcopy, "
+                    "postcopy_after_precopy, definition, cold, none).",
     "migration_duration_seconds": "How long the VM's move took in the last run.",
-    "migration_downtime_seconds": "The VM's switch-over pause as libvirt reported it (absent after post-copy).",
+    "migration_downtime_seconds": "The VM's switch-over pause as libvirt reported it (absent after post-copy); "
+                                  "mode cold: its outage, from the power button to its start on the destination, "
+                                  "without the guest's boot.",
     "migration_sent_bytes": "Data sent for the VM in the last run.",
     "migration_forecast_error_ratio": "(actual - predicted) / predicted duration of the VM's move (predicted: the "
                                       "drain schedule's span for it).",

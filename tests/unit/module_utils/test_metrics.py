@@ -99,7 +99,7 @@ def test_run_figures():
     parsed = parse(metrics.render(result(), now=NOW))
     states = parsed["hvfleet_drain_last_run_state"]
     assert {lab["outcome"]: v for lab, v in states} == {
-        "drained": 1, "failed": 0, "interrupted": 0, "restored": 0, "cancelled": 0, "planned": 0}
+        "drained": 1, "not_empty": 0, "failed": 0, "interrupted": 0, "restored": 0, "cancelled": 0, "planned": 0}
     assert only(parsed["hvfleet_drain_last_run_failed"]) == 0
     assert only(parsed["hvfleet_drain_last_run_duration_seconds"]) == 44.0
     assert only(parsed["hvfleet_drain_last_run_forecast_seconds"]) == 40.0
@@ -199,7 +199,7 @@ def test_a_real_drain_result_over_the_fake_fleet(tmp_path):
     parsed = parse(metrics.render(outcome, now=NOW))
     assert only(parsed["hvfleet_drain_last_run_state"], outcome="failed") == 1
     assert {lab["outcome"]: v for lab, v in parsed["hvfleet_drain_last_run_vms"]} == {
-        "moved": 2, "failed": 1, "blocked": 1, "not_started": 0}
+        "moved": 2, "failed": 1, "blocked": 1, "not_started": 0, "left": 0}
     assert {lab["vm"]: v for lab, v in parsed["hvfleet_drain_migration_ok"]} == {"idle": 1, "hot": 0, "off": 1}
     hot = next(lab for lab, _v in parsed["hvfleet_drain_migration_ok"] if lab["vm"] == "hot")
     row = next(r for r in outcome["vms"] if r["vm"] == "hot")
@@ -295,3 +295,23 @@ def test_the_examples_use_only_metrics_and_labels_that_are_written():
         assert used <= labels, expr
     outcomes = re.findall(r'outcome=~"([^"]+)"', "\n".join(exprs))
     assert all(set(o.split("|")) <= set(metrics.RUN_STATES) for o in outcomes)
+
+
+def test_a_drain_that_leaves_vms_by_policy_is_not_empty_not_failed(tmp_path):
+    """on_unmigratable: leave ends a drain `not_empty`: its own state, the VMs left counted, not a failure;
+    a cold move (on_unmigratable: shutdown) is a migration row of mode `cold`, its outage as its downtime."""
+    shmem = ("shared-memory device 'hvf' (ivshmem-plain)",)
+    policies = [{"name": "cold", "selector": {"labels": {"cold": "1"}}, "settings": {"on_unmigratable": "shutdown"}},
+                {"name": "leave", "selector": {"labels": {"leave": "1"}}, "settings": {"on_unmigratable": "leave"}}]
+    world = fleet(idle=vm(), shmem=vm(devices=shmem, labels={"cold": "1"}),
+                  kept=vm(devices=shmem, labels={"leave": "1"}))
+    drainer, _backend, _events = make(tmp_path, world, policies=policies)
+    outcome = drainer.drain().to_dict()
+    parsed = parse(metrics.render(outcome, now=NOW))
+    states = {lab["outcome"]: v for lab, v in parsed["hvfleet_drain_last_run_state"]}
+    assert states["not_empty"] == 1 and sum(states.values()) == 1
+    assert only(parsed["hvfleet_drain_last_run_failed"]) == 0
+    assert only(parsed["hvfleet_drain_last_run_verified_empty"]) == 0
+    assert only(parsed["hvfleet_drain_last_run_vms"], outcome="left") == 1
+    assert only(parsed["hvfleet_drain_migration_ok"], vm="shmem", mode="cold") == 1
+    assert "kept" not in {lab["vm"] for lab, _v in parsed["hvfleet_drain_migration_ok"]}
