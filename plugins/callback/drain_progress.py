@@ -16,8 +16,11 @@ description:
   - Prints the progress events that M(hvfleet.drain.drain_progress) returns while it follows a drain or restore
     in an C(until) loop next to an C(async) M(hvfleet.drain.host_drain) task, one line each, as each attempt of
     the loop returns. That is, when the run starts (VMs to move, blocked, forecast), when each VM starts (destination,
-    mode and why, policy, predicted duration and downtime), percentage and ETA of long migrations, when each VM
-    finishes (seconds, downtime, data sent) or fails (reason, recovery), notes, and the end of the run.
+    mode and why, policy, predicted duration and downtime), percentage and ETA of long migrations, each step of a
+    cold move (shut down, moved, started), when each VM finishes (seconds, downtime, data sent) or fails (reason,
+    recovery), notes, and the end of the run.
+  - A drain that ends C(not_empty) (VMs left on the host by their policy, C(on_unmigratable=leave)) ends with a
+    warning, not a success, that names them (in the run's message) and says the host is not empty.
   - An aggregate callback, it only adds these lines next to the normal output of the stdout callback (which still
     prints its own C(FAILED - RETRYING) line for each attempt of the loop).
   - Events already printed (same host, run and sequence number) are not printed again. When several progress
@@ -29,9 +32,16 @@ requirements:
 from ansible import constants as C  # noqa: E402
 from ansible.plugins.callback import CallbackBase  # noqa: E402
 from ansible_collections.hvfleet.drain.plugins.module_utils.common.units import MIB, fmt_duration, fmt_mib  # noqa: E402
+from ansible_collections.hvfleet.drain.plugins.module_utils.common.vocabulary import (  # noqa: E402
+    Action,
+    CycleState,
+    Kind,
+)
 
 TONE_COLORS = {"ok": C.COLOR_OK, "error": C.COLOR_ERROR, "warn": C.COLOR_WARN, "start": C.COLOR_CHANGED,
                "progress": None, "info": None}
+# the steps of a cold move that an operator must not miss: it did not happen, or not as planned
+COLD_STEP_TONES = {"failed": "error", "shutdown_timed_out": "warn", "restarted_at_source": "warn"}
 
 
 def fmt_clock(seconds):
@@ -69,8 +79,10 @@ def render_event(event):
     if kind == "note":
         return f"{head} {event.get('message', '')}", "info"
     if kind == "vm_started":
-        if event.get("mode") == "definition":
+        if event.get("mode") == Kind.DEFINITION:
             return f"{head} {where}: moving the definition (the VM is shut off)", "start"
+        if event.get("mode") == Kind.COLD:
+            return _cold_started(head, where, event), "start"
         parts = [f"{head} {where}: started, {_mode(event)}"]
         if event.get("policy"):
             parts.append(f"policy {event['policy']}")
@@ -102,11 +114,20 @@ def render_event(event):
         if details:
             text += f" ({', '.join(details)})"
         return text, "progress"
+    if kind == "vm_cold_step":  # its `host` is where the step ran (docs/EVENTS.md), so the head names that host
+        text = f"{head} {vm}: cold move, {event.get('step')}"
+        if event.get("message"):
+            text += f": {event['message']}"
+        return text, COLD_STEP_TONES.get(event.get("step"), "info")
     if kind == "vm_finished":
         if event.get("ok"):
-            verb = "came home" if action == "restore" else "moved"
-            if event.get("mode") == "definition":
+            verb = "came home" if action == Action.RESTORE else "moved"
+            if event.get("mode") == Kind.DEFINITION:
                 return f"{head} {where}: definition {verb} in {fmt_duration(event.get('duration_s'))}", "ok"
+            if event.get("mode") == Kind.COLD:
+                outage = fmt_duration(event["downtime_ms"] / 1000) if event.get("downtime_ms") is not None else "?"
+                return (f"{head} {where}: {verb} cold in {fmt_duration(event.get('duration_s'))}, outage {outage} "
+                        "(its boot on top)"), "ok"
             text = f"{head} {where}: {verb} in {fmt_duration(event.get('duration_s'))}"
             if event.get("downtime_ms") is not None:
                 text += f", downtime {event['downtime_ms']:.0f} ms"
@@ -128,9 +149,35 @@ def render_event(event):
                 f"{event.get('not_started', 0)} not started in {fmt_duration(event.get('duration_s'))}")
         if event.get("forecast_total_s") is not None:
             text += f" (forecast {fmt_duration(event['forecast_total_s'])})"
-        ok = event.get("state") in ("drained", "restored") and not event.get("failed")
+        if event.get("state") == CycleState.NOT_EMPTY:
+            return _not_empty(text, event), "warn"
+        ok = event.get("state") in (CycleState.DRAINED, CycleState.RESTORED) and not event.get("failed")
         return text, "ok" if ok else "error"
     return None
+
+
+def _cold_started(head, where, event):
+    """A cold move starting: the VM is about to be shut down, so say so and how long it is expected to be down."""
+    text = f"{head} {where}: moving cold (shut down, moved, started there)"
+    if event.get("mode_reason"):
+        text += f" ({event['mode_reason']})"
+    if event.get("policy"):
+        text += f"; policy {event['policy']}"
+    if event.get("predicted_downtime_ms") is not None:
+        text += f"; outage up to {fmt_duration(event['predicted_downtime_ms'] / 1000)} plus its boot"
+    return text
+
+
+def _not_empty(text, event):
+    """A drain that moved all it could but left VMs on the host by policy: not a success (the host must not be
+    rebooted) and not a failure. The event counts them; its message, the run's closing one, names them and why."""
+    count = event.get("left")
+    host = event.get("host") or "the host"
+    left = f"{count} VM(s)" if isinstance(count, int) else "VMs"
+    text += f"; {host} is NOT empty: {left} left on it by policy (on_unmigratable: leave)"
+    if event.get("message"):
+        text += f". {event['message']}"
+    return text
 
 
 def collapse(events):

@@ -2,6 +2,7 @@
 
 import pytest
 from ansible_collections.hvfleet.drain.plugins.callback.drain_progress import (
+    TONE_COLORS,
     CallbackModule,
     collapse,
     fmt_duration,
@@ -135,3 +136,38 @@ def test_unknown_events_are_not_rendered():
                                            (7380, "2 h 03 min"), (None, "?")])
 def test_durations(seconds, text):
     assert fmt_duration(seconds) == text
+
+
+def test_a_not_empty_drain_ends_with_a_warning_naming_what_was_left(callback):
+    """Not a success (the host still runs VMs and must not be rebooted) and not a failure, nor an unknown state."""
+    cb, display = callback
+    message = ("drain of hv1: 2 moved, 0 failed, 0 blocked, 0 not started; hv1 is NOT empty: left on it by policy "
+               "(on_unmigratable: leave): gpu1 (cannot live-migrate)")
+    cb.v2_runner_on_ok(poll(ev(9, "run_finished", state="not_empty", moved=2, failed=0, blocked=0, not_started=0,
+                               duration_s=20.0, forecast_total_s=18.0, message=message, left=1)))
+    ((line, color),) = display.lines
+    assert "drain not_empty: 2 moved, 0 failed" in line
+    assert "hv1 is NOT empty: 1 VM(s) left on it by policy (on_unmigratable: leave)" in line and "gpu1" in line
+    assert color == TONE_COLORS["warn"] != TONE_COLORS["ok"]
+
+
+def test_a_drained_run_is_still_ok_and_a_failed_one_an_error():
+    end = ev(9, "run_finished", state="drained", moved=1, failed=0, blocked=0, not_started=0, duration_s=1.0)
+    assert render_event(end)[1] == "ok"
+    assert render_event(dict(end, state="failed", failed=1))[1] == "error"
+
+
+def test_a_cold_move_is_told_step_by_step():
+    started = render_event(ev(1, "vm_started", vm="gpu2", destination="hv2", mode="cold", policy="gpu",
+                              mode_reason="it uses host PCI device 0000:3b:00.0", predicted_duration_s=130.0,
+                              predicted_downtime_ms=130000.0, auto_converge=False))
+    assert "gpu2 -> hv2: moving cold (shut down, moved, started there)" in started[0]
+    assert "outage up to 2 min 10 s plus its boot" in started[0] and started[1] == "start"
+    step = render_event(ev(2, "vm_cold_step", vm="gpu2", host="hv1", step="shut_off", elapsed_s=4.2,
+                           message="shut off after 4.2 s"))
+    assert step == ("hv1 0:01 gpu2: cold move, shut_off: shut off after 4.2 s", "info")
+    timed_out = render_event(ev(3, "vm_cold_step", vm="gpu2", host="hv1", step="shutdown_timed_out", message="x"))
+    assert timed_out[1] == "warn"
+    done = render_event(ev(4, "vm_finished", vm="gpu2", destination="hv2", ok=True, state="moved", outcome="moved",
+                           mode="cold", duration_s=9.5, downtime_ms=9000.0, bytes_sent=0))
+    assert done == ("hv1 0:01 gpu2 -> hv2: moved cold in 9.5 s, outage 9.0 s (its boot on top)", "ok")
