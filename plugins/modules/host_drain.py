@@ -16,14 +16,20 @@ description:
     each migration and chooses the mode of C(auto) policies, then migrates the running domains concurrently
     within O(max_parallel), O(max_outbound), O(max_inbound) and the O(bandwidth_mib) budget. Definitions of
     persistent shut-off domains are moved too. Finally it verifies that the host is empty.
+  - A running VM that cannot live-migrate (a host device, a shared-memory device, local disks under
+    C(storage=shared_only)) gets what its policy's C(on_unmigratable) says (C(docs/POLICIES.md)). It blocks the
+    drain (C(block), the default), it is moved cold (C(shutdown)) - shut down by ACPI, its definition moved and
+    started on the destination, an outage the plan states (RV(forecast.outages)) - or it stays running on the host
+    (C(leave)). A drain that leaves VMs ends V(not_empty), not V(drained), and lists them in RV(left). That is not a
+    failure, but the host is not empty and must not be rebooted.
   - Every destination is re-checked with fresh facts right before each migration starts.
   - A journal on the host (C(drain-journal.json) in O(state_dir)) records the plan and each VM's state as it
     changes. A drain that was interrupted (killed controller or module, lost SSH session, Ctrl-C) resumes from it
     when run again; what already moved is never migrated again. A second concurrent drain or restore of the same
     host is refused, naming the one that runs; a crashed run never leaves that lock behind.
-  - Progress events (VM started and finished, percentage and ETA of long migrations) are appended to
-    C(drain-progress.jsonl) in O(state_dir) as they happen, one JSON object per line, for an C(async) poller or a
-    callback plugin.
+  - Progress events (VM started and finished, percentage and ETA of long migrations, the steps of a cold move) are
+    appended to C(drain-progress.jsonl) in O(state_dir) as they happen, one JSON object per line, for an C(async)
+    poller or a callback plugin (C(docs/EVENTS.md) lists every event and field).
   - On failure, the VMs that could not move are reported with their reason, the others carry on until more than
     O(max_failures) migrations failed, the host stays cordoned, and every VM is running somewhere or in a state
     that the C(recovery) of its entry in RV(vms) names. After any error the VM is looked up on both hosts before its
@@ -270,6 +276,11 @@ EXAMPLES = r"""
   register: drained
   delegate_to: hv1
 
+- name: Stop before the reboot when hv1 still runs VMs their policy left on it (on_unmigratable=leave)
+  ansible.builtin.fail:
+    msg: "{{ drained.message }}; left: {{ drained.left | map(attribute='vm') | join(', ') }}"
+  when: drained.state == 'not_empty'
+
 - name: After maintenance, bring the VMs home and uncordon
   hvfleet.drain.host_drain:
     state: restored
@@ -363,14 +374,98 @@ plan:
     dirty_rate_bps:
       description: Its measured dirty rate in bytes per second (null when not measured).
       type: float
+    migrate_uri:
+      description: Where the migration stream goes (C(tcp://) and the destination's migration address); null when
+        the destination has none.
+      type: str
+    settings:
+      description: Its effective policy settings (the matching policy's C(settings) over the defaults, see
+        C(docs/POLICIES.md)).
+      type: dict
+    state:
+      description: Its libvirt state when planned, for example V(running), V(paused) or V(shutoff).
+      type: str
+    persistent:
+      description: Whether it is defined persistently (a transient VM has no definition to move).
+      type: bool
+    labels:
+      description: Its labels, as policy selectors and anti-affinity read them.
+      type: dict
+    order:
+      description: Its policy's C(drain_order) (lower starts first).
+      type: int
+    link_share_mib:
+      description: The bandwidth in MiB/s its forecast and mode were decided at (its share of the link when it
+        starts); null for a definition or a cold move.
+      type: float
+    forecast:
+      description: Its own forecast at that bandwidth; null for a definition or a cold move.
+      type: dict
+      contains:
+        mode:
+          description: The mode the forecast chose, or V(refuse).
+          type: str
+        auto_converge:
+          description: Whether the forecast needs vCPU throttling.
+          type: bool
+        reason:
+          description: The forecast's reasoning.
+          type: str
+        predicted_duration_s:
+          description: Forecast duration.
+          type: float
+        predicted_downtime_ms:
+          description: Forecast pause the guest sees (post-copy, the page-fault stall included).
+          type: float
+        predicted_bytes:
+          description: Forecast data to send, memory and copied disks.
+          type: int
+        iterations:
+          description: Forecast pre-copy passes.
+          type: int
+        completes:
+          description: False when the forecast refuses it or predicts it to hit its deadline and abort.
+          type: bool
+        deadline_s:
+          description: Its completion deadline (null without one).
+          type: float
+        throttle_pct:
+          description: The vCPU throttle the forecast expects.
+          type: int
+        predicted_stall_ms:
+          description: After a post-copy switch-over, the forecast page-fault stall (only for post-copy).
+          type: float
+        disk_bytes:
+          description: Of the predicted bytes, the local disks copied (only when disks are copied).
+          type: int
     predicted_duration_s:
-      description: Forecast duration.
+      description: Its forecast duration at its lane share (a cold move, the outage bound, without the guest's boot).
       type: float
     predicted_downtime_ms:
-      description: Forecast pause at the switch-over.
+      description: Forecast pause at the switch-over (a cold move, the outage bound).
       type: float
     predicted_bytes:
       description: Forecast data to send.
+      type: int
+    rank_s:
+      description: What the scheduler ranks it by (its lane-share forecast); null for a definition or a cold move.
+      type: float
+    predicted_start_s:
+      description: When the drain schedule starts it, seconds after the run starts (null outside the schedule, for a
+        definition or a cold move).
+      type: float
+    predicted_end_s:
+      description: When the drain schedule predicts its move to end, seconds after the run starts (null as above).
+      type: float
+    resume:
+      description: Whether it is taken over from the journal of an interrupted run (it goes first).
+      type: bool
+    live_blockers:
+      description: For a V(cold) move, what stops its live migration; empty otherwise.
+      type: list
+      elements: str
+    plan_version:
+      description: The version of this item's format; a reviewed plan (O(plan_from)) of another version is refused.
       type: int
   sample:
     - vm: web1
@@ -388,9 +483,25 @@ plan:
       memory_mib: 2048
       vcpus: 2
       dirty_rate_bps: 2097152
+      migrate_uri: tcp://10.0.0.2
+      settings: {mode: auto, max_downtime_ms: 500, storage: shared_only, on_unmigratable: block}
+      state: running
+      persistent: true
+      labels: {app: web}
+      order: 0
+      link_share_mib: 119.2
+      forecast: {mode: precopy, auto_converge: false, reason: "pre-copy converges", predicted_duration_s: 19.4,
+                 predicted_downtime_ms: 40, predicted_bytes: 2181038080, iterations: 3, completes: true,
+                 deadline_s: 300.0, throttle_pct: 0}
       predicted_duration_s: 19.4
       predicted_downtime_ms: 40
       predicted_bytes: 2181038080
+      rank_s: 19.4
+      predicted_start_s: 0.0
+      predicted_end_s: 19.4
+      resume: false
+      live_blockers: []
+      plan_version: 1
 vms:
   description: Per VM that was acted on, what happened.
   returned: with O(state=drained) or O(state=restored)
@@ -419,7 +530,8 @@ vms:
       description: The mode actually used.
       type: str
     state:
-      description: Journal state, V(moved), V(stayed), V(failed), V(paused_postcopy), V(home).
+      description: Journal state, V(moved), V(stayed), V(failed), V(paused_postcopy), V(home) or
+        V(return_paused_postcopy).
       type: str
     ok:
       description: Whether it moved.
@@ -436,12 +548,37 @@ vms:
     bytes_sent:
       description: Data sent.
       type: int
+    disk_bytes:
+      description: Of the data sent, the local disks copied (null when the engine did not report it).
+      type: int
     predicted_duration_s:
-      description: Forecast duration.
+      description: The drain schedule's span for its move (predicted end - start, the link shared as the schedule
+        shares it), else its own forecast; what RV(vms[].duration_s) is compared with.
+      type: float
+    predicted_start_s:
+      description: When the drain schedule started it, seconds after the run started (null outside the schedule).
+      type: float
+    lane_forecast_s:
+      description: The forecast its mode was chosen on (its lane share, alone).
       type: float
     predicted_downtime_ms:
-      description: Forecast pause.
+      description: Forecast pause (a cold move, the outage bound without the guest's boot).
       type: float
+    predicted_stall_ms:
+      description: For a post-copy, the forecast page-fault stall after the switch-over; null otherwise.
+      type: float
+    predicted_disk_bytes:
+      description: Forecast bytes of local disks to copy (0 when none are copied).
+      type: int
+    forecast_error_s:
+      description: Predicted minus actual duration, in seconds; null when it did not move or was not forecast.
+      type: float
+    forecast_error_pct:
+      description: Predicted minus actual duration in percent of the actual; null as above, or when the actual is 0.
+      type: float
+    forecast_within_goal:
+      description: Whether the forecast was within its goal, max(20 % of the actual, 2 s); null as above.
+      type: bool
     message:
       description: What happened.
       type: str
@@ -488,8 +625,16 @@ vms:
       duration_s: 18.2
       downtime_ms: 35
       bytes_sent: 2090000000
+      disk_bytes: null
       predicted_duration_s: 19.4
+      predicted_start_s: 0.0
+      lane_forecast_s: 19.4
       predicted_downtime_ms: 40
+      predicted_stall_ms: null
+      predicted_disk_bytes: 0
+      forecast_error_s: 1.2
+      forecast_error_pct: 6.6
+      forecast_within_goal: true
       message: "'web1' moved to hv2"
       recovery: null
       steps: []
@@ -570,6 +715,47 @@ forecast:
     summary:
       description: The forecast in one sentence.
       type: str
+    schedule:
+      description: The drain schedule, one entry per live migration (only when one was forecast).
+      type: list
+      elements: dict
+      contains:
+        vm:
+          description: The VM.
+          type: str
+        start_s:
+          description: When it starts, seconds after the run starts.
+          type: float
+        end_s:
+          description: When it ends (null when refused as it came to start).
+          type: float
+        start_bandwidth_mib:
+          description: The bandwidth it starts with, MiB/s.
+          type: float
+        mode:
+          description: The mode forecast at that bandwidth.
+          type: str
+    outages:
+      description: The cold moves (C(on_unmigratable=shutdown)) and the outage each means (a drain only).
+      type: list
+      elements: dict
+      contains:
+        vm:
+          description: The VM.
+          type: str
+        mode:
+          description: V(cold).
+          type: str
+        up_to_s:
+          description: The outage bound in seconds, shutdown timeout plus define and start.
+          type: float
+        plus:
+          description: What comes on top of the bound, V(boot) (the guest's own boot).
+          type: str
+    left:
+      description: The VMs the plan leaves on the host by their policy (C(on_unmigratable=leave); a drain only).
+      type: list
+      elements: str
   sample:
     total_s: 42.0
     serial_s: 61.5
@@ -579,8 +765,14 @@ forecast:
     predicted_bytes: 6442450944
     worst_downtime_ms: 120
     summary: 3 migrations on 2 lanes, about 42 s
+    schedule:
+      - {vm: web1, start_s: 0.0, end_s: 19.4, start_bandwidth_mib: 59.6, mode: precopy}
+    outages:
+      - {vm: gpu2, mode: cold, up_to_s: 130.0, plus: boot}
+    left: [gpu1]
 actual:
-  description: What the run measured.
+  description:
+    - What the run measured. A restore returns C(total_s), C(migrations) and C(forecast_total_s) only.
   returned: when migrations ran
   type: dict
   contains:
@@ -599,7 +791,24 @@ actual:
     forecast_total_s:
       description: The forecast wall time, to compare.
       type: float
-  sample: {total_s: 39.8, migrations: 3, bytes_sent: 6300000000, worst_downtime_ms: 95, forecast_total_s: 42.0}
+    forecast_error_s:
+      description: Forecast minus actual wall time, in seconds (null without a forecast).
+      type: float
+    forecast_error_pct:
+      description: Forecast minus actual wall time, in percent of the actual (null without a forecast or a duration).
+      type: float
+    forecast_within_goal:
+      description: Whether the forecast wall time was within its goal, max(20 % of the actual, 2 s).
+      type: bool
+    vms_within_goal:
+      description: Of the VMs whose forecast was checked, how many were within their goal.
+      type: int
+    vms_checked:
+      description: VMs whose forecast was checked (moved, with a forecast).
+      type: int
+  sample: {total_s: 39.8, migrations: 3, bytes_sent: 6300000000, worst_downtime_ms: 95, forecast_total_s: 42.0,
+           forecast_error_s: 2.2, forecast_error_pct: 5.5, forecast_within_goal: true, vms_within_goal: 3,
+           vms_checked: 3}
 summary:
   description: Counts of the run.
   returned: with O(state=drained) or O(state=restored)
@@ -620,10 +829,16 @@ summary:
     definitions_moved:
       description: Definitions of shut-off VMs moved.
       type: int
-  sample: {moved: 3, failed: 0, blocked: 0, not_started: 0, definitions_moved: 0}
+    left:
+      description: VMs left running on the host by their policy (C(on_unmigratable=leave)), see RV(left); a drain
+        only.
+      type: int
+  sample: {moved: 3, failed: 0, blocked: 0, not_started: 0, definitions_moved: 0, left: 0}
 verified_empty:
-  description: Whether the host had no running or persistent domain left at the end.
-  returned: state=drained, not in check mode
+  description:
+    - Whether the host had no running or persistent domain left at the end (false when RV(state) is V(not_empty));
+      null when not looked at (check mode, a restore).
+  returned: with O(state=drained) or O(state=restored)
   type: bool
   sample: true
 leftovers:
@@ -668,15 +883,15 @@ reconciled:
     - {vm: web1, journal_state: migrating, destination: hv2, found: moved, where: hv2,
        reason: running on hv2 only, changed: true}
 cordon:
-  description: The cordon set by a drain.
-  returned: when a drain ran
+  description: The cordon a drain set, or a restore lifted.
+  returned: when a drain or a restore ran
   type: dict
   contains:
     changed:
       description: Whether this run cordoned the host.
       type: bool
     state:
-      description: V(cordoned).
+      description: V(cordoned) after a drain, V(active) after a restore uncordoned the host.
       type: str
   sample: {changed: true, state: cordoned}
 journal_path:
@@ -727,7 +942,7 @@ left:
     - VMs that cannot live-migrate and that their policy (C(on_unmigratable=leave)) leaves running on the host, which
       is then not empty (RV(state) V(not_empty), RV(verified_empty) false). Not a failure; the rolling upgrade refuses
       to reboot such a host.
-  returned: with O(state=drained)
+  returned: with O(state=drained) or O(state=restored) (always empty after a restore)
   type: list
   elements: dict
   contains:
