@@ -85,7 +85,6 @@ def vm_result(entry: dict) -> dict:
             "ok": bool(res.get("ok")), "outcome": res.get("outcome"), "duration_s": res.get("duration_s"),
             "downtime_ms": res.get("downtime_ms"), "bytes_sent": res.get("bytes_sent"),
             "predicted_duration_s": predicted, "predicted_start_s": entry.get("predicted_start_s"),
-            "predicted_end_s": entry.get("predicted_end_s"),
             "lane_forecast_s": entry.get("predicted_duration_s"),
             "predicted_downtime_ms": entry.get("predicted_downtime_ms"), "predicted_stall_ms": stall,
             "predicted_disk_bytes": planned.get("disk_bytes") or 0, "disk_bytes": res.get("disk_bytes"),
