@@ -133,8 +133,8 @@ def left_lines(result: DrainResult, source: str) -> list[str]:
     lines = [f"{source} is NOT empty: {len(result.left)} VM(s) left running on it by policy (on_unmigratable: "
              f"leave): {names}; a rolling upgrade will refuse to upgrade and reboot {source}; do not reboot "
              f"{source} while they run"]
-    lines.extend(f"{one.get('vm')}: {one.get('why') or 'left by its policy'}; fix: {one.get('fix') or '-'}"
-                 for one in result.left)
+    lines.extend(f"{one.get('vm')}: {one.get('why') or 'left by its policy'}; "
+                 f"fix: {str(one.get('fix') or '-').rstrip('.')}" for one in result.left)
     return lines
 
 

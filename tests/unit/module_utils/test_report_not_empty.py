@@ -8,7 +8,7 @@ LEFT = [{"vm": "odd", "policy": "pinned", "live_blockers": ["ivshmem-plain"],
          "why": "cannot live-migrate (ivshmem-plain); it keeps running on hv1",
          "fix": "hv1 must not be rebooted while 'odd' runs on it: shut 'odd' down for the maintenance"},
         {"vm": "pci", "policy": "pinned", "live_blockers": ["hostdev"], "why": "cannot live-migrate (hostdev)",
-         "fix": "shut 'pci' down"}]
+         "fix": "shut 'pci' down."}]
 
 
 def result_of(state, left=LEFT, vms=None):
@@ -36,7 +36,7 @@ def test_not_empty_names_the_vms_left_says_it_must_not_be_rebooted_and_gives_eac
     assert "a rolling upgrade will refuse to upgrade and reboot hv1" in message and "do not reboot hv1" in message
     assert "odd: cannot live-migrate (ivshmem-plain); it keeps running on hv1; fix: hv1 must not be rebooted" in message
     assert "pci: cannot live-migrate (hostdev); fix: shut 'pci' down" in message
-    assert message.endswith("hv1 stays cordoned")
+    assert message.endswith("fix: shut 'pci' down; hv1 stays cordoned")
     assert "is empty" not in message.replace("NOT empty", "")
 
 
