@@ -59,9 +59,12 @@ def last_end(schedule: Iterable[ScheduledMigration]) -> float:
     return max((s.end_s for s in schedule if s.end_s is not None and s.forecast is not None), default=0.0)
 
 
-def total_range(ctx: RunContext, moves: list[Migration], predict_at: Callable[[int], Predict]) -> list[float]:
-    """[low, high] drain totals with every measured guest's rate at the low, then the high end of its reading."""
-    totals = [last_end(run_schedule(ctx, moves, predict_at(side))) for side in (LOW, HIGH)]
+def total_range(ctx: RunContext, moves: list[Migration], predict_at: Callable[[int], Predict],
+                measured: Iterable[ScheduledMigration]) -> list[float]:
+    """[shortest, longest] drain total over the rates as measured and every measured guest's rate at the low,
+    then the high end of its reading. Not simply low-to-high: a higher rate may choose post-copy and finish
+    sooner than the long pre-copy the reading chose."""
+    totals = [last_end(measured)] + [last_end(run_schedule(ctx, moves, predict_at(side))) for side in (LOW, HIGH)]
     return [round(min(totals), 3), round(max(totals), 3)]
 
 

@@ -381,7 +381,8 @@ def _simulate(ctx: RunContext, decided: dict, pinned: list, replan: Any,
         schedule_move(decided[n].item) if decided[n].item is not None
         else Move(n, ctx.source.name, decided[n].destination, None, decided[n].order) for n in simulated]
     schedule = forecast_range.run_schedule(ctx, moves, predict)
-    spread = forecast_range.total_range(ctx, moves, lambda side: _at(decided, replan, side)) if moves else None
+    spread = forecast_range.total_range(ctx, moves, lambda side: _at(decided, replan, side),
+                                        schedule) if moves else None
     when = {s.vm: s for s in schedule}
     plan = list(pinned)
     for name in sorted(decided):
