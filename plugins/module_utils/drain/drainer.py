@@ -266,16 +266,10 @@ class Drainer:
             state = CycleState.FAILED
         result.state = str(state)
         result.failed = state not in (CycleState.DRAINED, jr.NOT_EMPTY)
-        result.summary["left"] = len(left)
         result.message = report.closing_message(
             result, ctx.source.name, cancelled=ctx.cancelled,
             stopped_after=outcomes.failures if outcomes.stopped else None, max_failures=ctx.config.max_failures,
             window_closed=outcomes.window_closed)
-        if left:
-            result.message += (f"; {ctx.source.name} is NOT empty: left on it by policy (on_unmigratable: leave): "
-                               + "; ".join(f"{one['vm']} ({one['why']})" for one in result.left)
-                               + f"; do not reboot {ctx.source.name} while they run: shut them down for the "
-                               "maintenance, or give them a policy with on_unmigratable: shutdown, then drain again")
         ctx.jr.end_run(state, {"message": result.message, **result.summary})
         ctx.event("run_finished", state=str(state), moved=result.summary["moved"], failed=len(failed),
                   blocked=len(result.blockers), not_started=len(outcomes.not_started), duration_s=duration_s,
