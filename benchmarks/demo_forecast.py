@@ -5,8 +5,8 @@ the demo's start state), hv1 must hold nothing else (the drain moves everything 
 `playbooks/drain-host.yml -e target=hv1 --check` (the plan) and the drain itself, as `scripts/demo` runs
 them; the figures come from the drain's JSON report in reports/. `--link-mbit N` declares hv1's, hv2's
 and hv3's migration link (`-e hvfleet_link_mbit=N`); without it the drain knows the link the lab's
-inventory declares (inventories/lab/group_vars/all.yml). The demo VMs are left drained on hv2/hv3 and hv1 cordoned, as after the demo (bring them
-home with `playbooks/undrain-host.yml -e target=hv1`).
+inventory declares (inventories/lab/group_vars/all.yml). The demo VMs are left drained on hv2/hv3 and
+hv1 cordoned, as after the demo (bring them home with `playbooks/undrain-host.yml -e target=hv1`).
 
     .venv/bin/python benchmarks/demo_forecast.py --runs 3 --json benchmarks/results/forecast-demo.json
 """
