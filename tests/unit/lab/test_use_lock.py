@@ -7,7 +7,8 @@ from pathlib import Path
 from hvlab import use_lock
 
 HVLAB = str(Path(use_lock.__file__).resolve().parents[1])
-CHILD = f"import sys; sys.path.insert(0, {HVLAB!r}); from hvlab import use_lock; print(use_lock.held_by_ancestor(__import__('pathlib').Path(sys.argv[1])))"
+CHILD = (f"import sys, pathlib; sys.path.insert(0, {HVLAB!r}); from hvlab import use_lock; "
+         "print(use_lock.held_by_ancestor(pathlib.Path(sys.argv[1])))")
 
 
 def test_a_command_under_flock_sees_its_ancestor_holding_it(tmp_path):
