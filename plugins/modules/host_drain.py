@@ -756,6 +756,17 @@ forecast:
       description: The VMs the plan leaves on the host by their policy (C(on_unmigratable=leave); a drain only).
       type: list
       elements: str
+    range_s:
+      description:
+        - How far the total can be trusted, [shortest, longest] in seconds - the drain's wall time with every
+          measured dirty rate one standard deviation below and above its reading, and as read (C(docs/DRAIN.md)).
+          The summary names it when it is wider than the forecast's goal. Only when a live migration was forecast.
+      type: list
+      elements: float
+    dirty_rate_error_pct:
+      description: Per VM whose dirty rate was measured, one standard deviation of that reading, in percent (a drain
+        only; empty when no rate was measured).
+      type: dict
   sample:
     total_s: 42.0
     serial_s: 61.5
@@ -770,6 +781,8 @@ forecast:
     outages:
       - {vm: gpu2, mode: cold, up_to_s: 130.0, plus: boot}
     left: [gpu1]
+    range_s: [40.1, 47.3]
+    dirty_rate_error_pct: {web1: 25}
 actual:
   description:
     - What the run measured. A restore returns C(total_s), C(migrations) and C(forecast_total_s) only.
@@ -830,8 +843,8 @@ summary:
       description: Definitions of shut-off VMs moved.
       type: int
     left:
-      description: VMs left running on the host by their policy (C(on_unmigratable=leave)), see RV(left); a drain
-        only.
+      description: VMs left running on the host by their policy (C(on_unmigratable=leave)), see RV(left); 0 after a
+        restore.
       type: int
   sample: {moved: 3, failed: 0, blocked: 0, not_started: 0, definitions_moved: 0, left: 0}
 verified_empty:
