@@ -157,26 +157,28 @@ def render_event(event):
 
 
 def _cold_started(head, where, event):
-    """A cold move starting: the VM is about to be shut down, so say so and how long it is expected to be down."""
+    """A cold move starting: the VM is about to be shut down, so say so and how long it is expected to be down
+    (the planner's reason states the outage; without one, the forecast bound does)."""
     text = f"{head} {where}: moving cold (shut down, moved, started there)"
-    if event.get("mode_reason"):
-        text += f" ({event['mode_reason']})"
     if event.get("policy"):
-        text += f"; policy {event['policy']}"
-    if event.get("predicted_downtime_ms") is not None:
-        text += f"; outage up to {fmt_duration(event['predicted_downtime_ms'] / 1000)} plus its boot"
+        text += f", policy {event['policy']}"
+    if event.get("mode_reason"):
+        text += f": {event['mode_reason']}"
+    elif event.get("predicted_downtime_ms") is not None:
+        text += f": outage up to {fmt_duration(event['predicted_downtime_ms'] / 1000)} plus its boot"
     return text
 
 
 def _not_empty(text, event):
     """A drain that moved all it could but left VMs on the host by policy: not a success (the host must not be
-    rebooted) and not a failure. The event counts them; its message, the run's closing one, names them and why."""
+    rebooted) and not a failure. The event counts them; its message, the run's closing one, names them, why and
+    the fix, so it follows on a line of its own."""
     count = event.get("left")
     host = event.get("host") or "the host"
     left = f"{count} VM(s)" if isinstance(count, int) else "VMs"
-    text += f"; {host} is NOT empty: {left} left on it by policy (on_unmigratable: leave)"
+    text += f"; {host} is NOT empty: {left} left on it by policy (on_unmigratable: leave), do not reboot it"
     if event.get("message"):
-        text += f". {event['message']}"
+        text += f"\n    {event['message']}"
     return text
 
 

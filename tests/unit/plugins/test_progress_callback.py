@@ -147,7 +147,9 @@ def test_a_not_empty_drain_ends_with_a_warning_naming_what_was_left(callback):
                                duration_s=20.0, forecast_total_s=18.0, message=message, left=1)))
     ((line, color),) = display.lines
     assert "drain not_empty: 2 moved, 0 failed" in line
-    assert "hv1 is NOT empty: 1 VM(s) left on it by policy (on_unmigratable: leave)" in line and "gpu1" in line
+    first, second = line.splitlines()
+    assert "hv1 is NOT empty: 1 VM(s) left on it by policy (on_unmigratable: leave), do not reboot it" in first
+    assert second == f"    {message}"  # the closing message names the VMs left, why and the fix
     assert color == TONE_COLORS["warn"] != TONE_COLORS["ok"]
 
 
@@ -161,8 +163,10 @@ def test_a_cold_move_is_told_step_by_step():
     started = render_event(ev(1, "vm_started", vm="gpu2", destination="hv2", mode="cold", policy="gpu",
                               mode_reason="it uses host PCI device 0000:3b:00.0", predicted_duration_s=130.0,
                               predicted_downtime_ms=130000.0, auto_converge=False))
-    assert "gpu2 -> hv2: moving cold (shut down, moved, started there)" in started[0]
-    assert "outage up to 2 min 10 s plus its boot" in started[0] and started[1] == "start"
+    assert started == ("hv1 0:01 gpu2 -> hv2: moving cold (shut down, moved, started there), policy gpu: it uses "
+                       "host PCI device 0000:3b:00.0", "start")
+    bound = render_event(ev(1, "vm_started", vm="gpu2", destination="hv2", mode="cold", predicted_downtime_ms=130000.0))
+    assert bound[0].endswith("moving cold (shut down, moved, started there): outage up to 2 min 10 s plus its boot")
     step = render_event(ev(2, "vm_cold_step", vm="gpu2", host="hv1", step="shut_off", elapsed_s=4.2,
                            message="shut off after 4.2 s"))
     assert step == ("hv1 0:01 gpu2: cold move, shut_off: shut off after 4.2 s", "info")
