@@ -104,10 +104,10 @@ INTERRUPTED = CycleState.INTERRUPTED
 RESTORING = CycleState.RESTORING
 RESTORED = CycleState.RESTORED
 # the drain moved everything it could, and left on the host the VMs whose policy says on_unmigratable: leave
-NOT_EMPTY = "not_empty"
-CYCLE_STATES = (*CycleState.values(), NOT_EMPTY)
+NOT_EMPTY = CycleState.NOT_EMPTY
+CYCLE_STATES = tuple(CycleState.values())
 # a plan item's kind: a live migration, a definition move, or a cold move (planning/unmigratable.py)
-KINDS = (*Kind.values(), "cold")
+KINDS = tuple(Kind.values())
 
 
 UTC = datetime.timezone.utc  # noqa: UP017 - module_utils also run on Python < 3.11

@@ -25,7 +25,7 @@ from typing import Any, Literal, Optional, TypedDict, Union
 from ansible_collections.hvfleet.drain.plugins.module_utils.drain.journal import PROGRESS_NAME, now_iso, read_events
 
 # events that end a long poll at once; vm_progress samples are batched until `wait` runs out
-PROMPT_EVENTS = ("run_started", "run_finished", "vm_started", "vm_finished", "note")
+PROMPT_EVENTS = ("run_started", "run_finished", "vm_started", "vm_finished", "vm_cold_step", "note")
 
 JobState = Literal["running", "finished", "missing"]
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 import dataclasses
 import xml.etree.ElementTree as ET
 
-from ansible_collections.hvfleet.drain.plugins.module_utils.common.vocabulary import Word
+from ansible_collections.hvfleet.drain.plugins.module_utils.common.vocabulary import Kind, Word
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning.facts import FactsError, parse_domain_xml
 
 
@@ -35,7 +35,7 @@ class OnUnmigratable(Word):
     LEAVE = "leave"
 
 
-COLD = "cold"  # the kind and the mode of a plan item whose VM is shut down, moved and started again
+COLD = Kind.COLD  # the kind and the mode of a plan item whose VM is shut down, moved and started again
 DEFAULT_SHUTDOWN_TIMEOUT_S = 120
 MOVE_ALLOWANCE_S = 10.0  # define on the destination, undefine on the source, start: libvirt calls, seconds
 # checks that only a live migration needs: a cold move sends no memory and keeps no device state

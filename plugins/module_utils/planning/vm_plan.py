@@ -129,7 +129,7 @@ class PlanItem:  # pylint: disable=too-many-instance-attributes
         for name in ("vm", "kind", "source", "destination", "destination_uri", "mode"):
             if not isinstance(data.get(name), str) or not data.get(name):
                 raise PlanError(f"{where}: '{name}' is missing or not a string ({data.get(name)!r}).", hint)
-        kinds = [*Kind.values(), COLD]
+        kinds = Kind.values()
         if data["kind"] not in kinds:
             raise PlanError(f"{where}: kind {data['kind']!r} is not one of {', '.join(kinds)}.", hint)
         modes = [*Mode.values(), DEFINITION_MODE, COLD]
