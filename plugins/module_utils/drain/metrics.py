@@ -26,7 +26,7 @@ import tempfile
 from collections.abc import Iterable, Mapping
 from typing import Any, Optional, Union
 
-from ansible_collections.hvfleet.drain.plugins.module_utils.common.vocabulary import CycleState
+from ansible_collections.hvfleet.drain.plugins.module_utils.common.vocabulary import CycleState, Kind
 
 PREFIX = "hvfleet_drain_"
 # what the `state` of host_drain's result can be after a run: the cycle states a run ends in, plus the module's own.
@@ -189,8 +189,9 @@ def _migration_samples(out: dict[str, list[Sample]], rows: list[Mapping[str, Any
         for name, value in (("migration_duration_seconds", _number(row.get("duration_s"))),
                             ("migration_downtime_seconds", _seconds_from_ms(row.get("downtime_ms"))),
                             ("migration_sent_bytes", _number(row.get("bytes_sent"))),
-                            ("migration_forecast_error_ratio",
-                             _ratio(row.get("duration_s"), row.get("predicted_duration_s"))),
+                            ("migration_forecast_error_ratio",  # a cold move's figure bounds its outage: no forecast
+                             None if row.get("kind") == Kind.COLD
+                             else _ratio(row.get("duration_s"), row.get("predicted_duration_s"))),
                             ("migration_predicted_pause_seconds", _seconds_from_ms(row.get("predicted_downtime_ms"))),
                             ("migration_attempts", _number(row.get("attempts")))):
             if value is not None:

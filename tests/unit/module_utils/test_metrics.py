@@ -315,3 +315,12 @@ def test_a_drain_that_leaves_vms_by_policy_is_not_empty_not_failed(tmp_path):
     assert only(parsed["hvfleet_drain_last_run_vms"], outcome="left") == 1
     assert only(parsed["hvfleet_drain_migration_ok"], vm="shmem", mode="cold") == 1
     assert "kept" not in {lab["vm"] for lab, _v in parsed["hvfleet_drain_migration_ok"]}
+
+
+def test_a_cold_move_has_no_forecast_error_its_figure_bounds_an_outage():
+    base = result()
+    cold = {"vm": "dongle", "kind": "cold", "mode": "cold", "mode_used": "cold", "destination": "hv3", "ok": True,
+            "outcome": "moved", "duration_s": 40.0, "predicted_duration_s": 130.0, "downtime_ms": 40000}
+    parsed = parse(metrics.render(dict(base, vms=[*base["vms"], cold]), now=NOW))
+    assert "dongle" not in {lab["vm"] for lab, _v in parsed["hvfleet_drain_migration_forecast_error_ratio"]}
+    assert only(parsed["hvfleet_drain_migration_duration_seconds"], vm="dongle") == 40.0
