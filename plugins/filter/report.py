@@ -268,16 +268,16 @@ def _bars(result):
     return sorted(bars, key=_first_start)
 
 
-def _first_start(bar):
+def _first_start(row):
     """Where a row's first bar begins; rows with no bar (blocked, left) go last."""
-    return min((span[0] for span in bar[1:] if span is not None), default=math.inf)
+    return min((span[0] for span in row[1:] if span is not None), default=math.inf)
 
 
 class _Axis:
     """Seconds to pixels on the chart: zero is the first migration's start (the schedule's zero)."""
 
     def __init__(self, bars, left, width):
-        ends = [1.0] + [span[1] for bar in bars for span in bar[1:] if span is not None]
+        ends = [1.0] + [span[1] for row in bars for span in row[1:] if span is not None]
         self.step = _nice_step(max(ends))
         self.span = math.ceil(max(ends) / self.step) * self.step
         self.left, self.width = left, width
@@ -396,7 +396,7 @@ def _grid(axis, top, bottom, ran):
 def timeline_svg(result, width=960, row_height=34, label_width=170):
     """The migrations of `result` as a self-contained SVG string (see the module docstring)."""
     bars = _bars(result or {})
-    ran = any(bar[2] is not None for bar in bars)
+    ran = any(row[2] is not None for row in bars)
     width, row_height, label_width = max(int(width), 400), max(int(row_height), 20), int(label_width)
     top, legend_h = 10, 22
     axis = _Axis(bars, label_width, width - label_width - 190)

@@ -47,6 +47,7 @@ class Reading(NamedTuple):
     rate_bps: float
     seconds: float
 
+
 Measure = Callable[[list[Any], float], Mapping[str, Any]]  # planning.facts.measure_dirty_rates' shape
 
 

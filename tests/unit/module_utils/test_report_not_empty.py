@@ -11,9 +11,9 @@ LEFT = [{"vm": "odd", "policy": "pinned", "live_blockers": ["ivshmem-plain"],
          "fix": "shut 'pci' down."}]
 
 
-def result_of(state, left=LEFT, vms=None):
+def result_of(state, left=None, vms=None):
     result = DrainResult(action="drain", host="hv1", state=state)
-    result.left = [dict(one) for one in left]
+    result.left = [dict(one) for one in (LEFT if left is None else left)]
     result.vms = vms if vms is not None else [{"vm": "plain", "ok": True, "kind": "live"}]
     result.summary = report.summary(result, 0)
     return result
