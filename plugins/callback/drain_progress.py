@@ -114,8 +114,8 @@ def render_event(event):
         if details:
             text += f" ({', '.join(details)})"
         return text, "progress"
-    if kind == "vm_cold_step":  # its `host` is where the step ran (docs/EVENTS.md), so the head names that host
-        text = f"{head} {vm}: cold move, {event.get('step')}"
+    if kind == "vm_cold_step":
+        text = f"{head} {vm}: cold move, {event.get('step')} on {event.get('step_host')}"
         if event.get("message"):
             text += f": {event['message']}"
         return text, COLD_STEP_TONES.get(event.get("step"), "info")

@@ -116,7 +116,7 @@ class PlaysTheGuest:
         self.events.append(event)
         if self.react and event.get("event") == "vm_cold_step" and event.get("vm") == self.name \
                 and event.get("step") == "shutdown_requested":
-            conn = self.lab.connect(event["host"])
+            conn = self.lab.connect(event["step_host"])
             try:
                 conn.lookupByName(self.name).destroy()
             finally:

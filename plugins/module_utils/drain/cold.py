@@ -52,7 +52,7 @@ class _Move:
         self.copies: list = []  # local disks copied to the destination (removed again if it stays)
 
     def step(self, step: str, host: str, message: str) -> None:
-        self.ctx.event("vm_cold_step", vm=self.job.vm, host=host, step=step,
+        self.ctx.event("vm_cold_step", vm=self.job.vm, step_host=host, step=step,
                        elapsed_s=round(self.ctx.clock() - self.began, 3), message=message)
 
     def run(self) -> dict:

@@ -53,7 +53,7 @@ and, by KIND:
   `elapsed_s`, `disk_total`, `disk_remaining` (the copied disks' bytes, 0 without)
 * `vm_finished`: `vm`, `destination`, `ok`, `state` (journal state), `outcome`, `mode`, `duration_s`,
   `downtime_ms`, `bytes_sent`, `message`, `recovery` (or null)
-* `vm_cold_step` (a cold move, planning/unmigratable.py): `vm`, `host` (where the step ran), `step`
+* `vm_cold_step` (a cold move, planning/unmigratable.py): `vm`, `step_host` (where the step ran), `step`
   (`shutdown_requested`, `shut_off`, `shutdown_timed_out`, `disks_copied`, `defined`, `started`,
   `restarted_at_source`, `failed`), `elapsed_s` (since the move began), `message`
 * `run_finished`: `state`, `moved`, `failed`, `blocked`, `not_started`, `duration_s`, `forecast_total_s`,

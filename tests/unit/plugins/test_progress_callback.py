@@ -167,10 +167,10 @@ def test_a_cold_move_is_told_step_by_step():
                        "host PCI device 0000:3b:00.0", "start")
     bound = render_event(ev(1, "vm_started", vm="gpu2", destination="hv2", mode="cold", predicted_downtime_ms=130000.0))
     assert bound[0].endswith("moving cold (shut down, moved, started there): outage up to 2 min 10 s plus its boot")
-    step = render_event(ev(2, "vm_cold_step", vm="gpu2", host="hv1", step="shut_off", elapsed_s=4.2,
-                           message="shut off after 4.2 s"))
-    assert step == ("hv1 0:01 gpu2: cold move, shut_off: shut off after 4.2 s", "info")
-    timed_out = render_event(ev(3, "vm_cold_step", vm="gpu2", host="hv1", step="shutdown_timed_out", message="x"))
+    step = render_event(ev(2, "vm_cold_step", vm="gpu2", step_host="hv2", step="started", elapsed_s=4.2,
+                           message="running on hv2"))
+    assert step == ("hv1 0:01 gpu2: cold move, started on hv2: running on hv2", "info")
+    timed_out = render_event(ev(3, "vm_cold_step", vm="gpu2", step_host="hv1", step="shutdown_timed_out", message="x"))
     assert timed_out[1] == "warn"
     done = render_event(ev(4, "vm_finished", vm="gpu2", destination="hv2", ok=True, state="moved", outcome="moved",
                            mode="cold", duration_s=9.5, downtime_ms=9000.0, bytes_sent=0))
