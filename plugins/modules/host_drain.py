@@ -691,7 +691,14 @@ forecast:
   type: dict
   contains:
     total_s:
-      description: Forecast wall time of the whole drain.
+      description:
+        - Forecast wall time of the whole drain. When dirty rates were measured, the total expected over their
+          readings' precision (the schedule at the rates as read and at each reading x (1 -/+ sqrt(3) x its
+          error), weighted 2/3, 1/6, 1/6; C(docs/DRAIN.md)); otherwise, and when those agree, the schedule's.
+      type: float
+    as_read_s:
+      description: The schedule's wall time at the dirty rates as read (what the plan items' predicted starts and
+        ends add up to). Only when a live migration was forecast.
       type: float
     serial_s:
       description: The sum of all migrations' forecast durations.
@@ -759,7 +766,7 @@ forecast:
     range_s:
       description:
         - How far the total can be trusted, [shortest, longest] in seconds - the drain's wall time with every
-          measured dirty rate one standard deviation below and above its reading, and as read (C(docs/DRAIN.md)).
+          measured dirty rate at its reading x (1 -/+ sqrt(3) x its error), and as read (C(docs/DRAIN.md)).
           The summary names it when it is wider than the forecast's goal. Only when a live migration was forecast.
       type: list
       elements: float
@@ -781,6 +788,7 @@ forecast:
     outages:
       - {vm: gpu2, mode: cold, up_to_s: 130.0, plus: boot}
     left: [gpu1]
+    as_read_s: 42.0
     range_s: [40.1, 47.3]
     dirty_rate_error_pct: {web1: 25}
 actual:

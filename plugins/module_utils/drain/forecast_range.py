@@ -1,17 +1,25 @@
 # Copyright: hvfleet maintainers
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""How far a drain forecast can be trusted: the same schedule with every guest's dirty rate at either end
-of what its measurement can tell.
+"""The drain forecast over what the dirty-rate readings can tell: its expected total and its range.
 
 A dirty rate is read by page sampling (planning/dirty_rate.py), as precise as the count of changed
 sample pages it rests on. For a guest that dirties memory nearly as fast as its share of the link,
-the pre-copy time hangs on that precision: on the lab a guest writing 8 MiB/s on a 12 MiB/s lane
-read 5-10 MiB/s, forecast 21-57 s, and took 27-30 s. The range says so where one figure cannot.
+the drain's time hangs on that precision, and not evenly: a reading a little high makes pre-copy
+look much longer, one higher still chooses post-copy and is short again. The total at the rates as
+read is then a poor guess of the total; its expectation over the reading's error is the better one.
+
+So the schedule is simulated three times: at the rates as read and with every measured rate at
+reading x (1 -/+ sqrt(3) x its relative error) - the three-point Gauss-Hermite rule for a normal
+error, weights 2/3, 1/6, 1/6. The forecast total is the weighted sum; the range is the shortest to
+the longest of the three (about a 90 % interval of the rates). Lab, 200 Mbit/s, a guest writing
+8 MiB/s on a 12 MiB/s lane: read at 5.0-11.0 MiB/s over six runs, it took 20-31 s every time
+(docs/BENCHMARKS.md, "Forecast against actual").
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Iterable, Mapping
 from typing import Optional
 
@@ -21,12 +29,14 @@ from ansible_collections.hvfleet.drain.plugins.module_utils.planning.drain_forec
     ScheduledMigration,
     simulate_drain,
 )
-from ansible_collections.hvfleet.drain.plugins.module_utils.planning.forecast import Forecast
+from ansible_collections.hvfleet.drain.plugins.module_utils.planning.forecast import REFUSE, Forecast
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning.model import VmInfo
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning.scheduler import Migration
 
 Predict = Callable[[str, float], Optional[Forecast]]
 LOW, MEASURED, HIGH = -1, 0, 1
+NODE = math.sqrt(3.0)  # the three-point Gauss-Hermite rule's nodes, in standard deviations
+WEIGHTS = {LOW: 1 / 6, MEASURED: 2 / 3, HIGH: 1 / 6}
 
 
 def rate_error(vm: VmInfo) -> Optional[float]:
@@ -37,11 +47,11 @@ def rate_error(vm: VmInfo) -> Optional[float]:
 
 
 def at_side(vm: VmInfo, side: int) -> VmInfo:
-    """`vm` with its dirty rate one standard deviation below (LOW) or above (HIGH) its reading."""
+    """`vm` with its dirty rate at the rule's node below (LOW) or above (HIGH) its reading (never below 0)."""
     error = rate_error(vm)
     if error is None or side == MEASURED or vm.dirty_rate_bps is None:
         return vm
-    return dataclasses.replace(vm, dirty_rate_bps=max(0.0, vm.dirty_rate_bps * (1 + side * error)))
+    return dataclasses.replace(vm, dirty_rate_bps=max(0.0, vm.dirty_rate_bps * (1 + side * NODE * error)))
 
 
 def run_schedule(ctx: RunContext, moves: list[Migration], predict: Predict) -> list[ScheduledMigration]:
@@ -54,18 +64,39 @@ def run_schedule(ctx: RunContext, moves: list[Migration], predict: Predict) -> l
                           budget_bps=ctx.config.budget_bps)
 
 
+def _running(schedule: Iterable[ScheduledMigration]) -> dict[str, float]:
+    """{vm: end} of the migrations that run (as drain_forecast.forecast_drain_shared counts them)."""
+    return {s.vm: s.end_s for s in schedule if s.end_s is not None and s.forecast is not None
+            and s.forecast.mode != REFUSE and s.forecast.predicted_duration_s is not None}
+
+
 def last_end(schedule: Iterable[ScheduledMigration]) -> float:
     """When the last migration that runs ends: the drain's total."""
-    return max((s.end_s for s in schedule if s.end_s is not None and s.forecast is not None), default=0.0)
+    return max(_running(schedule).values(), default=0.0)
 
 
-def total_range(ctx: RunContext, moves: list[Migration], predict_at: Callable[[int], Predict],
-                measured: Iterable[ScheduledMigration]) -> list[float]:
-    """[shortest, longest] drain total over the rates as measured and every measured guest's rate at the low,
-    then the high end of its reading. Not simply low-to-high: a higher rate may choose post-copy and finish
-    sooner than the long pre-copy the reading chose."""
-    totals = [last_end(measured)] + [last_end(run_schedule(ctx, moves, predict_at(side))) for side in (LOW, HIGH)]
-    return [round(min(totals), 3), round(max(totals), 3)]
+def totals(ctx: RunContext, moves: list[Migration], predict_at: Callable[[int], Predict],
+           measured: Iterable[ScheduledMigration]) -> dict[int, float]:
+    """{side: drain total} at the rates as read (`measured`, already simulated) and at either node. A node where
+    another set of VMs would run (one refused there, or only there) is no drain to compare: it counts as read."""
+    ran = _running(measured)
+    out = {MEASURED: max(ran.values(), default=0.0)}
+    for side in (LOW, HIGH):
+        there = _running(run_schedule(ctx, moves, predict_at(side)))
+        out[side] = max(there.values(), default=0.0) if set(there) == set(ran) else out[MEASURED]
+    return out
+
+
+def expected(by_side: Mapping[int, float]) -> float:
+    """The drain total expected over the readings' error: the rule's weighted sum."""
+    middle = by_side[MEASURED]  # written as the middle plus the sides' pulls, so equal totals give it exactly
+    return round(middle + sum(WEIGHTS[side] * (by_side[side] - middle) for side in (LOW, HIGH)), 3)
+
+
+def spread(by_side: Mapping[int, float]) -> list[float]:
+    """[shortest, longest] of the three totals. Not simply low-to-high: a higher rate may choose post-copy and
+    finish sooner than the long pre-copy the reading chose."""
+    return [round(min(by_side.values()), 3), round(max(by_side.values()), 3)]
 
 
 def errors_pct(vms: Mapping[str, VmInfo]) -> dict[str, float]:
@@ -78,10 +109,13 @@ def errors_pct(vms: Mapping[str, VmInfo]) -> dict[str, float]:
     return out
 
 
-def note(spread: Optional[list]) -> str:
-    """What the summary adds when the readings' precision moves the total by more than the forecast's goal
-    (20 % or 2 s, whichever is larger); "" otherwise."""
-    if not spread or spread[1] - spread[0] <= max(2.0, 0.2 * spread[0]):
+def note(by_side: Optional[Mapping[int, float]]) -> str:
+    """What the summary adds when the readings' precision moves the total: the total at the rates as read and the
+    range, when they differ from the forecast by more than its goal (20 % or 2 s); "" otherwise."""
+    if not by_side:
         return ""
-    shown = f"{spread[0]:.0f}-{spread[1]:.0f}" if spread[1] >= 10 else f"{spread[0]:.1f}-{spread[1]:.1f}"
-    return f"; {shown} s with the dirty rates at either end of what their readings can tell"
+    low, high = spread(by_side)
+    if high - low <= max(2.0, 0.2 * low):
+        return ""
+    return (f"; the expected total over the dirty-rate readings' precision (as read: {by_side[MEASURED]:.0f} s; "
+            f"{low:.0f}-{high:.0f} s)")

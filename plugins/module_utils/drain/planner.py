@@ -159,14 +159,14 @@ def plan_drain(ctx: RunContext, conns: Connections, result: DrainResult, *, revi
                        ctx.source, dest, placement_reason=reasons[name], bandwidth_bps=bandwidth)
 
     reasons = {a.vm: a.reason for a in placement.assignments}
-    plan, schedule, spread = _simulate(ctx, decided, list(pinned.values()), replan, result)
+    plan, schedule, by_side = _simulate(ctx, decided, list(pinned.values()), replan, result)
     if reviewed is not None:
         _compare_with_review(ctx, reviewed, plan, candidates, result)
     order = {m.vm: i for i, m in enumerate(Scheduler([schedule_move(p) for p in plan],
                                                      ctx.config.limits()).queue)} if plan else {}
     plan.sort(key=lambda p: order.get(p.vm, 0))
     result.plan = [p.to_dict() for p in plan]
-    result.forecast = _forecast(schedule, lanes, spread)
+    result.forecast = _forecast(schedule, lanes, by_side)
     result.forecast["blocked"] = sorted({b["vm"] for b in result.blockers if b.get("vm")})
     result.forecast["outages"] = [{"vm": p.vm, "mode": p.mode, "up_to_s": p.predicted_duration_s, "plus": "boot"}
                                   for p in plan if p.cold]
@@ -370,7 +370,7 @@ def anti_affinity(ctx: RunContext, labels: dict) -> dict:
 
 
 def _simulate(ctx: RunContext, decided: dict, pinned: list, replan: Any,
-              result: DrainResult) -> tuple[list, list, Optional[list]]:
+              result: DrainResult) -> tuple[list, list, Optional[dict]]:
     """The drain forecast over the live moves (the scheduler's order and limits, the source link shared by
     what runs); each VM's mode is decided again on the bandwidth it gets when it starts. A VM the forecast
     refused at its lane share may still go with more of the link; VMs still refused become blockers."""
@@ -381,8 +381,8 @@ def _simulate(ctx: RunContext, decided: dict, pinned: list, replan: Any,
         schedule_move(decided[n].item) if decided[n].item is not None
         else Move(n, ctx.source.name, decided[n].destination, None, decided[n].order) for n in simulated]
     schedule = forecast_range.run_schedule(ctx, moves, predict)
-    spread = forecast_range.total_range(ctx, moves, lambda side: _at(decided, replan, side),
-                                        schedule) if moves else None
+    by_side = forecast_range.totals(ctx, moves, lambda side: _at(decided, replan, side),
+                                    schedule) if moves else None
     when = {s.vm: s for s in schedule}
     plan = list(pinned)
     for name in sorted(decided):
@@ -396,7 +396,7 @@ def _simulate(ctx: RunContext, decided: dict, pinned: list, replan: Any,
         if slot is not None and slot.end_s is not None and decision.forecast is not None:
             item = item.replace(predicted_start_s=round(slot.start_s, 3), predicted_end_s=round(slot.end_s, 3))
         plan.append(item)
-    return plan, schedule, spread
+    return plan, schedule, by_side
 
 
 def _at(decided: dict, replan: Any, side: int, record: Optional[dict] = None) -> Any:
@@ -417,12 +417,14 @@ def _at(decided: dict, replan: Any, side: int, record: Optional[dict] = None) ->
     return predict
 
 
-def _forecast(schedule: list, lanes: int, spread: Optional[list]) -> dict:
+def _forecast(schedule: list, lanes: int, by_side: Optional[dict]) -> dict:
     if any(s.forecast is not None for s in schedule):
-        forecast = forecast_drain_shared(schedule, concurrency=lanes).as_dict()
+        total = forecast_range.expected(by_side) if by_side else None
+        forecast = forecast_drain_shared(schedule, concurrency=lanes, total_s=total).as_dict()
         forecast["schedule"] = [s.as_dict() for s in schedule]
-        forecast["range_s"] = spread
-        forecast["summary"] += forecast_range.note(spread)
+        forecast["as_read_s"] = by_side[forecast_range.MEASURED] if by_side else forecast["total_s"]
+        forecast["range_s"] = forecast_range.spread(by_side) if by_side else None
+        forecast["summary"] += forecast_range.note(by_side)
         return forecast
     return {"total_s": 0.0, "serial_s": 0.0, "concurrency": lanes, "migrations": 0, "blocked": [],
             "predicted_bytes": 0, "worst_downtime_ms": 0.0, "summary": "no live migration to forecast"}

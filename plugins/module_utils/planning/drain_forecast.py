@@ -204,8 +204,10 @@ def simulate_drain(moves: Iterable[Migration], limits: Limits, link_bps: float,
     return [out[v] for v in order]
 
 
-def forecast_drain_shared(schedule: Iterable[ScheduledMigration], concurrency: int = 1) -> DrainForecast:
-    """A DrainForecast from simulate_drain's result: the total is when the last migration ends."""
+def forecast_drain_shared(schedule: Iterable[ScheduledMigration], concurrency: int = 1,
+                          total_s: float | None = None) -> DrainForecast:
+    """A DrainForecast from simulate_drain's result: the total is when the last migration ends, or `total_s`
+    when the caller knows better (drain/forecast_range.py: the total expected over the dirty rates' error)."""
     serial = 0.0
     sent = 0
     worst = 0.0
@@ -225,6 +227,7 @@ def forecast_drain_shared(schedule: Iterable[ScheduledMigration], concurrency: i
         serial += fc.predicted_duration_s
         sent += fc.predicted_bytes or 0
         worst = max(worst, fc.predicted_downtime_ms or 0.0)
+    total = total if total_s is None else total_s
     summary = (f"{moved} migration{'s' if moved != 1 else ''}, at most {concurrency} at once sharing the link: "
                f"{_secs(total)} s (serial {_secs(serial)} s), {sent / GIB:.1f} GiB, worst pause {worst:.0f} ms")
     if blocked:
