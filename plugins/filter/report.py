@@ -433,9 +433,20 @@ def _plan_head(result, plan, blockers, left):
     if forecast:
         head += (f"; forecast {fmt_duration(forecast.get('total_s'))} with up to {forecast.get('concurrency', 1)} at "
                  f"once ({fmt_duration(forecast.get('serial_s'))} one after the other)")
+        head += _precision_note(forecast)
         if forecast.get("worst_downtime_ms") is not None:
             head += f", worst downtime {forecast['worst_downtime_ms']:.0f} ms"
     return head
+
+
+def _precision_note(forecast):
+    """How far the dirty-rate readings' precision moves the total, when more than the forecast's goal (20 % or
+    2 s): the total is then the one expected over it (drain/forecast_range.py), beside the total as read."""
+    spread, as_read = forecast.get("range_s"), forecast.get("as_read_s")
+    if not spread or as_read is None or spread[1] - spread[0] <= max(2.0, 0.2 * spread[0]):
+        return ""
+    return (f" [expected over the dirty-rate readings' precision: {fmt_duration(as_read)} as read, "
+            f"{fmt_duration(spread[0])} to {fmt_duration(spread[1])}]")
 
 
 def _predicted_line(item):

@@ -161,6 +161,17 @@ def test_plan_lines_name_every_vm_destination_mode_and_blocker():
     assert "- c: fits nowhere" in text and "fix: add a host" in text and "hv2: memory" in text
 
 
+def test_plan_lines_say_when_the_total_is_expected_over_the_readings_precision():
+    result = drain_result()
+    result["vms"] = []
+    result["forecast"].update(total_s=50.7, as_read_s=54.1, range_s=[42.9, 54.1])
+    head = plan_lines(result)[0]
+    assert "forecast 50.7 s" in head
+    assert "[expected over the dirty-rate readings' precision: 54.1 s as read, 42.9 s to 54.1 s]" in head
+    result["forecast"].update(total_s=25.0, as_read_s=25.0, range_s=[24.0, 26.0])  # within the goal: not said
+    assert "precision" not in plan_lines(result)[0]
+
+
 def test_the_filters_are_registered():
     assert set(FilterModule().filters()) == {"timeline_svg", "report_rows", "plan_lines"}
 
