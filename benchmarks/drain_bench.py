@@ -339,6 +339,7 @@ def hvfleet(lab, guests, mbit, dirty="product"):
              "measuring_s": round(backend.measuring_s, 2) or None,
              "first_rates_mib_s": {k: round(v / MIB, 1) for k, v in backend.first_rates.items()},
              "range_s": (result.forecast or {}).get("range_s"),
+             "as_read_s": (result.forecast or {}).get("as_read_s"),
              "dirty_rate_error_pct": (result.forecast or {}).get("dirty_rate_error_pct")}
     log(f"    hvfleet: {result.state}; forecast {extra['forecast_s']} s, migrations took {extra['migration_s']} s")
     return records, extra
