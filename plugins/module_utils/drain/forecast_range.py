@@ -76,11 +76,14 @@ def last_end(schedule: Iterable[ScheduledMigration]) -> float:
 
 
 def totals(ctx: RunContext, moves: list[Migration], predict_at: Callable[[int], Predict],
-           measured: Iterable[ScheduledMigration]) -> dict[int, float]:
+           measured: Iterable[ScheduledMigration], varies: bool = True) -> dict[int, float]:
     """{side: drain total} at the rates as read (`measured`, already simulated) and at either node. A node where
-    another set of VMs would run (one refused there, or only there) is no drain to compare: it counts as read."""
+    another set of VMs would run (one refused there, or only there) is no drain to compare: it counts as read.
+    `varies` False (no rate measured above 0): the nodes are the rates as read, not simulated again."""
     ran = _running(measured)
     out = {MEASURED: max(ran.values(), default=0.0)}
+    if not varies:
+        return {LOW: out[MEASURED], **out, HIGH: out[MEASURED]}
     for side in (LOW, HIGH):
         there = _running(run_schedule(ctx, moves, predict_at(side)))
         out[side] = max(there.values(), default=0.0) if set(there) == set(ran) else out[MEASURED]

@@ -159,7 +159,8 @@ def plan_drain(ctx: RunContext, conns: Connections, result: DrainResult, *, revi
                        ctx.source, dest, placement_reason=reasons[name], bandwidth_bps=bandwidth)
 
     reasons = {a.vm: a.reason for a in placement.assignments}
-    plan, schedule, by_side = _simulate(ctx, decided, list(pinned.values()), replan, result)
+    measured = forecast_range.errors_pct({n: c.vm for n, c in candidates.items()})
+    plan, schedule, by_side = _simulate(ctx, decided, list(pinned.values()), replan, result, measured)
     if reviewed is not None:
         _compare_with_review(ctx, reviewed, plan, candidates, result)
     order = {m.vm: i for i, m in enumerate(Scheduler([schedule_move(p) for p in plan],
@@ -171,7 +172,7 @@ def plan_drain(ctx: RunContext, conns: Connections, result: DrainResult, *, revi
     result.forecast["outages"] = [{"vm": p.vm, "mode": p.mode, "up_to_s": p.predicted_duration_s, "plus": "boot"}
                                   for p in plan if p.cold]
     result.forecast["left"] = [one["vm"] for one in result.left]
-    result.forecast["dirty_rate_error_pct"] = forecast_range.errors_pct({n: c.vm for n, c in candidates.items()})
+    result.forecast["dirty_rate_error_pct"] = measured
     result.moves = [{"vm": p.vm, "from": p.source, "to": p.destination} for p in plan]
     return plan
 
@@ -369,8 +370,8 @@ def anti_affinity(ctx: RunContext, labels: dict) -> dict:
     return {k: labels[k] for k in ctx.config.anti_affinity_labels if k in (labels or {})}
 
 
-def _simulate(ctx: RunContext, decided: dict, pinned: list, replan: Any,
-              result: DrainResult) -> tuple[list, list, Optional[dict]]:
+def _simulate(ctx: RunContext, decided: dict, pinned: list, replan: Any, result: DrainResult,
+              measured: dict) -> tuple[list, list, Optional[dict]]:
     """The drain forecast over the live moves (the scheduler's order and limits, the source link shared by
     what runs); each VM's mode is decided again on the bandwidth it gets when it starts. A VM the forecast
     refused at its lane share may still go with more of the link; VMs still refused become blockers."""
@@ -381,8 +382,8 @@ def _simulate(ctx: RunContext, decided: dict, pinned: list, replan: Any,
         schedule_move(decided[n].item) if decided[n].item is not None
         else Move(n, ctx.source.name, decided[n].destination, None, decided[n].order) for n in simulated]
     schedule = forecast_range.run_schedule(ctx, moves, predict)
-    by_side = forecast_range.totals(ctx, moves, lambda side: _at(decided, replan, side),
-                                    schedule) if moves else None
+    by_side = forecast_range.totals(ctx, moves, lambda side: _at(decided, replan, side), schedule,
+                                    varies=bool(measured)) if moves else None
     when = {s.vm: s for s in schedule}
     plan = list(pinned)
     for name in sorted(decided):

@@ -40,8 +40,12 @@ def test_a_longer_reading_narrows_it(tmp_path):
     assert long[1] - long[0] < (short[1] - short[0]) / 2
 
 
-def test_given_rates_have_no_range_to_speak_of(tmp_path):
+def test_given_rates_have_no_range_to_speak_of_and_cost_no_second_simulation(tmp_path, monkeypatch):
+    calls = []
+    simulate = R.run_schedule
+    monkeypatch.setattr(R, "run_schedule", lambda *args: calls.append(1) or simulate(*args))
     forecast = plan(tmp_path, busy=vm(memory=2048, dirty=40 * MIB)).forecast  # sampled None: not measured
+    assert len(calls) == 1
     assert forecast["range_s"] == [forecast["total_s"]] * 2
     assert forecast["as_read_s"] == forecast["total_s"]
     assert "precision" not in forecast["summary"]
