@@ -24,7 +24,7 @@ import html
 import math
 
 from ansible_collections.hvfleet.drain.plugins.module_utils.common.units import MIB, fmt_duration
-from ansible_collections.hvfleet.drain.plugins.module_utils.drain.report import forecast_error
+from ansible_collections.hvfleet.drain.plugins.module_utils.drain.report import forecast_error, within_goal
 
 COLORS = {"ok": "#2e8b57", "failed": "#c0392b", "definition": "#8c8c8c", "predicted": "#9ecae1",
           "planned": "#9ecae1", "axis": "#555555", "grid": "#e3e3e3", "text": "#222222", "note": "#777777"}
@@ -443,7 +443,7 @@ def _precision_note(forecast):
     """How far the dirty-rate readings' precision moves the total, when more than the forecast's goal (20 % or
     2 s): the total is then the one expected over it (drain/forecast_range.py), beside the total as read."""
     spread, as_read = forecast.get("range_s"), forecast.get("as_read_s")
-    if not spread or as_read is None or spread[1] - spread[0] <= max(2.0, 0.2 * spread[0]):
+    if not spread or as_read is None or within_goal(spread[1], spread[0]):
         return ""
     return (f" [expected over the dirty-rate readings' precision: {fmt_duration(as_read)} as read, "
             f"{fmt_duration(spread[0])} to {fmt_duration(spread[1])}]")

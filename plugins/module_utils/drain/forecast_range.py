@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Optional
 
 from ansible_collections.hvfleet.drain.plugins.module_utils.drain.context import RunContext
+from ansible_collections.hvfleet.drain.plugins.module_utils.drain.report import within_goal
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning.dirty_rate import Reading, relative_error
 from ansible_collections.hvfleet.drain.plugins.module_utils.planning.drain_forecast import (
     ScheduledMigration,
@@ -118,7 +119,7 @@ def note(by_side: Optional[Mapping[int, float]]) -> str:
     if not by_side:
         return ""
     low, high = spread(by_side)
-    if high - low <= max(2.0, 0.2 * low):
+    if within_goal(high, low):
         return ""
     return (f"; the expected total over the dirty-rate readings' precision (as read: {by_side[MEASURED]:.0f} s; "
             f"{low:.0f}-{high:.0f} s)")

@@ -46,6 +46,11 @@ def _number(value: Any) -> Optional[float]:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
+def within_goal(predicted: float, actual: float) -> bool:
+    """The forecast's goal: off by no more than 20 % of the actual or 2 s, whichever is larger."""
+    return abs(predicted - actual) <= max(GOAL_RATIO * abs(actual), GOAL_ABS_S)
+
+
 def forecast_error(predicted: Any, actual: Any) -> dict:
     """How far a forecast was off: seconds, percent of the actual, and whether within the goal (or Nones)."""
     p, a = _number(predicted), _number(actual)
@@ -53,7 +58,7 @@ def forecast_error(predicted: Any, actual: Any) -> dict:
         return {"forecast_error_s": None, "forecast_error_pct": None, "forecast_within_goal": None}
     return {"forecast_error_s": round(p - a, 3),
             "forecast_error_pct": round(100.0 * (p - a) / a, 1) if a > 0 else None,
-            "forecast_within_goal": abs(p - a) <= max(GOAL_RATIO * abs(a), GOAL_ABS_S)}
+            "forecast_within_goal": within_goal(p, a)}
 
 
 def predicted_span(entry: dict) -> Optional[float]:
