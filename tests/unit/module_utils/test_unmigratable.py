@@ -161,11 +161,16 @@ def test_when_it_can_be_started_nowhere_the_result_names_where_it_is_and_the_fix
     assert journal(tmp_path)["vms"]["odd"]["state"] == jr.FAILED
 
 
-def test_a_cold_move_refuses_a_local_disk_under_shared_only(tmp_path):
-    world = fleet(odd=odd(local_disk=True))
+def refused_cold(tmp_path, **shape):
+    """Drain hv1 holding one VM 'odd' of `shape` under on_unmigratable: shutdown; (its blocker, world, backend)."""
+    world = fleet(odd=odd(**shape))
     drainer, backend, _events = make(tmp_path, world, policies=policy("shutdown"))
     result = drainer.drain()
-    blocker = next(b for b in result.blockers if b["vm"] == "odd")
+    return next(b for b in result.blockers if b["vm"] == "odd"), world, backend
+
+
+def test_a_cold_move_refuses_a_local_disk_under_shared_only(tmp_path):
+    blocker, world, backend = refused_cold(tmp_path, local_disk=True)
     assert blocker["kind"] == "unplaced" and "local storage" in blocker["message"]
     assert "A cold move copies local disks only under storage: copy_all or copy_incremental" in blocker["message"]
     assert_defined_once(world, "odd", "hv1", "running")
@@ -374,10 +379,7 @@ def test_a_cold_move_holds_a_claim_on_its_destination_while_it_runs(tmp_path):
 
 
 def test_a_transient_vm_is_never_shut_down_for_a_cold_move(tmp_path):
-    world = fleet(odd=odd(persistent=False))
-    drainer, backend, _events = make(tmp_path, world, policies=policy("shutdown"))
-    result = drainer.drain()
-    blocker = next(b for b in result.blockers if b["vm"] == "odd")
+    blocker, world, backend = refused_cold(tmp_path, persistent=False)
     assert blocker["kind"] == "unmigratable" and "transient" in blocker["message"]
     assert "define 'odd' persistently" in blocker["fix"]
     assert_defined_once(world, "odd", "hv1", "running")

@@ -2,31 +2,14 @@
 forecast error and goal, and a host left not empty (on_unmigratable: leave) said plainly."""
 
 import json
-import os
 import re
-import subprocess
-import sys
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[3]
+from report_play import report_playbook, run_play
 
-PLAYBOOK = """
-- name: Write a drain report as the drain_host role does
-  hosts: localhost
-  gather_facts: false
-  tasks:
-    - name: Write the report
-      ansible.builtin.include_role:
-        name: hvfleet.drain.drain_host
-        tasks_from: report.yml
-      vars:
-        drain_host_target: hv1
-        drain_host_action: drain
-        drain_host_reason: ""
+PLAYBOOK = report_playbook("""        drain_host_reason: ""
         drain_host_report_dir: "{{ playbook_dir }}/reports"
-        drain_host_dest_list: [{name: hv2}]
         drain_host_outcome: "{{ lookup('ansible.builtin.file', playbook_dir ~ '/result.json') | from_json }}"
-"""
+""")
 
 RESULT = {
     "state": "not_empty", "host": "hv1", "action": "drain",
@@ -51,11 +34,7 @@ RESULT = {
 def test_the_report_shows_the_slots_the_forecast_error_and_the_vms_left(tmp_path):
     (tmp_path / "report.yml").write_text(PLAYBOOK)
     (tmp_path / "result.json").write_text(json.dumps(RESULT))
-    env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=str(REPO / ".collections"), ANSIBLE_FORCE_COLOR="0",
-               ANSIBLE_LOCAL_TEMP=str(tmp_path / "tmp"))
-    argv = [str(Path(sys.executable).parent / "ansible-playbook"), "-i", "localhost,", "-c", "local",
-            "-e", f"ansible_python_interpreter={sys.executable}", str(tmp_path / "report.yml")]
-    res = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300, check=False)
+    res = run_play(tmp_path / "report.yml", tmp_path, tmp_path)
     assert res.returncode == 0, res.stdout + res.stderr
     page = next((tmp_path / "reports").glob("*.html")).read_text()
     assert '<span class="state not_empty">not_empty</span>' in page
